@@ -1,0 +1,181 @@
+"""Metric scale for DPM outputs (pure numpy, no ROS).
+
+Point maps are up to scale: every pair is in its own model units. ``ScaleEstimator`` turns each pair into one factor
+``s`` (metres per model unit) so that ``s · points`` is metric and the accumulated odometry never jumps in scale:
+
+- ``none``:  s = 1 (model units);
+- ``fixed``: s = a known factor;
+- ``depth``: s = median over valid pixels of ``depth(I1) / z(P1(t1,π1))`` against a metric depth image of I1
+  (the RGB-D case); pairs without a usable depth image fall back to the chain below, then to the last factor;
+- ``chain``: one consistent scale along the sequence. Each pair's frames are remembered as metric depth (z in their
+  own optical frame, at output resolution). A new pair that holds a remembered frame f gets
+  ``s = median(z_metric(f) / z_model(f))`` over pixels valid in both; the first pair gets ``initial_scale``.
+  A pair sharing no frame with the memory keeps the previous factor (counted in ``chain_breaks``).
+
+Frame f's z in the pair's units: f = I1 → ``p1_t1_pi1[..., 2]``; f = I2 → ``P2(t2,π1)`` moved into camera 2 with
+``T_c1_c2`` (camera 2 → camera 1): ``X_c2 = Rᵀ (X_c1 − t)``. Frames are matched by stamp (seconds).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+SCALE_SOURCES = ("none", "fixed", "depth", "chain")
+
+
+@dataclass(frozen=True)
+class ScaleEstimate:
+    """One pair's factor. ``scale``: metres per model unit; ``source``: what produced it ("none", "fixed", "depth",
+    "chain", "initial", "hold"); ``n_pixels``: pixels in the median (0 when none was taken); ``reference_stamp``: the
+    shared frame's stamp for "chain"."""
+    scale: float
+    source: str
+    n_pixels: int = 0
+    reference_stamp: float | None = None
+
+
+def resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an (H, W[, C]) array to (height, width), sampling at pixel centres
+    (output pixel v maps to input row floor((v + 0.5)·H/height))."""
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    rows = np.minimum(((np.arange(height) + 0.5) * image.shape[0] / height).astype(np.int64), image.shape[0] - 1)
+    cols = np.minimum(((np.arange(width) + 0.5) * image.shape[1] / width).astype(np.int64), image.shape[1] - 1)
+    return image[rows[:, None], cols[None, :]]
+
+
+def median_ratio(numerator: np.ndarray, denominator: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:
+    """Median of numerator/denominator over pixels where both are finite and > 0 (and ``mask``). Returns
+    (ratio, pixel count); ratio is NaN when no pixel is valid."""
+    num = np.asarray(numerator, dtype=np.float64)
+    den = np.asarray(denominator, dtype=np.float64)
+    if num.shape != den.shape:
+        raise ValueError(f"scale: depth shapes differ: {num.shape} vs {den.shape}")
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(num) & np.isfinite(den) & (num > 0) & (den > 0)
+    if mask is not None:
+        valid &= mask
+    n = int(valid.sum())
+    if n == 0:
+        return float("nan"), 0
+    return float(np.median(num[valid] / den[valid])), n
+
+
+def frame_depths(maps: dict, T_c1_c2: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """z of I1 and of I2, each in its own optical frame, in the pair's model units, (h, w) float64.
+    z of I2 is None when ``T_c1_c2`` (4×4, camera 2 → camera 1) or ``p2_t2_pi1`` is missing."""
+    if "p1_t1_pi1" not in maps:
+        raise ValueError("scale: the pair's maps lack 'p1_t1_pi1'")
+    z1 = np.asarray(maps["p1_t1_pi1"], dtype=np.float64)[..., 2]
+    if T_c1_c2 is None or "p2_t2_pi1" not in maps:
+        return z1, None
+    T = np.asarray(T_c1_c2, dtype=np.float64)
+    if T.shape != (4, 4):
+        raise ValueError(f"scale: T_c1_c2 must be 4x4, got {T.shape}")
+    X_c1 = np.asarray(maps["p2_t2_pi1"], dtype=np.float64)
+    # X_c2 = R^T (X_c1 - t); only z is needed: z = r3 · (X_c1 - t) with r3 the third column of R.
+    z2 = (X_c1 - T[:3, 3]) @ T[:3, 2]
+    return z1, z2
+
+
+def _key(stamp: float) -> int:
+    """Frames are matched by stamp to the nanosecond."""
+    return int(round(float(stamp) * 1e9))
+
+
+class ScaleEstimator:
+    """Metres per model unit for each pair of a sequence; see the module docstring for the sources.
+
+    Call ``update`` once per processed pair, in processing order; multiply the pair's points, translations,
+    centroids, extents and velocities by the returned ``scale``.
+    """
+
+    def __init__(self, source: str = "none", fixed_scale: float = 1.0, initial_scale: float = 1.0,
+                 min_pixels: int = 50, conf_threshold: float = 0.0, history: int = 32):
+        if source not in SCALE_SOURCES:
+            raise ValueError(f"scale_source '{source}' unknown (use one of {', '.join(SCALE_SOURCES)})")
+        for name, value in (("fixed_scale", fixed_scale), ("initial_scale", initial_scale)):
+            if not (np.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        if min_pixels < 1 or history < 2:
+            raise ValueError(f"min_pixels must be >= 1 and history >= 2 (got {min_pixels}, {history})")
+        self.source = source
+        self.fixed_scale = float(fixed_scale)
+        self.initial_scale = float(initial_scale)
+        self.min_pixels = int(min_pixels)
+        self.conf_threshold = float(conf_threshold)
+        self.history = int(history)
+        self.chain_breaks = 0
+        self.depth_misses = 0
+        self._memory: OrderedDict[int, np.ndarray] = OrderedDict()   # stamp (ns) -> metric z (h, w)
+        self._last: float | None = None
+
+    def reset(self) -> None:
+        """Forget the sequence (stamps went backwards, a bag looped): the next pair starts a new chain."""
+        self._memory.clear()
+        self._last = None
+
+    @property
+    def last_scale(self) -> float | None:
+        return self._last
+
+    def update(self, stamp1: float, stamp2: float, maps: dict, T_c1_c2: np.ndarray | None = None,
+               depth1: np.ndarray | None = None) -> ScaleEstimate:
+        """Scale for the pair (I1 at ``stamp1``, I2 at ``stamp2``, seconds). ``maps``: engine outputs (model units,
+        optical frames; ``conf_*`` used when ``conf_threshold`` > 0). ``T_c1_c2``: 4×4 camera 2 → camera 1 in model
+        units. ``depth1``: metric depth of I1 (metres, any resolution, 0/NaN invalid), used by source "depth"."""
+        if self.source == "none":
+            return ScaleEstimate(1.0, "none")
+        if self.source == "fixed":
+            return ScaleEstimate(self.fixed_scale, "fixed")
+        z1, z2 = frame_depths(maps, T_c1_c2)
+        conf1 = self._conf_mask(maps, "conf_p1_t1_pi1", z1.shape)
+        conf2 = self._conf_mask(maps, "conf_p2_t2_pi1", z1.shape)
+        estimate = None
+        if self.source == "depth" and depth1 is not None:
+            depth = np.asarray(depth1, dtype=np.float64)
+            if depth.ndim != 2:
+                raise ValueError(f"scale: depth image must be (H, W), got shape {depth.shape}")
+            ratio, n = median_ratio(resize_nearest(depth, *z1.shape), z1, conf1)
+            if n >= self.min_pixels:
+                estimate = ScaleEstimate(ratio, "depth", n)
+        if estimate is None and self.source == "depth":
+            self.depth_misses += 1
+        if estimate is None:
+            estimate = self._chain(((stamp1, z1, conf1), (stamp2, z2, conf2)))
+        self._remember(stamp1, z1 * estimate.scale)
+        if z2 is not None:
+            self._remember(stamp2, z2 * estimate.scale)
+        self._last = estimate.scale
+        return estimate
+
+    def _chain(self, frames) -> ScaleEstimate:
+        best = None
+        for stamp, z, conf in frames:
+            if z is None or _key(stamp) not in self._memory:
+                continue
+            ratio, n = median_ratio(self._memory[_key(stamp)], z, conf)
+            if n >= self.min_pixels and (best is None or n > best.n_pixels):
+                best = ScaleEstimate(ratio, "chain", n, stamp)
+        if best is not None:
+            return best
+        if self._last is None:
+            return ScaleEstimate(self.initial_scale, "initial")
+        self.chain_breaks += 1
+        return ScaleEstimate(self._last, "hold")
+
+    def _conf_mask(self, maps: dict, name: str, shape) -> np.ndarray | None:
+        if self.conf_threshold <= 0 or name not in maps:
+            return None
+        conf = np.asarray(maps[name])
+        if conf.shape != shape:
+            raise ValueError(f"scale: {name} has shape {conf.shape}, expected {shape}")
+        return conf >= self.conf_threshold
+
+    def _remember(self, stamp: float, z_metric: np.ndarray) -> None:
+        self._memory[_key(stamp)] = z_metric
+        self._memory.move_to_end(_key(stamp))
+        while len(self._memory) > self.history:
+            self._memory.popitem(last=False)
