@@ -1,0 +1,139 @@
+"""The DPM training loss: confidence-aware regression with Table 6's partial supervision, plus motion terms.
+
+All point maps are in the optical frame of their pass's reference camera (REP 103: z forward, x right, y down),
+in arbitrary model units for predictions and metres for ground truth. Both are divided by their own per-pair scale
+(mean distance to the origin over the supervised valid pixels of the pass's four maps; dpm_theory.md "Metrics")
+before any term is computed, so every term is unitless.
+
+Terms (each one a scalar; ``total = conf + w_flow·flow + w_delta·delta + w_gate·gate``):
+  * ``conf``: DUSt3R's  Σ_maps mean_pixels( c·‖P̂ − P‖ − α·log c ),  α = 0.2, over supervised valid pixels.
+  * ``flow``: the gated object flow  f̂ = P̂(t_other) − P̂(t_own)  (= m·Δ) against the ground-truth flow, as a
+    class-balanced mean  ½·mean_moving‖f̂ − f‖ + ½·mean_static‖f̂ − f‖  so the ~10 % moving pixels count as much as
+    the static ones.
+  * ``delta``: the raw displacement Δ of the gated residual head (before the gate) against the ground-truth flow on
+    moving pixels only, so Δ learns even while m ≈ 0 (the gate would otherwise block its gradient).
+  * ``gate``: class-balanced binary cross-entropy of the gate m against the ground-truth moving pixels.
+Same-time samples supervise only the same-time maps and no motion term; static samples supervise all four maps with
+P(t2) = P(t1) (zero flow, gate 0).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dpm_ros import POINT_MAP_NAMES, SWAPPED_POINT_MAP_NAMES
+
+KIND_DYNAMIC, KIND_SAME_TIME, KIND_STATIC = 0, 1, 2
+KIND_NAMES = {"dynamic": KIND_DYNAMIC, "same_time": KIND_SAME_TIME, "static": KIND_STATIC}
+
+# Which of a pass's four maps (in head order) each kind supervises. Head order: own view at own time, own view at
+# other time, other view at other... i.e. POINT_MAP_NAMES / SWAPPED_POINT_MAP_NAMES; maps 0 and 3 are same-time.
+SUPERVISED_MAPS = {
+    KIND_DYNAMIC: (True, True, True, True),
+    KIND_SAME_TIME: (True, False, False, True),
+    KIND_STATIC: (True, True, True, True),
+}
+
+# Per pass: (same-time map, cross-time map) of each view; cross = same + m·Δ in the gated residual heads.
+# Pass 1 (Φ(I1,I2)): view 1 flow is P1(t2,π1) − P1(t1,π1) (OF-F), view 2 flow P2(t1,π1) − P2(t2,π1) (OF-B).
+FLOW_PAIRS = {
+    1: (("p1_t1_pi1", "p1_t2_pi1", "1"), ("p2_t2_pi1", "p2_t1_pi1", "2")),
+    2: (("p2_t2_pi2", "p2_t1_pi2", "2"), ("p1_t1_pi2", "p1_t2_pi2", "1")),
+}
+
+
+@dataclass
+class LossWeights:
+    """Weights of the terms; ``alpha`` is the confidence regulariser of DUSt3R's loss."""
+    alpha: float = 0.2
+    flow: float = 10.0
+    delta: float = 2.0
+    gate: float = 0.5
+
+
+def supervision_matrix(kinds: torch.Tensor) -> torch.Tensor:
+    """(B,) int sample kinds -> (B, 4) bool: which of a pass's four maps are supervised per sample."""
+    table = torch.tensor([SUPERVISED_MAPS[k] for k in (KIND_DYNAMIC, KIND_SAME_TIME, KIND_STATIC)],
+                         dtype=torch.bool, device=kinds.device)
+    if kinds.numel() and (int(kinds.min()) < 0 or int(kinds.max()) > 2):
+        raise ValueError(f"sample kinds must be 0 (dynamic), 1 (same-time) or 2 (static), got {kinds.tolist()}")
+    return table[kinds.long()]
+
+
+def _pixel_weights(names, batch, sup: torch.Tensor) -> torch.Tensor:
+    """(B, 4, H, W) float: valid pixel of the map's view AND map supervised for the sample."""
+    valid = torch.stack([batch["valid" + name[1]] for name in names], dim=1).float()
+    return valid * sup[:, :, None, None].float()
+
+
+def pair_scale(maps: torch.Tensor, weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Per-pair normalisation factor: weighted mean of ‖P‖ over all maps and pixels.
+
+    maps (B, 4, H, W, 3), weights (B, 4, H, W) -> (B,) in the maps' unit (metres for ground truth)."""
+    norms = maps.norm(dim=-1)
+    return (norms * weights).sum(dim=(1, 2, 3)) / weights.sum(dim=(1, 2, 3)).clamp_min(eps)
+
+
+def _balanced_mean(err: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """½·mean of err over moving pixels + ½·mean over the others (both under ``weight``); empty classes count 0."""
+    pos = moving * weight
+    neg = (1.0 - moving) * weight
+    term_pos = (err * pos).sum() / pos.sum().clamp_min(1.0)
+    term_neg = (err * neg).sum() / neg.sum().clamp_min(1.0)
+    return 0.5 * (term_pos + term_neg)
+
+
+def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tuple[torch.Tensor, dict]:
+    """The training loss of one batch.
+
+    pred: the model's output dict (maps (B,H,W,3), ``conf_<name>`` (B,H,W)); optionally ``motion_prob_<v>`` /
+    ``motion_prob_<v>_pi2`` (gate m, (B,H,W)) and ``delta_<v>`` / ``delta_<v>_pi2`` (raw Δ, (B,H,W,3)) — terms
+    whose inputs are absent are skipped. batch: ground truth under the same map names (metres), ``valid1``,
+    ``valid2`` (B,H,W) bool, ``moving1``, ``moving2`` (B,H,W) bool, ``kind`` (B,) int.
+    Returns (total, {term: float}) with per-map regression errors for logging."""
+    w = weights or LossWeights()
+    sup = supervision_matrix(batch["kind"])
+    motion_ok = (batch["kind"] != KIND_SAME_TIME).float()  # (B,)
+    passes = [(1, POINT_MAP_NAMES)]
+    if all(name in pred for name in SWAPPED_POINT_MAP_NAMES):
+        passes.append((2, SWAPPED_POINT_MAP_NAMES))
+    total_conf = pred[POINT_MAP_NAMES[0]].new_zeros(())
+    total_flow, total_delta, total_gate = total_conf.clone(), total_conf.clone(), total_conf.clone()
+    logs: dict[str, float] = {}
+    for pass_id, names in passes:
+        pw = _pixel_weights(names, batch, sup)
+        p_hat = torch.stack([pred[n] for n in names], dim=1)
+        p_gt = torch.stack([batch[n] for n in names], dim=1).to(p_hat.dtype)
+        s_hat = pair_scale(p_hat, pw).clamp_min(1e-6)[:, None, None, None, None]
+        s_gt = pair_scale(p_gt, pw).clamp_min(1e-6)[:, None, None, None, None]
+        err = (p_hat / s_hat - p_gt / s_gt).norm(dim=-1)  # (B, 4, H, W)
+        for k, name in enumerate(names):
+            conf = pred["conf_" + name]
+            wk = pw[:, k]
+            count = wk.sum().clamp_min(1.0)
+            term = conf * err[:, k] - w.alpha * torch.log(conf)
+            total_conf = total_conf + (term * wk).sum() / count
+            logs["reg_" + name] = float((err[:, k].detach() * wk).sum() / count)
+        # motion terms, per view of this pass
+        scale_hat = {n: s_hat[:, 0] for n in names}
+        for same, cross, view in FLOW_PAIRS[pass_id]:
+            k_same, k_cross = names.index(same), names.index(cross)
+            wv = batch["valid" + view].float() * motion_ok[:, None, None]
+            moving = batch["moving" + view].float()
+            f_gt = (p_gt[:, k_cross] - p_gt[:, k_same]) / s_gt[:, 0]
+            f_hat = (p_hat[:, k_cross] - p_hat[:, k_same]) / scale_hat[same]
+            total_flow = total_flow + _balanced_mean((f_hat - f_gt).norm(dim=-1), moving, wv)
+            suffix = view if pass_id == 1 else view + "_pi2"
+            if "delta_" + suffix in pred:
+                d_hat = pred["delta_" + suffix] / scale_hat[same]
+                wm = wv * moving
+                total_delta = total_delta + ((d_hat - f_gt).norm(dim=-1) * wm).sum() / wm.sum().clamp_min(1.0)
+            if "motion_prob_" + suffix in pred:
+                m = pred["motion_prob_" + suffix].clamp(1e-6, 1 - 1e-6)
+                bce = -(moving * torch.log(m) + (1 - moving) * torch.log(1 - m))
+                total_gate = total_gate + _balanced_mean(bce, moving, wv)
+    total = total_conf + w.flow * total_flow + w.delta * total_delta + w.gate * total_gate
+    logs.update({k: float(v.detach()) for k, v in (("loss", total), ("conf", total_conf), ("flow", total_flow),
+                                                   ("delta", total_delta), ("gate", total_gate))})
+    return total, logs
