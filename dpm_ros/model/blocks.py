@@ -1,0 +1,114 @@
+"""Transformer blocks with CroCo/DUSt3R parameter names: patch embedding, self-attention encoder block and the
+decoder block (self-attention + cross-attention to the other view + MLP). RoPE tables are passed in, not computed."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpm_ros.model.rope import apply_rope
+
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches -> tokens: (B, 3, H, W) -> (B, H/P * W/P, dim), row-major token order."""
+
+    def __init__(self, patch_size: int, embed_dim: int, in_chans: int = 3):
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with 2D RoPE on queries and keys."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class CrossAttention(nn.Module):
+    """Queries from this view, keys/values from the other view; RoPE with each side's own positions."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.projq = nn.Linear(dim, dim)
+        self.projk = nn.Linear(dim, dim)
+        self.projv = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mem: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cos_mem: torch.Tensor, sin_mem: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        M = mem.shape[1]
+        h, d = self.num_heads, C // self.num_heads
+        q = self.projq(x).reshape(B, N, h, d).transpose(1, 2)
+        k = self.projk(mem).reshape(B, M, h, d).transpose(1, 2)
+        v = self.projv(mem).reshape(B, M, h, d).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos_mem, sin_mem)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm ViT encoder block: x + attn(norm1 x), then x + mlp(norm2 x)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), cos, sin)
+        return x + self.mlp(self.norm2(x))
+
+
+class DecoderBlock(nn.Module):
+    """CroCo decoder block: self-attention, cross-attention to the other view's (normalised) tokens, MLP."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1 = LayerNorm(dim)
+        self.attn = Attention(dim, num_heads)
+        self.cross_attn = CrossAttention(dim, num_heads)
+        self.norm2 = LayerNorm(dim)
+        self.norm3 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm_y = LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, rope_x: tuple[torch.Tensor, torch.Tensor],
+                rope_y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), *rope_x)
+        y = self.norm_y(y)
+        x = x + self.cross_attn(self.norm2(x), y, *rope_x, *rope_y)
+        return x + self.mlp(self.norm3(x))

@@ -1,0 +1,208 @@
+"""DPMNet: DUSt3R's two-view network (shared ViT encoder with 2D RoPE, two cross-attending decoders) with four
+heads. Heads 1/2 are DUSt3R's (same-time maps); heads 3/4 are gated residual cross-time heads:
+``p1_t2_pi1 = p1_t1_pi1 + m * delta`` (head 3, view-1 tokens) and ``p2_t1_pi1 = p2_t2_pi1 + m * delta`` (head 4)."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpm_ros import ALL_POINT_MAP_NAMES
+from dpm_ros.model.blocks import Block, DecoderBlock, LayerNorm, PatchEmbed
+from dpm_ros.model.config import DPMConfig, preset_config
+from dpm_ros.model.heads import DPTHead, LinearHead
+from dpm_ros.model.rope import rope_tables
+
+SAME_TIME_CHANNELS = 4   # x, y, z (before the expm1 depth mapping), confidence logit
+CROSS_TIME_CHANNELS = 5  # delta x, y, z (raw, model units), confidence logit, motion logit
+
+# (head, pass) -> map name; pass 0 is Φ(I1, I2), pass 1 is Φ(I2, I1). Head order as in dpm_ros.POINT_MAP_NAMES.
+_PASS_NAMES = (
+    {"head1": "p1_t1_pi1", "head3": "p1_t2_pi1", "head4": "p2_t1_pi1", "head2": "p2_t2_pi1"},
+    {"head1": "p2_t2_pi2", "head3": "p2_t1_pi2", "head4": "p1_t2_pi2", "head2": "p1_t1_pi2"},
+)
+
+
+def points_from_raw(xyz: torch.Tensor) -> torch.Tensor:
+    """DUSt3R's depth mapping: ``direction(x) * expm1(|x|)`` along the last axis (3)."""
+    d = xyz.norm(dim=-1, keepdim=True)
+    return xyz / d.clamp_min(1e-8) * torch.expm1(d)
+
+
+def conf_from_raw(c: torch.Tensor) -> torch.Tensor:
+    """DUSt3R's confidence mapping ``1 + exp(c)`` (> 1)."""
+    return 1.0 + torch.exp(c)
+
+
+class DPMNet(nn.Module):
+    """Dynamic Point Map network. See :mod:`dpm_ros.model` for the input/output contract."""
+
+    def __init__(self, config: DPMConfig):
+        super().__init__()
+        c = self.config = config
+        self.symmetric = True
+        self._rope_cache: dict = {}
+        self.patch_embed = PatchEmbed(c.patch_size, c.enc_embed_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.dec_embed_dim))  # unused; kept for CroCo/DUSt3R names
+        self.enc_blocks = nn.ModuleList([Block(c.enc_embed_dim, c.enc_num_heads, c.mlp_ratio)
+                                         for _ in range(c.enc_depth)])
+        self.enc_norm = LayerNorm(c.enc_embed_dim)
+        self.decoder_embed = nn.Linear(c.enc_embed_dim, c.dec_embed_dim)
+        self.dec_blocks = nn.ModuleList([DecoderBlock(c.dec_embed_dim, c.dec_num_heads, c.mlp_ratio)
+                                         for _ in range(c.dec_depth)])
+        self.dec_blocks2 = nn.ModuleList([DecoderBlock(c.dec_embed_dim, c.dec_num_heads, c.mlp_ratio)
+                                          for _ in range(c.dec_depth)])
+        self.dec_norm = LayerNorm(c.dec_embed_dim)
+        self.downstream_head1 = self._make_head(SAME_TIME_CHANNELS)
+        self.downstream_head2 = self._make_head(SAME_TIME_CHANNELS)
+        self.downstream_head3 = self._make_head(CROSS_TIME_CHANNELS)
+        self.downstream_head4 = self._make_head(CROSS_TIME_CHANNELS)
+        self.apply(_init_weights)
+        nn.init.normal_(self.mask_token, std=0.02)
+        self.reset_cross_time_heads(copy_same_time=False)
+
+    def _make_head(self, out_channels: int) -> nn.Module:
+        c = self.config
+        if c.head_type == "linear":
+            return LinearHead(c.dec_embed_dim, out_channels, c.patch_size)
+        return DPTHead(c.enc_embed_dim, c.dec_embed_dim, c.dec_depth, out_channels, c.patch_size,
+                       c.dpt_layer_dims, c.dpt_feature_dim)
+
+    @torch.no_grad()
+    def reset_cross_time_heads(self, copy_same_time: bool = True) -> None:
+        """Make heads 3/4 the static baseline: delta = 0 exactly and motion logit = ``config.motion_init_bias``
+        (m ≈ 0), so every cross-time map equals its same-time map. With ``copy_same_time`` the trunks and the
+        confidence channel are copied from heads 1/2 (the paper's initialisation from DUSt3R/MonST3R weights)."""
+        for cross, same in ((self.downstream_head3, self.downstream_head1),
+                            (self.downstream_head4, self.downstream_head2)):
+            w, b, rows = cross.output_layer()
+            if copy_same_time:
+                ws, bs, _ = same.output_layer()
+                skip = {id(w), id(b)}
+                src = dict(same.named_parameters())
+                for name, p in cross.named_parameters():
+                    if id(p) not in skip:
+                        p.copy_(src[name])
+                w[3 * rows:4 * rows].copy_(ws[3 * rows:4 * rows])
+                b[3 * rows:4 * rows].copy_(bs[3 * rows:4 * rows])
+            w[:3 * rows].zero_()
+            b[:3 * rows].zero_()
+            w[4 * rows:].zero_()
+            b[4 * rows:].fill_(self.config.motion_init_bias)
+
+    def _rope(self, rows: int, cols: int, head_dim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (rows, cols, head_dim, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache[key] = rope_tables(rows, cols, head_dim, self.config.rope_base, device=device)
+        return self._rope_cache[key]
+
+    def _check_inputs(self, img1: torch.Tensor, img2: torch.Tensor) -> None:
+        for name, img in (("img1", img1), ("img2", img2)):
+            if not isinstance(img, torch.Tensor) or img.ndim != 4 or img.shape[1] != 3:
+                shape = tuple(img.shape) if isinstance(img, torch.Tensor) else type(img).__name__
+                raise ValueError(f"{name}: expected a float tensor (B, 3, H, W) from dpm_ros.model.preprocess, "
+                                 f"got {shape}")
+            if not img.is_floating_point():
+                raise ValueError(f"{name}: expected a floating-point tensor (use dpm_ros.model.preprocess), "
+                                 f"got {img.dtype}")
+        if img1.shape != img2.shape:
+            raise ValueError(f"img1 {tuple(img1.shape)} and img2 {tuple(img2.shape)} must have the same shape")
+        p = self.config.patch_size
+        if img1.shape[2] % p or img1.shape[3] % p:
+            raise ValueError(f"image size {img1.shape[2]}x{img1.shape[3]} must be a multiple of the patch size {p} "
+                             f"(the model was built for {self.config.height}x{self.config.width})")
+
+    def forward_raw(self, img1: torch.Tensor, img2: torch.Tensor, symmetric: bool | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """Everything :meth:`forward` returns plus, for each cross-time map X, ``delta_X`` (B, H, W, 3): the
+        displacement of the gated residual head, and ``motion_logit_X`` (B, H, W): the pre-sigmoid motion gate,
+        so that ``X = same_time_X + sigmoid(motion_logit_X)[..., None] * delta_X`` (use the logits for BCE)."""
+        sym = self.symmetric if symmetric is None else bool(symmetric)
+        self._check_inputs(img1, img2)
+        c = self.config
+        B, _, H, W = img1.shape
+        rows, cols = H // c.patch_size, W // c.patch_size
+        enc_rope = self._rope(rows, cols, c.enc_embed_dim // c.enc_num_heads, img1.device)
+        dec_rope = self._rope(rows, cols, c.dec_embed_dim // c.dec_num_heads, img1.device)
+
+        x = self.patch_embed(torch.cat([img1, img2], dim=0))
+        for blk in self.enc_blocks:
+            x = blk(x, *enc_rope)
+        x = self.enc_norm(x)
+        e1, e2 = x[:B], x[B:]
+        f1, f2 = (torch.cat([e1, e2]), torch.cat([e2, e1])) if sym else (e1, e2)
+
+        layers1, layers2 = [f1], [f2]
+        a, b = self.decoder_embed(f1), self.decoder_embed(f2)
+        for blk1, blk2 in zip(self.dec_blocks, self.dec_blocks2):
+            a, b = blk1(a, b, dec_rope, dec_rope), blk2(b, a, dec_rope, dec_rope)
+            layers1.append(a)
+            layers2.append(b)
+        layers1[-1] = self.dec_norm(layers1[-1])
+        layers2[-1] = self.dec_norm(layers2[-1])
+
+        grid = (rows, cols)
+        raw = {"head1": self.downstream_head1(layers1, grid), "head2": self.downstream_head2(layers2, grid),
+               "head3": self.downstream_head3(layers1, grid), "head4": self.downstream_head4(layers2, grid)}
+        raw = {k: v.permute(0, 2, 3, 1) for k, v in raw.items()}          # (N, H, W, C)
+        out: dict[str, torch.Tensor] = {}
+        pts = {k: points_from_raw(raw[k][..., :3]) for k in ("head1", "head2")}
+        gate = {"head3": "head1", "head4": "head2"}
+        for k, base in gate.items():
+            m = torch.sigmoid(raw[k][..., 4])
+            pts[k] = pts[base] + m[..., None] * raw[k][..., :3]
+        conf = {k: conf_from_raw(raw[k][..., 3]) for k in raw}
+        for i, names in enumerate(_PASS_NAMES[:2 if sym else 1]):
+            sl = slice(i * B, (i + 1) * B)
+            for k, name in names.items():
+                out[name] = pts[k][sl]
+                out["conf_" + name] = conf[k][sl]
+                if k in gate:
+                    out["delta_" + name] = raw[k][sl, ..., :3]
+                    out["motion_logit_" + name] = raw[k][sl, ..., 4]
+        out["motion_prob_1"] = torch.sigmoid(out["motion_logit_p1_t2_pi1"])
+        out["motion_prob_2"] = torch.sigmoid(out["motion_logit_p2_t1_pi1"])
+        return out
+
+    def forward(self, img1: torch.Tensor, img2: torch.Tensor, symmetric: bool | None = None
+                ) -> dict[str, torch.Tensor]:
+        """Point maps of the pair. img1, img2: float32 (B, 3, H, W) from :func:`preprocess`, H and W multiples of
+        the patch size. Returns (B, H, W, 3) maps in each pass's camera-1 optical frame (model units), ``conf_*``
+        (B, H, W) > 1, ``motion_prob_1/2`` (B, H, W) in [0, 1]; the swapped pass only when symmetric."""
+        raw = self.forward_raw(img1, img2, symmetric)
+        names = [n for n in ALL_POINT_MAP_NAMES if n in raw]
+        return {**{n: raw[n] for n in names}, **{"conf_" + n: raw["conf_" + n] for n in names},
+                "motion_prob_1": raw["motion_prob_1"], "motion_prob_2": raw["motion_prob_2"]}
+
+
+def _init_weights(m: nn.Module) -> None:
+    """CroCo's initialisation: xavier-uniform linear layers with zero bias, unit LayerNorm."""
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, PatchEmbed):
+        nn.init.xavier_uniform_(m.proj.weight.view(m.proj.weight.shape[0], -1))
+
+
+def build_model(preset: str, **overrides) -> DPMNet:
+    """A freshly initialised network of a named preset (see ``config.PRESETS``); ``overrides`` replace config
+    fields, e.g. ``build_model('dpm_small', height=128, width=160)``."""
+    return DPMNet(preset_config(preset, **overrides))
+
+
+def preprocess(images: np.ndarray) -> torch.Tensor:
+    """uint8 RGB images (B, H, W, 3) or (H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]: ``(x / 255 - 0.5) / 0.5``."""
+    if not isinstance(images, np.ndarray):
+        raise ValueError(f"expected a numpy uint8 array, got {type(images).__name__}")
+    if images.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB images, got dtype {images.dtype}")
+    if images.ndim == 3:
+        images = images[None]
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected (B, H, W, 3) or (H, W, 3) RGB images, got shape {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
+    return (x / 255.0 - 0.5) / 0.5
