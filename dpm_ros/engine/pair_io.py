@@ -1,0 +1,67 @@
+"""Shared by every backend: an image pair in (checked, resized to the network resolution with cv2.INTER_AREA,
+normalised like DUSt3R), the network's batched outputs out as one float32 array per map at network resolution."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from dpm_ros.engine.base import check_image
+from dpm_ros.engine.onnx_model import DUST3R_NORMALISATION
+
+
+def resize_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, 3) → uint8 (height, width, 3) by area averaging (no-op when already that size)."""
+    if img.shape[:2] == (height, width):
+        return img
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def normalise_images(images: np.ndarray, normalisation: dict = DUST3R_NORMALISATION) -> np.ndarray:
+    """uint8 (B, H, W, 3) RGB → float32 (B, 3, H, W): ``(x·scale − mean) / std`` per channel (DUSt3R: x/255 to
+    [0, 1], then (· − 0.5) / 0.5 to [−1, 1])."""
+    scale = np.float32(normalisation["scale"])
+    mean = np.asarray(normalisation["mean"], np.float32)
+    std = np.asarray(normalisation["std"], np.float32)
+    x = images.astype(np.float32) * scale
+    x = (x - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def prepare_pair(img1: np.ndarray, img2: np.ndarray, height: int, width: int, source: str,
+                 normalisation: dict = DUST3R_NORMALISATION) -> tuple[np.ndarray, np.ndarray]:
+    """Check, resize and normalise a pair. Returns float32 (1, 3, height, width) inputs ``img1``, ``img2``.
+
+    ``source`` (the model file) is named in every error, e.g. "engines/dpm_small.onnx: img2: expected dtype uint8".
+    """
+    try:
+        check_image(img1, "img1")
+        check_image(img2, "img2")
+    except ValueError as exc:
+        raise ValueError(f"{source}: {exc}") from None
+    if img1.shape != img2.shape:
+        raise ValueError(f"{source}: img1 is {img1.shape[1]}x{img1.shape[0]} but img2 is "
+                         f"{img2.shape[1]}x{img2.shape[0]}; both images of a pair must have the same size")
+    if min(img1.shape[:2]) < 8:
+        raise ValueError(f"{source}: images of {img1.shape[1]}x{img1.shape[0]} pixels are too small "
+                         f"(the network runs at {width}x{height})")
+    batch = np.stack([resize_image(img1, height, width), resize_image(img2, height, width)])
+    x = normalise_images(batch, normalisation)
+    return x[0:1], x[1:2]
+
+
+def unbatch_outputs(outputs: dict[str, np.ndarray], names: tuple[str, ...], height: int, width: int,
+                    source: str) -> dict[str, np.ndarray]:
+    """Batched network outputs (1, h, w, 3) / (1, h, w) → float32 (h, w, 3) / (h, w) arrays by name.
+
+    Raises ValueError naming ``source`` when an output is missing or has an unexpected shape.
+    """
+    result = {}
+    for name in names:
+        if name not in outputs:
+            raise ValueError(f"{source}: network output {name!r} missing (has {sorted(outputs)})")
+        arr = np.asarray(outputs[name])
+        expect = (1, height, width, 3) if name.startswith("p") else (1, height, width)
+        if arr.shape != expect:
+            raise ValueError(f"{source}: output {name!r} has shape {arr.shape}, expected {expect}")
+        result[name] = np.ascontiguousarray(arr[0], dtype=np.float32)
+    return result

@@ -1,0 +1,108 @@
+"""TensorRT engine cache: the key pins an engine to ONNX bytes, TensorRT version, GPU, precision and shape; metadata
+round-trips; writes are atomic; a stale or damaged entry is a miss. Plain functions, no GPU needed."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from dpm_ros.engine import cache
+
+SHA = hashlib.sha256(b"model").hexdigest()
+SHAPES = {"img1": (1, 3, 384, 512), "img2": (1, 3, 384, 512)}
+
+
+def key(**changes):
+    fields = dict(onnx_sha256=SHA, tensorrt_version="10.13.0.35", gpu_name="NVIDIA Jetson AGX Orin",
+                  compute_capability=(8, 7), precision="fp16", input_shapes=SHAPES)
+    fields.update(changes)
+    return cache.engine_cache_key(**fields)
+
+
+def test_file_sha256_matches_hashlib_across_chunks(tmp_path):
+    data = os.urandom(3 * 1024 + 17)
+    (tmp_path / "m.onnx").write_bytes(data)
+    assert cache.file_sha256(tmp_path / "m.onnx", chunk_bytes=1024) == hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.parametrize("field,value", [
+    ("onnx_sha256", hashlib.sha256(b"other").hexdigest()), ("tensorrt_version", "10.14.1"),
+    ("gpu_name", "NVIDIA H100 80GB HBM3"), ("compute_capability", (9, 0)), ("precision", "fp32"),
+    ("input_shapes", {"img1": (1, 3, 224, 224), "img2": (1, 3, 224, 224)}),
+])
+def test_every_key_field_changes_the_digest_and_is_reported_as_mismatch(tmp_path, field, value):
+    base, other = key(), key(**{field: value})
+    assert cache.key_digest(base) != cache.key_digest(other)
+    assert len(cache.key_digest(base)) == 16
+    meta = cache.write_metadata(tmp_path / "e.engine.json", base)
+    assert cache.mismatched_fields(other, meta) == [field]
+    assert cache.mismatched_fields(base, meta) == []
+
+
+def test_digest_is_independent_of_dict_order():
+    a = key(input_shapes={"img1": (1, 3, 8, 8), "img2": (1, 3, 8, 8)})
+    b = key(input_shapes={"img2": (1, 3, 8, 8), "img1": (1, 3, 8, 8)})
+    assert cache.key_digest(a) == cache.key_digest(b)
+
+
+@pytest.mark.parametrize("bad", [dict(onnx_sha256="abc"), dict(precision="int8"), dict(compute_capability=(8,))])
+def test_bad_key_fields_raise_value_error(bad):
+    with pytest.raises(ValueError):
+        key(**bad)
+
+
+def test_cached_engine_hit_only_with_matching_metadata(tmp_path):
+    onnx_path = tmp_path / "dpm_small.onnx"
+    k = key()
+    engine, meta = cache.engine_paths(tmp_path, onnx_path, k)
+    assert engine.name == f"dpm_small.{cache.key_digest(k)}.engine" and meta.name == engine.name + ".json"
+    assert cache.cached_engine(tmp_path, onnx_path, k) is None                 # nothing yet
+    cache.atomic_write_bytes(engine, b"\x01" * 100)
+    assert cache.cached_engine(tmp_path, onnx_path, k) is None                 # engine without metadata
+    cache.write_metadata(meta, k, build_seconds=12.5)
+    assert cache.cached_engine(tmp_path, onnx_path, k) == engine
+    assert cache.read_metadata(meta)["build_seconds"] == 12.5
+    # metadata of another TensorRT version under this name (e.g. copied from another robot): a miss
+    cache.write_metadata(meta, key(tensorrt_version="10.3.0"))
+    assert cache.cached_engine(tmp_path, onnx_path, k) is None
+    # damaged metadata or an empty engine file: a miss, not a crash
+    cache.write_metadata(meta, k)
+    meta.write_text("{not json")
+    assert cache.read_metadata(meta) is None and cache.cached_engine(tmp_path, onnx_path, k) is None
+    cache.write_metadata(meta, k)
+    engine.write_bytes(b"")
+    assert cache.cached_engine(tmp_path, onnx_path, k) is None
+
+
+def test_atomic_write_leaves_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "x.engine"
+    cache.atomic_write_bytes(target, b"old")
+
+    class Boom:  # not bytes-like: f.write raises after the temporary file exists
+        pass
+
+    with pytest.raises(TypeError):
+        cache.atomic_write_bytes(target, Boom())
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["x.engine"]  # temporary file cleaned up
+    cache.atomic_write_bytes(target, memoryview(b"new bytes"))
+    assert target.read_bytes() == b"new bytes"
+
+
+def test_metadata_json_is_plain_and_readable(tmp_path):
+    k = key()
+    cache.write_metadata(tmp_path / "m.json", k, onnx_path="engines/dpm_small.onnx")
+    raw = json.loads((tmp_path / "m.json").read_text())
+    assert raw["key"]["compute_capability"] == [8, 7]
+    assert raw["key"]["input_shapes"]["img1"] == [1, 3, 384, 512]
+    assert raw["onnx_path"] == "engines/dpm_small.onnx" and raw["format"] == cache.CACHE_FORMAT
+
+
+def test_timing_cache_path_depends_on_gpu_and_version_only(tmp_path):
+    a = cache.timing_cache_path(tmp_path, "10.13", "Orin", (8, 7))
+    assert a == cache.timing_cache_path(tmp_path, "10.13", "Orin", (8, 7))
+    assert a != cache.timing_cache_path(tmp_path, "10.14", "Orin", (8, 7))
+    assert a != cache.timing_cache_path(tmp_path, "10.13", "H100", (9, 0))
+    assert a.suffix == ".timing"

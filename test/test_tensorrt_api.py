@@ -1,0 +1,168 @@
+"""The TensorRT backend cannot run without an NVIDIA GPU, so it is checked against TensorRT 10.13's published API:
+every ``trt.X[.Y]`` our code touches, and every method/attribute used on a TensorRT object (by the variable names the
+backend reserves for them), must exist in the ``tensorrt-stubs`` .pyi files (parsed with ast; mypy chokes on them)."""
+from __future__ import annotations
+
+import ast
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKEND_FILES = [ROOT / "dpm_ros/engine/tensorrt_build.py", ROOT / "dpm_ros/engine/tensorrt_backend.py"]
+
+# variable (or self attribute) name in our backend -> the TensorRT classes it may hold
+VARIABLE_TYPES = {
+    "builder": ["Builder"], "network": ["INetworkDefinition"], "parser": ["OnnxParser"],
+    "config": ["IBuilderConfig"], "layer": ["ILayer", "IUnaryLayer", "IElementWiseLayer"],
+    "tensor": ["ITensor"], "_runtime": ["Runtime"], "_engine": ["ICudaEngine"], "engine": ["ICudaEngine"],
+    "_context": ["IExecutionContext"], "timing_cache": ["ITimingCache"],
+}
+
+
+def _stub_dir() -> Path:
+    spec = importlib.util.find_spec("tensorrt_bindings")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("tensorrt-stubs not installed (pip install --no-deps 'tensorrt-stubs==10.13.*')")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _class_index(tree: ast.Module) -> dict[str, tuple[set[str], list[str]]]:
+    """class name -> (member names, base class names), nested classes included by their own name."""
+    index = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            members = set()
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.ClassDef)):
+                    members.add(item.name)
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    members.add(item.target.id)
+                elif isinstance(item, ast.Assign):
+                    members |= {t.id for t in item.targets if isinstance(t, ast.Name)}
+            index[node.name] = (members, [b.id if isinstance(b, ast.Name) else ast.unparse(b) for b in node.bases])
+    return index
+
+
+def _members(index, cls: str) -> set[str]:
+    members, bases = index.get(cls, (set(), []))
+    out = set(members)
+    for base in bases:
+        out |= _members(index, base.split(".")[-1])
+    return out
+
+
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom):
+            names |= {a.asname or a.name for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _parse_tolerant(text: str) -> ast.Module:
+    """ast.parse, replacing each stub line that is not valid Python (e.g. a required parameter after defaulted
+    ones, a parameter named ``in``) by ``def name(self, *args, **kwargs): ...`` so the method name is kept."""
+    lines = text.splitlines()
+    for _ in range(200):
+        try:
+            return ast.parse("\n".join(lines))
+        except SyntaxError as exc:
+            line = lines[exc.lineno - 1]
+            indent = line[: len(line) - len(line.lstrip())]
+            name = line.strip().removeprefix("def ").split("(")[0]
+            if not line.strip().startswith("def ") or not name.isidentifier():
+                raise
+            lines[exc.lineno - 1] = f"{indent}def {name}(self, *args, **kwargs):"
+    raise AssertionError("too many syntax errors in the TensorRT stubs")
+
+
+@pytest.fixture(scope="module")
+def stubs():
+    stub_dir = _stub_dir()
+    bindings = _parse_tolerant((stub_dir / "tensorrt.pyi").read_text())
+    package = _parse_tolerant((stub_dir.parent / "tensorrt" / "__init__.pyi").read_text())
+    return _top_level_names(package) | _top_level_names(bindings), _class_index(bindings)
+
+
+def _holder_name(node: ast.AST) -> str | None:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "self":
+        return node.attr
+    return None
+
+
+def _uses():
+    """(file, line, chain) for trt.X / trt.X.Y, and (file, line, variable, attr) for TensorRT objects."""
+    trt_chains, object_attrs = [], []
+    for path in BACKEND_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id == "trt":
+                trt_chains.append((path.name, node.lineno, [node.attr]))
+            elif (isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name)
+                  and node.value.value.id == "trt"):
+                trt_chains.append((path.name, node.lineno, [node.value.attr, node.attr]))
+            holder = _holder_name(node.value)
+            if holder in VARIABLE_TYPES and not node.attr.startswith("__"):
+                object_attrs.append((path.name, node.lineno, holder, node.attr))
+    return trt_chains, object_attrs
+
+
+def test_every_trt_module_attribute_exists_in_tensorrt_10_13_stubs(stubs):
+    top, classes = stubs
+    chains, _ = _uses()
+    assert len(chains) >= 20, "the backend should be using the TensorRT API (parser found too few uses)"
+    missing = []
+    for file, line, chain in chains:
+        if chain[0] not in top:
+            missing.append(f"{file}:{line} trt.{chain[0]}")
+        elif len(chain) == 2 and chain[0] in classes and chain[1] not in _members(classes, chain[0]):
+            missing.append(f"{file}:{line} trt.{'.'.join(chain)}")
+    assert not missing, f"not in TensorRT 10.13 API: {missing}"
+
+
+def test_every_method_on_tensorrt_objects_exists_in_stubs(stubs):
+    _, classes = stubs
+    _, uses = _uses()
+    assert {holder for _, _, holder, _ in uses} >= {"builder", "network", "parser", "config", "layer", "_engine",
+                                                    "_context", "_runtime"}
+    missing = [f"{file}:{line} {holder}.{attr} ({'/'.join(VARIABLE_TYPES[holder])})"
+               for file, line, holder, attr in uses
+               if not any(attr in _members(classes, cls) for cls in VARIABLE_TYPES[holder])]
+    assert not missing, f"not in TensorRT 10.13 API: {missing}"
+
+
+def test_precision_pinning_names_real_tensorrt_enums(stubs):
+    from dpm_ros.engine import tensorrt_build as tb
+
+    _, classes = stubs
+    layer_types = _members(classes, "LayerType")
+    assert tb.FP32_LAYER_TYPES | tb.ATTENTION_PATH_TYPES | {"MATRIX_MULTIPLY", "UNARY", "CONSTANT"} <= layer_types
+    assert tb.FP32_UNARY_OPS <= _members(classes, "UnaryOperation")
+    assert tb.FP32_ELEMENTWISE_OPS <= _members(classes, "ElementWiseOperation")
+
+
+def test_stubs_are_not_mistaken_for_a_tensorrt_runtime():
+    """tensorrt-stubs installs a bare ``tensorrt/`` directory that imports as a namespace package; the backend must
+    report TensorRT as unavailable rather than fail later with AttributeError."""
+    from dpm_ros.engine.tensorrt_build import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    try:
+        import tensorrt
+        real = hasattr(tensorrt, "Builder")
+    except ImportError:
+        real = False
+    if real:
+        pytest.skip("a real TensorRT runtime is installed here")
+    assert reason is not None and ("stubs" in reason or "not installed" in reason)
