@@ -1,0 +1,172 @@
+"""Ground-truth DPM pairs and continuous sequences from synthetic scenes.
+
+``make_pair`` renders one random scene at t1 and t2; ``SyntheticSequence`` renders frames of one continuous scene
+(smooth camera and object motion) and builds the same pair dict for any two of its frames.
+
+Conventions: pixel (u, v) = column u, row v; integer coordinates are pixel centres, so pixel (u, v) sees the ray
+``K^-1 (u, v, 1)`` and a centred camera has cx = (W-1)/2, cy = (H-1)/2. Point maps are (H, W, 3) float32 in the
+optical frame (z forward, x right, y down) of the named camera, metres; NaN where ``valid`` is False (a pixel that
+sees no surface, e.g. open sky). ``P_i(t_j, π_k)``: the surface point seen by pixel i at time t_i, moved by its
+object's rigid motion to t_j (static points unchanged), expressed in camera k's frame.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import ALL_POINT_MAP_NAMES
+from .render import render
+from .scene import Scene, SceneConfig, invert_pose, random_scene
+
+
+def _transform(T: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """Apply a 4×4 transform to (..., 3) points."""
+    return pts @ T[:3, :3].T + T[:3, 3]
+
+
+def _move(points_w: np.ndarray, labels: np.ndarray, motions: dict[int, np.ndarray]) -> np.ndarray:
+    """World points of a view moved by each labelled object's world-frame motion (static / unlabelled unchanged)."""
+    out = points_w.copy()
+    for k, M in motions.items():
+        sel = labels == k
+        if sel.any():
+            out[sel] = _transform(M, points_w[sel])
+    return out
+
+
+def pair_from_renders(scene: Scene, K: np.ndarray, t1: float, t2: float, T_w_c1: np.ndarray, T_w_c2: np.ndarray,
+                      r1: dict, r2: dict) -> dict:
+    """The make_pair dict from two renders (``render`` outputs) of ``scene`` at t1 and t2."""
+    labels = scene.labels
+    fwd = {k: scene.object_motion(k, t1, t2) for k in labels}     # world frame, t1 -> t2
+    bwd = {k: invert_pose(M) for k, M in fwd.items()}
+    T_c1_w, T_c2_w = invert_pose(T_w_c1), invert_pose(T_w_c2)
+    out: dict = {}
+    for view, r, T_w_ci, own_motion in (("1", r1, T_w_c1, fwd), ("2", r2, T_w_c2, bwd)):
+        pts = r["points"].astype(np.float64)
+        lab = r["labels"]
+        w_own = _transform(T_w_ci, pts)                  # at its own time t_i
+        w_other = _move(w_own, lab, own_motion)          # at the other time
+        t_own, t_other = ("t1", "t2") if view == "1" else ("t2", "t1")
+        for t_name, w in ((t_own, w_own), (t_other, w_other)):
+            out[f"p{view}_{t_name}_pi1"] = _transform(T_c1_w, w)
+            out[f"p{view}_{t_name}_pi2"] = _transform(T_c2_w, w)
+        out[f"p{view}_{t_own}_pi{view}"] = pts          # exact copy of the render: projects onto its pixel
+    result = {name: out[name].astype(np.float32) for name in ALL_POINT_MAP_NAMES}
+    valid1, valid2 = r1["labels"] >= 0, r2["labels"] >= 0
+    result.update(
+        img1=r1["rgb"], img2=r2["rgb"], K=K.copy(), T_w_c1=T_w_c1, T_w_c2=T_w_c2,
+        instances1=np.maximum(r1["labels"], 0).astype(np.int32), instances2=np.maximum(r2["labels"], 0).astype(np.int32),
+        object_motions=fwd, valid1=valid1, valid2=valid2, t1=float(t1), t2=float(t2),
+        depth1=np.where(valid1, r1["points"][..., 2], np.nan).astype(np.float32),
+        depth2=np.where(valid2, r2["points"][..., 2], np.nan).astype(np.float32),
+    )
+    result["moving1"] = result["instances1"] > 0
+    result["moving2"] = result["instances2"] > 0
+    return result
+
+
+def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, *, kind: str = "dynamic",
+              time_gap: float = 0.1, config: SceneConfig | None = None, renderer: str = "auto", **knobs) -> dict:
+    """One random dynamic scene seen at t1 = 0 and t2 = ``time_gap`` (seconds), with ground truth.
+
+    Args: ``seed`` (deterministic output per seed), image size in pixels, ``n_objects`` rigid objects,
+    ``kind`` "dynamic" | "static" (nothing but the camera moves: P(t2) = P(t1)), ``time_gap`` = t2 - t1 (s, may be
+    negative), ``config`` a SceneConfig and/or its fields as keyword ``knobs`` (e.g. ``object_translation=(0.2, 0.5)``,
+    ``object_rotation_deg``, ``object_radius``, ``camera_translation``, ``camera_rotation_deg``, ``moving_prob``:
+    per-pair motion magnitudes), ``renderer`` "auto" (OpenGL/EGL, else numpy) | "gl" | "numpy".
+
+    Returns a dict: the eight point maps by name ((H, W, 3) float32, metres, optical frame of the named camera, NaN
+    where invalid); ``img1``, ``img2`` (H, W, 3) uint8 RGB; ``K`` (3×3, both frames); ``T_w_c1``, ``T_w_c2`` (4×4
+    camera-to-world); ``instances1``, ``instances2`` (H, W) int32 (0 = static, k = moving object k);
+    ``object_motions`` {k: 4×4 world-frame rigid motion t1 -> t2} for the moving objects; ``valid1``, ``valid2``,
+    ``moving1``, ``moving2`` (H, W) bool; ``depth1``, ``depth2`` (H, W) float32 z (m, NaN invalid); ``t1``, ``t2``
+    (s); ``seed``; ``kind``.
+    """
+    if height < 2 or width < 2:
+        raise ValueError(f"image size must be at least 2×2 pixels, got {height}×{width}")
+    config = (config or SceneConfig()).replace(kind=kind, **knobs)
+    scene = random_scene(seed, n_objects, config, style="pair", time_gap=time_gap)
+    K = scene.intrinsics(height, width)
+    t1, t2 = 0.0, float(time_gap)
+    T1, T2 = scene.camera.pose(t1), scene.camera.pose(t2)
+    r1 = render(scene, t1, T1, K, height, width, renderer)
+    r2 = render(scene, t2, T2, K, height, width, renderer)
+    out = pair_from_renders(scene, K, t1, t2, T1, T2, r1, r2)
+    out.update(seed=int(seed), kind=kind)
+    return out
+
+
+class SyntheticSequence:
+    """Frames of one continuous synthetic scene: camera orbits the centre, objects oscillate and spin smoothly.
+
+    Frame i has stamp ``t0 + i / fps`` seconds. Motion knobs of ``config`` / ``knobs`` are rates here:
+    ``object_translation`` m/s (peak), ``object_rotation_deg`` deg/s, ``camera_translation`` m/s,
+    ``camera_rotation_deg`` deg/s. Deterministic in all constructor arguments (``params()`` returns them as JSON-able
+    data; ``SyntheticSequence(**params)`` regenerates the same sequence).
+    """
+
+    def __init__(self, seed: int = 0, n_frames: int = 30, fps: float = 10.0, height: int = 128, width: int = 128,
+                 n_objects: int = 4, *, kind: str = "dynamic", t0: float = 0.0, renderer: str = "auto",
+                 config: SceneConfig | dict | None = None, **knobs):
+        if n_frames < 1 or fps <= 0:
+            raise ValueError(f"need n_frames >= 1 and fps > 0, got n_frames={n_frames}, fps={fps}")
+        if height < 2 or width < 2:
+            raise ValueError(f"image size must be at least 2×2 pixels, got {height}×{width}")
+        if isinstance(config, dict):
+            config = SceneConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+        defaults = dict(object_translation=(0.2, 0.6), object_rotation_deg=(10.0, 60.0),
+                        camera_translation=(0.3, 0.8), camera_rotation_deg=(0.0, 5.0))
+        base = config or SceneConfig(**defaults)
+        self.config = base.replace(kind=kind, **knobs)
+        self.seed, self.n_frames, self.fps = int(seed), int(n_frames), float(fps)
+        self.height, self.width, self.n_objects, self.t0 = int(height), int(width), int(n_objects), float(t0)
+        self.renderer = renderer
+        self.scene = random_scene(self.seed, self.n_objects, self.config, style="sequence")
+        self.K = self.scene.intrinsics(self.height, self.width)
+        self._cache: dict[int, dict] = {}
+
+    def params(self) -> dict:
+        """Constructor arguments as plain JSON-able data (regenerates this exact sequence)."""
+        return dict(seed=self.seed, n_frames=self.n_frames, fps=self.fps, height=self.height, width=self.width,
+                    n_objects=self.n_objects, t0=self.t0, config=self.config.to_dict())
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def stamp(self, i: int) -> float:
+        """Time of frame i in seconds."""
+        self._check(i)
+        return self.t0 + i / self.fps
+
+    def _check(self, i: int) -> None:
+        if not 0 <= i < self.n_frames:
+            raise ValueError(f"frame index {i} out of range 0..{self.n_frames - 1}")
+
+    def _render(self, i: int) -> dict:
+        if i not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.clear()
+            t = self.stamp(i)
+            T = self.scene.camera.pose(t - self.t0)
+            r = render(self.scene, t - self.t0, T, self.K, self.height, self.width, self.renderer)
+            self._cache[i] = dict(r, T_w_c=T)
+        return self._cache[i]
+
+    def frame(self, i: int) -> dict:
+        """Frame i: ``image`` (H, W, 3) uint8 RGB, ``stamp`` (s), ``K`` (3×3), ``T_w_c`` (4×4 camera-to-world),
+        ``depth`` (H, W) float32 z in metres (NaN where no surface), ``instances`` (H, W) int32 (0 = static)."""
+        r = self._render(i)
+        valid = r["labels"] >= 0
+        return dict(image=r["rgb"], stamp=self.stamp(i), K=self.K.copy(), T_w_c=r["T_w_c"].copy(),
+                    depth=np.where(valid, r["points"][..., 2], np.nan).astype(np.float32),
+                    instances=np.maximum(r["labels"], 0).astype(np.int32), valid=valid)
+
+    def pair(self, i: int, j: int) -> dict:
+        """The make_pair dict for image 1 = frame i (t1) and image 2 = frame j (t2)."""
+        self._check(i)
+        self._check(j)
+        r1, r2 = self._render(i), self._render(j)
+        out = pair_from_renders(self.scene, self.K, self.stamp(i) - self.t0, self.stamp(j) - self.t0,
+                                r1["T_w_c"], r2["T_w_c"], r1, r2)
+        out.update(t1=self.stamp(i), t2=self.stamp(j), seed=self.seed, kind=self.config.kind)
+        return out

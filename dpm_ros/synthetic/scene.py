@@ -1,0 +1,285 @@
+"""Procedural dynamic scenes: a textured room (floor, walls, ceiling), static clutter and rigid objects (boxes,
+ellipsoids) that translate and rotate over time, seen by a moving pinhole camera under random lighting.
+
+A scene is pure description: primitives in their own local frames, poses as functions of time, texture and light
+parameters. ``raycast.py`` and ``gl.py`` render it; ``pairs.py`` turns renders into the eight ground-truth point maps.
+World frame: z up, metres; the floor is the plane z = 0 inside the room box. Cameras use the optical convention
+(z forward, x right, y down). Time in seconds.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+ROOM, BOX, ELLIPSOID = 0, 1, 2
+N_WAVES = 4
+
+
+def rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
+    """Rodrigues: rotation vector (axis·angle, radians) -> 3×3 rotation matrix."""
+    rv = np.asarray(rv, dtype=np.float64)
+    angle = float(np.linalg.norm(rv))
+    if angle < 1e-15:
+        return np.eye(3)
+    k = rv / angle
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * (kx @ kx)
+
+
+def make_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    T = np.eye(4)
+    T[:3, :3] = R
+    T[:3, 3] = t
+    return T
+
+
+def invert_pose(T: np.ndarray) -> np.ndarray:
+    """Inverse of a 4×4 rigid transform."""
+    R, t = T[:3, :3], T[:3, 3]
+    return make_pose(R.T, -R.T @ t)
+
+
+def look_at(position: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.ndarray:
+    """4×4 camera-to-world pose of an optical camera (z forward, x right, y down) at ``position`` looking at
+    ``target`` (world, z up), rolled by ``roll`` radians about its optical axis."""
+    z = np.asarray(target, float) - np.asarray(position, float)
+    z /= np.linalg.norm(z)
+    x = np.cross(z, [0.0, 0.0, 1.0])
+    if np.linalg.norm(x) < 1e-6:  # looking straight up/down: any right vector
+        x = np.cross(z, [1.0, 0.0, 0.0])
+    x /= np.linalg.norm(x)
+    y = np.cross(z, x)
+    c, s = np.cos(roll), np.sin(roll)
+    x, y = c * x + s * y, -s * x + c * y
+    return make_pose(np.stack([x, y, z], axis=1), position)
+
+
+@dataclass
+class Trajectory:
+    """A smooth path in world coordinates: ``p(t) = c + v·t + amp ⊙ sin(freq ⊙ t + phase)`` (metres, seconds)."""
+    c: np.ndarray
+    v: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    amp: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    freq: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    phase: np.ndarray = field(default_factory=lambda: np.zeros(3))
+
+    def at(self, t: float) -> np.ndarray:
+        return self.c + self.v * t + self.amp * np.sin(self.freq * t + self.phase)
+
+
+@dataclass
+class Primitive:
+    """One surface. ``kind``: ROOM (seen from inside), BOX (half-extents ``size``), ELLIPSOID (radii ``size``).
+    Pose at time t: ``R(t) = exp([omega]·t) R0``, centre ``path.at(t)``. ``label``: instance id written into the
+    instance maps (0 = static, k > 0 = moving object k)."""
+    kind: int
+    size: np.ndarray
+    path: Trajectory
+    R0: np.ndarray
+    omega: np.ndarray           # angular velocity (rad/s, world frame)
+    label: int
+    color_a: np.ndarray         # albedo endpoints, RGB in [0, 1]
+    color_b: np.ndarray
+    checker_scale: float        # checker cells per metre
+    checker_weight: float       # 0..1
+    waves: np.ndarray           # (N_WAVES, 4): wave vector (rad/m, local frame) and phase
+    wave_amps: np.ndarray       # (N_WAVES,)
+    open_top: bool = False      # ROOM only: no ceiling (sky pixels are invalid)
+
+    def pose(self, t: float) -> np.ndarray:
+        """4×4 local-to-world pose at time t."""
+        return make_pose(rotvec_to_matrix(self.omega * t) @ self.R0, self.path.at(t))
+
+    @property
+    def moving(self) -> bool:
+        return self.label > 0
+
+
+@dataclass
+class Light:
+    direction: np.ndarray       # unit vector towards the light (world)
+    color: np.ndarray           # RGB tint
+    ambient: float
+    diffuse: float
+
+
+@dataclass
+class CameraRig:
+    """Camera pose over time: looks from ``position.at(t)`` towards ``target.at(t)``, roll ``roll0 + roll_rate·t``."""
+    position: Trajectory
+    target: Trajectory
+    roll0: float = 0.0
+    roll_rate: float = 0.0
+
+    def pose(self, t: float) -> np.ndarray:
+        """4×4 camera-to-world pose (optical frame) at time t."""
+        return look_at(self.position.at(t), self.target.at(t), self.roll0 + self.roll_rate * t)
+
+
+@dataclass
+class Scene:
+    primitives: list[Primitive]
+    light: Light
+    camera: CameraRig
+    fov_deg: float
+
+    def intrinsics(self, height: int, width: int) -> np.ndarray:
+        """3×3 K: square pixels, horizontal field of view ``fov_deg``, principal point at the image centre
+        ((W-1)/2, (H-1)/2; integer pixel coordinates are pixel centres)."""
+        f = 0.5 * width / np.tan(np.radians(self.fov_deg) / 2)
+        return np.array([[f, 0, (width - 1) / 2], [0, f, (height - 1) / 2], [0, 0, 1.0]])
+
+    def object_motion(self, label: int, t_from: float, t_to: float) -> np.ndarray:
+        """4×4 world-frame rigid motion of object ``label`` from t_from to t_to (X_to = M X_from)."""
+        prim = next(p for p in self.primitives if p.label == label)
+        return prim.pose(t_to) @ invert_pose(prim.pose(t_from))
+
+    @property
+    def labels(self) -> list[int]:
+        return [p.label for p in self.primitives if p.label > 0]
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Knobs of the generator (ranges are sampled uniformly per scene). Motion knobs for pairs are per pair
+    (between t1 and t2), for sequences they set speeds (per second) of smooth bounded motion.
+
+    - ``kind``: "dynamic" (objects move) or "static" (nothing but the camera moves: P(t2) = P(t1)).
+    - ``moving_prob``: chance that each object moves (in "dynamic"); objects that do not move are labelled static (0).
+    - ``object_radius``: half-extent / radius range of objects (m): sets the moving-pixel share with ``n_objects``.
+    - ``object_translation`` (m), ``object_rotation_deg``: per-pair object motion magnitude, random 3D direction and
+      axis. For sequences: m/s and deg/s (peak).
+    - ``camera_translation`` (m), ``camera_rotation_deg``: per-pair camera motion (sequence: per second).
+    - ``camera_distance``: distance of the camera from the scene centre (m); ``fov_deg``: horizontal field of view.
+    - ``n_static``: number of static clutter boxes near the walls; ``open_sky_prob``: chance of a room without
+      ceiling (sky pixels are invalid); ``light_ambient``: ambient light range.
+    """
+    kind: str = "dynamic"
+    moving_prob: float = 1.0
+    object_radius: tuple[float, float] = (0.25, 0.7)
+    object_translation: tuple[float, float] = (0.05, 0.4)
+    object_rotation_deg: tuple[float, float] = (2.0, 25.0)
+    camera_translation: tuple[float, float] = (0.0, 0.4)
+    camera_rotation_deg: tuple[float, float] = (0.0, 8.0)
+    camera_distance: tuple[float, float] = (4.5, 6.0)
+    fov_deg: tuple[float, float] = (50.0, 75.0)
+    n_static: tuple[int, int] = (1, 4)
+    open_sky_prob: float = 0.05
+    light_ambient: tuple[float, float] = (0.2, 0.6)
+
+    def __post_init__(self):
+        if self.kind not in ("dynamic", "static"):
+            raise ValueError(f"kind must be 'dynamic' or 'static', got {self.kind!r}")
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple) and (len(v) != 2 or v[0] > v[1] or v[0] < 0):
+                raise ValueError(f"{f.name} must be a (low, high) range with 0 <= low <= high, got {v}")
+        if not 0.0 <= self.moving_prob <= 1.0 or not 0.0 <= self.open_sky_prob <= 1.0:
+            raise ValueError("moving_prob and open_sky_prob must be probabilities in [0, 1]")
+
+    def replace(self, **kw) -> "SceneConfig":
+        return dataclasses.replace(self, **kw)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _unit(rng: np.random.Generator) -> np.ndarray:
+    v = rng.normal(size=3)
+    return v / np.linalg.norm(v)
+
+
+def _texture(rng: np.random.Generator, scale: float) -> dict:
+    """Random solid texture: two colours, a checker and a few sinusoids (spatial frequencies relative to ``scale``)."""
+    base = rng.uniform(0.15, 0.95, 3)
+    other = np.clip(base * rng.uniform(0.2, 0.7) + rng.uniform(-0.2, 0.3, 3), 0.02, 1.0)
+    waves = np.zeros((N_WAVES, 4))
+    for i in range(N_WAVES):
+        waves[i, :3] = _unit(rng) * rng.uniform(1.0, 6.0) * 2 * np.pi / scale
+        waves[i, 3] = rng.uniform(0, 2 * np.pi)
+    return dict(color_a=base, color_b=other, checker_scale=rng.uniform(0.6, 2.5) / scale,
+                checker_weight=rng.uniform(0.0, 0.8), waves=waves, wave_amps=rng.uniform(0.05, 0.25, N_WAVES))
+
+
+def _u(rng, rng_pair) -> float:
+    return float(rng.uniform(*rng_pair))
+
+
+def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(), style: str = "pair",
+                 time_gap: float = 0.1) -> Scene:
+    """A random scene, deterministic in ``seed``. ``style="pair"``: linear motion from t=0 so that between t=0 and
+    t=``time_gap`` objects and camera move by the per-pair magnitudes of ``config``; ``style="sequence"``: smooth
+    bounded oscillating motion (speeds from ``config`` per second) suitable for long sequences."""
+    if n_objects < 0:
+        raise ValueError(f"n_objects must be >= 0, got {n_objects}")
+    if style == "pair" and time_gap == 0:
+        raise ValueError("time_gap must be non-zero (t2 - t1, seconds)")
+    rng = np.random.default_rng(seed)
+    half = np.array([rng.uniform(9.0, 11.0), rng.uniform(9.0, 11.0), rng.uniform(1.5, 3.0)])  # room half-extents
+    room_centre = np.array([0.0, 0.0, half[2]])
+    prims = [Primitive(ROOM, half, Trajectory(room_centre.copy()), np.eye(3), np.zeros(3), 0,
+                       open_top=bool(rng.uniform() < config.open_sky_prob), **_texture(rng, 1.5))]
+    for _ in range(int(rng.integers(config.n_static[0], config.n_static[1] + 1))):  # static clutter near the walls
+        size = rng.uniform(0.3, 0.9, 3)
+        ang = rng.uniform(0, 2 * np.pi)
+        c = np.array([np.cos(ang) * (half[0] - 1.2), np.sin(ang) * (half[1] - 1.2), size[2]])
+        prims.append(Primitive(BOX, size, Trajectory(c), rotvec_to_matrix([0, 0, rng.uniform(0, np.pi)]),
+                               np.zeros(3), 0, **_texture(rng, 1.0)))
+    dynamic = config.kind == "dynamic"
+    seq = style == "sequence"
+    for k in range(1, n_objects + 1):
+        kind = BOX if rng.uniform() < 0.5 else ELLIPSOID
+        r = _u(rng, config.object_radius)
+        size = r * rng.uniform(0.6, 1.0, 3)
+        bound = float(np.linalg.norm(size)) if kind == BOX else float(size.max())
+        ang, rad = rng.uniform(0, 2 * np.pi), 2.0 * np.sqrt(rng.uniform())
+        c = np.array([rad * np.cos(ang), rad * np.sin(ang), bound + rng.uniform(0.02, 1.2)])
+        path, omega, label = Trajectory(c), np.zeros(3), 0
+        moves = dynamic and rng.uniform() < config.moving_prob
+        trans, rot = _u(rng, config.object_translation), np.radians(_u(rng, config.object_rotation_deg))
+        direction, axis = _unit(rng), _unit(rng)
+        if moves:
+            label = k
+            omega = axis * rot / (1.0 if seq else abs(time_gap))
+            if seq:  # bounded: oscillate with peak speed ~trans (m/s), amplitude <= 0.8 m
+                freq = rng.uniform(0.3, 1.2, 3)
+                path.amp = np.minimum(np.abs(direction) * trans / freq, 0.8)
+                path.amp[2] = min(path.amp[2], max(c[2] - bound - 0.02, 0.0))
+                path.freq, path.phase = freq, rng.uniform(0, 2 * np.pi, 3)
+            else:
+                path.v = direction * trans / abs(time_gap)
+        prims.append(Primitive(kind, size, path, rotvec_to_matrix(_unit(rng) * rng.uniform(0, np.pi)), omega,
+                               label, **_texture(rng, max(r, 0.2))))
+
+    dist, height = _u(rng, config.camera_distance), rng.uniform(0.6, 2.6)
+    ang = rng.uniform(0, 2 * np.pi)
+    pos = np.array([dist * np.cos(ang), dist * np.sin(ang), height])
+    target = np.array([*rng.uniform(-0.7, 0.7, 2), rng.uniform(0.2, 1.4)])
+    cam_trans, cam_rot = _u(rng, config.camera_translation), np.radians(_u(rng, config.camera_rotation_deg))
+    roll0 = rng.normal(0, np.radians(4))
+    if seq:  # orbit the centre at ~cam_trans m/s, pan/tilt ~cam_rot rad/s around the target
+        omega_orbit = cam_trans / dist * rng.choice([-1, 1])
+        position = Trajectory(np.array([0, 0, height]), amp=np.array([dist, dist, 0.3]),
+                              freq=np.array([omega_orbit, omega_orbit, rng.uniform(0.2, 0.6)]),
+                              phase=np.array([ang + np.pi / 2, ang, rng.uniform(0, 2 * np.pi)]))
+        tfreq = rng.uniform(0.2, 0.7, 3)
+        target_path = Trajectory(target, amp=np.minimum(cam_rot * dist / tfreq, 1.0) * np.array([1, 1, 0.3]),
+                                 freq=tfreq, phase=rng.uniform(0, 2 * np.pi, 3))
+        rig = CameraRig(position, target_path, roll0)
+    else:  # linear over the pair: translate by cam_trans, turn by ~cam_rot (pan/tilt via the target, plus roll)
+        view = target - pos
+        perp = np.cross(view / np.linalg.norm(view), _unit(rng))
+        perp /= np.linalg.norm(perp)
+        split = rng.uniform(0.0, 0.35)
+        g = abs(time_gap)
+        rig = CameraRig(Trajectory(pos, v=_unit(rng) * cam_trans / g),
+                        Trajectory(target, v=perp * np.linalg.norm(view) * np.tan(cam_rot * (1 - split)) / g),
+                        roll0, cam_rot * split * rng.choice([-1, 1]) / g)
+    tilt = np.radians(rng.uniform(20, 70))
+    light_dir = np.array([np.cos(ang + rng.uniform(-2, 2)) * np.cos(tilt),
+                          np.sin(ang + rng.uniform(-2, 2)) * np.cos(tilt), np.sin(tilt)])
+    light = Light(light_dir / np.linalg.norm(light_dir), rng.uniform(0.75, 1.0, 3),
+                  _u(rng, config.light_ambient), rng.uniform(0.5, 0.9))
+    return Scene(prims, light, rig, _u(rng, config.fov_deg))
