@@ -1,0 +1,222 @@
+"""Record topics over DDS into MCAP without rosbag2: rclpy raw subscriptions, rosbags writes the CDR bytes with their
+schemas (message definitions from rosbags' Kilted typestore; types it lacks, such as ``dpm_ros/msg/*``, are read
+from their ``.msg`` files under ``share/<pkg>/msg`` or this source tree's ``msg/``) so Foxglove and RViz open them.
+
+``BagWriter`` (no ROS needed) is shared with ``dpm replay``: ``OUT.mcap`` becomes one self-contained MCAP file, any
+other name a rosbag2 directory with MCAP storage.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from dpm_ros.ros.bag_player import resolve_msg_class
+
+SOURCE_MSG_DIR = Path(__file__).resolve().parents[2] / "msg"
+
+
+def _msg_file(msgtype: str) -> Path | None:
+    """The .msg file defining 'pkg/msg/Name' in an ament prefix (share/pkg/msg) or, for dpm_ros, the source tree."""
+    pkg, _, name = msgtype.split("/")
+    prefixes = [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p] + [sys.prefix]
+    candidates = [Path(p) / "share" / pkg / "msg" / f"{name}.msg" for p in prefixes]
+    if pkg == "dpm_ros":
+        candidates.insert(0, SOURCE_MSG_DIR / f"{name}.msg")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _dependencies(fielddefs) -> set[str]:
+    """Message types nested in one rosbags field definition (consts, fields)."""
+    from rosbags.interfaces import Nodetype
+
+    deps = set()
+    for _, (kind, detail) in fielddefs[1]:
+        if kind == Nodetype.NAME:
+            deps.add(detail)
+        elif kind in (Nodetype.ARRAY, Nodetype.SEQUENCE) and detail[0][0] == Nodetype.NAME:
+            deps.add(detail[0][1])
+    return deps
+
+
+def bag_typestore(msgtypes=()):
+    """rosbags typestore (ROS 2 Kilted) with every type of ``msgtypes`` and its nested types registered.
+    Raises ValueError naming a type whose definition cannot be found."""
+    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    pending, added = list(msgtypes), {}
+    while pending:
+        msgtype = pending.pop()
+        if msgtype in store.fielddefs or msgtype in added:
+            continue
+        path = _msg_file(msgtype) if msgtype.count("/") == 2 else None
+        if path is None:
+            raise ValueError(f"no message definition for '{msgtype}' (not in the ROS 2 typestore and no "
+                             f"share/<pkg>/msg/*.msg found on AMENT_PREFIX_PATH)")
+        types = get_types_from_msg(path.read_text(), msgtype)
+        added.update(types)
+        pending.extend(_dependencies(types[msgtype]))
+    if added:
+        store.register(added)
+    return store
+
+
+def rosbags_qos(profile):
+    """rclpy QoSProfile → rosbags Qos (stored as the topic's offered_qos_profiles)."""
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    def duration(d):
+        ns = d.nanoseconds if hasattr(d, "nanoseconds") else 0
+        if ns <= 0 or ns >= 2**63 - 1:
+            return QosTime(sec=9223372036, nsec=854775807)
+        return QosTime(sec=ns // 1_000_000_000, nsec=ns % 1_000_000_000)
+
+    return Qos(history=QosHistory[profile.history.name], depth=int(profile.depth),
+               reliability=QosReliability[profile.reliability.name],
+               durability=QosDurability[profile.durability.name], deadline=duration(profile.deadline),
+               lifespan=duration(profile.lifespan), liveliness=QosLiveliness[profile.liveliness.name],
+               liveliness_lease_duration=duration(profile.liveliness_lease_duration),
+               avoid_ros_namespace_conventions=bool(profile.avoid_ros_namespace_conventions))
+
+
+class BagWriter:
+    """Writes (topic, stamp ns, CDR bytes) with schemas. ``path`` ending in .mcap: one bare MCAP file (written in a
+    temporary rosbag2 folder beside it, moved into place by ``close``); otherwise a rosbag2 directory (MCAP)."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        self.path = Path(path)
+        if self.path.exists():
+            if not overwrite:
+                raise ValueError(f"output '{self.path}' already exists (remove it or pick another name)")
+            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"output folder '{self.path.parent}' does not exist")
+        self.bare = self.path.suffix == ".mcap"
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent)) if self.bare else None
+        target = self._tmp / "bag" if self.bare else self.path
+        self._writer = Writer(target, version=9, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._target = target
+        self.connections: dict[str, object] = {}
+        self.counts: dict[str, int] = {}
+
+    def add_topic(self, topic: str, msgtype: str, qos_profiles=()) -> None:
+        """Declare ``topic`` once, with its schema; ``qos_profiles``: rclpy QoSProfiles of its publishers."""
+        if topic in self.connections:
+            return
+        store = bag_typestore([msgtype])
+        self.connections[topic] = self._writer.add_connection(
+            topic, msgtype, typestore=store, offered_qos_profiles=[rosbags_qos(q) for q in qos_profiles])
+        self.counts[topic] = 0
+
+    def write(self, topic: str, stamp_ns: int, data: bytes) -> None:
+        self._writer.write(self.connections[topic], int(stamp_ns), data)
+        self.counts[topic] += 1
+
+    def close(self) -> Path:
+        """Finish the file(s); returns the written path."""
+        if self._writer is None:
+            return self.path
+        self._writer.close()
+        self._writer = None
+        if self.bare:
+            inner = next(self._target.glob("*.mcap"))
+            os.replace(inner, self.path)
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return self.path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def subscription_qos(publishers):
+    """QoS to subscribe with, compatible with every publisher found (rosbag2's rule): reliable only if all offer
+    it, transient-local only if all do; deep keep-last history so bursts are not dropped here."""
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+    profiles = [p.qos_profile for p in publishers]
+    reliable = bool(profiles) and all(q.reliability == ReliabilityPolicy.RELIABLE for q in profiles)
+    latched = bool(profiles) and all(q.durability == DurabilityPolicy.TRANSIENT_LOCAL for q in profiles)
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
+                      reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+
+
+class BagRecorder:
+    """Subscribes (raw) to ``topics`` as their publishers appear and writes every message with its receive time
+    (``node``'s clock, ns). Stops on ``stop``, after ``duration`` seconds, or after ``max_messages`` in total."""
+
+    def __init__(self, node, writer: BagWriter, topics, duration: float | None = None,
+                 max_messages: int | None = None, stop: threading.Event | None = None, log=None):
+        if not topics:
+            raise ValueError("name at least one topic to record")
+        if duration is not None and not duration > 0:
+            raise ValueError(f"--duration must be > 0 seconds, got {duration}")
+        if max_messages is not None and max_messages < 1:
+            raise ValueError(f"--max-messages must be >= 1, got {max_messages}")
+        self.node, self.writer = node, writer
+        self.topics = [t if t.startswith("/") else "/" + t for t in topics]
+        self.duration, self.max_messages = duration, max_messages
+        self.stop = stop or threading.Event()
+        self.log = log or (lambda text: print(f"dpm record: {text}", file=sys.stderr, flush=True))
+        self.subscriptions: dict[str, object] = {}
+        self.total = 0
+
+    def _discover(self) -> None:
+        types = dict(self.node.get_topic_names_and_types())
+        for topic in self.topics:
+            if topic in self.subscriptions or topic not in types:
+                continue
+            msgtype = types[topic][0]
+            cls = resolve_msg_class(msgtype)
+            if cls is None:
+                self.log(f"warning: cannot import '{msgtype}' of {topic}; not recording it")
+                self.subscriptions[topic] = None
+                continue
+            publishers = self.node.get_publishers_info_by_topic(topic)
+            self.writer.add_topic(topic, msgtype, [p.qos_profile for p in publishers])
+            self.subscriptions[topic] = self.node.create_subscription(
+                cls, topic, lambda data, t=topic: self._on_message(t, data), subscription_qos(publishers), raw=True)
+            self.log(f"recording {topic} ({msgtype})")
+
+    def _on_message(self, topic: str, data: bytes) -> None:
+        if self.max_messages is not None and self.total >= self.max_messages:
+            self.stop.set()
+            return
+        self.writer.write(topic, self.node.get_clock().now().nanoseconds, data)
+        self.total += 1
+        if self.max_messages is not None and self.total >= self.max_messages:
+            self.stop.set()
+
+    def record(self) -> dict[str, int]:
+        """Spin until a stop condition; returns messages written per topic."""
+        from rclpy.executors import SingleThreadedExecutor
+
+        executor = SingleThreadedExecutor(context=self.node.context)
+        executor.add_node(self.node)
+        start = next_discovery = time.monotonic()
+        try:
+            while not self.stop.is_set():
+                now = time.monotonic()
+                if self.duration is not None and now - start >= self.duration:
+                    break
+                if now >= next_discovery and len(self.subscriptions) < len(self.topics):
+                    self._discover()
+                    next_discovery = now + 0.1
+                executor.spin_once(timeout_sec=0.05)
+        finally:
+            executor.remove_node(self.node)
+        unseen = [t for t in self.topics if t not in self.subscriptions]
+        if unseen:
+            self.log(f"warning: no publisher ever appeared on {', '.join(unseen)}")
+        return dict(self.writer.counts)
