@@ -23,34 +23,25 @@ def _transform(T: np.ndarray, pts: np.ndarray) -> np.ndarray:
     return pts @ T[:3, :3].T + T[:3, 3]
 
 
-def _move(points_w: np.ndarray, labels: np.ndarray, motions: dict[int, np.ndarray]) -> np.ndarray:
-    """World points of a view moved by each labelled object's world-frame motion (static / unlabelled unchanged)."""
-    out = points_w.copy()
-    for k, M in motions.items():
-        sel = labels == k
-        if sel.any():
-            out[sel] = _transform(M, points_w[sel])
-    return out
-
-
 def pair_from_renders(scene: Scene, K: np.ndarray, t1: float, t2: float, T_w_c1: np.ndarray, T_w_c2: np.ndarray,
                       r1: dict, r2: dict) -> dict:
     """The make_pair dict from two renders (``render`` outputs) of ``scene`` at t1 and t2."""
-    labels = scene.labels
-    fwd = {k: scene.object_motion(k, t1, t2) for k in labels}     # world frame, t1 -> t2
-    bwd = {k: invert_pose(M) for k, M in fwd.items()}
-    T_c1_w, T_c2_w = invert_pose(T_w_c1), invert_pose(T_w_c2)
+    fwd = {k: scene.object_motion(k, t1, t2) for k in scene.labels}     # world frame, t1 -> t2
     out: dict = {}
-    for view, r, T_w_ci, own_motion in (("1", r1, T_w_c1, fwd), ("2", r2, T_w_c2, bwd)):
-        pts = r["points"].astype(np.float64)
-        lab = r["labels"]
-        w_own = _transform(T_w_ci, pts)                  # at its own time t_i
-        w_other = _move(w_own, lab, own_motion)          # at the other time
-        t_own, t_other = ("t1", "t2") if view == "1" else ("t2", "t1")
-        for t_name, w in ((t_own, w_own), (t_other, w_other)):
-            out[f"p{view}_{t_name}_pi1"] = _transform(T_c1_w, w)
-            out[f"p{view}_{t_name}_pi2"] = _transform(T_c2_w, w)
-        out[f"p{view}_{t_own}_pi{view}"] = pts          # exact copy of the render: projects onto its pixel
+    for i, o, r, T_w_ci, T_w_co in ((1, 2, r1, T_w_c1, T_w_c2), (2, 1, r2, T_w_c2, T_w_c1)):
+        pts = r["points"].astype(np.float64)             # camera i, time t_i
+        moved = pts.copy()                               # camera i, the other time
+        T_ci_w = invert_pose(T_w_ci)
+        for k, M in fwd.items():
+            sel = r["labels"] == k
+            if sel.any():
+                M_i = T_ci_w @ (M if i == 1 else invert_pose(M)) @ T_w_ci
+                moved[sel] = _transform(M_i, pts[sel])
+        T_co_ci = invert_pose(T_w_co) @ T_w_ci
+        out[f"p{i}_t{i}_pi{i}"] = pts                    # exact copy of the render: projects onto its pixel
+        out[f"p{i}_t{o}_pi{i}"] = moved
+        out[f"p{i}_t{i}_pi{o}"] = _transform(T_co_ci, pts)
+        out[f"p{i}_t{o}_pi{o}"] = _transform(T_co_ci, moved)
     result = {name: out[name].astype(np.float32) for name in ALL_POINT_MAP_NAMES}
     valid1, valid2 = r1["labels"] >= 0, r2["labels"] >= 0
     result.update(
