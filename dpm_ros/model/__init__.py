@@ -28,7 +28,10 @@ Contract (shared with training and the engines):
   ``load_dust3r_checkpoint(path, preset, **overrides) -> DPMNet`` for DUSt3R/MonST3R ``.pth`` (read with
   ``weights_only=True``) or ``.safetensors`` state dicts.
 """
+from dpm_ros.model.checkpoint import (CheckpointMismatchError, load_dust3r_checkpoint, load_model, read_model_meta,
+                                      save_model)
 from dpm_ros.model.config import PRESETS, DPMConfig, preset_config
 from dpm_ros.model.network import DPMNet, build_model, preprocess
 
-__all__ = ["PRESETS", "DPMConfig", "DPMNet", "build_model", "preprocess", "preset_config"]
+__all__ = ["PRESETS", "CheckpointMismatchError", "DPMConfig", "DPMNet", "build_model", "load_dust3r_checkpoint",
+           "load_model", "preprocess", "preset_config", "read_model_meta", "save_model"]

@@ -1,0 +1,260 @@
+"""The DPM network: output contract, symmetric batch, gated residual heads, RoPE, DUSt3R-exact parameter names."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpm_ros import ALL_POINT_MAP_NAMES, POINT_MAP_NAMES
+from dpm_ros.model import DPMConfig, build_model, preprocess
+from dpm_ros.model.network import conf_from_raw, points_from_raw
+from dpm_ros.model.rope import apply_rope, rope_tables
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
+CROSS = {"p1_t2_pi1": "p1_t1_pi1", "p2_t1_pi1": "p2_t2_pi1", "p2_t1_pi2": "p2_t2_pi2", "p1_t2_pi2": "p1_t1_pi2"}
+
+
+def randomise_cross_heads(model, seed=0):
+    """Give heads 3/4 non-trivial delta and gate weights (a fresh model has delta = 0)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for head in (model.downstream_head3, model.downstream_head4):
+            w, b, _ = head.output_layer()
+            w.copy_(torch.randn(w.shape, generator=g) * 0.2)
+            b.copy_(torch.randn(b.shape, generator=g))
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return randomise_cross_heads(build_model("dpm_tiny")).eval()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(2, 3, 32, 48, generator=g) * 2 - 1, torch.rand(2, 3, 32, 48, generator=g) * 2 - 1
+
+
+def test_forward_names_and_shapes(tiny, pair):
+    with torch.no_grad():
+        out = tiny(*pair)
+    expected = list(ALL_POINT_MAP_NAMES) + ["conf_" + n for n in ALL_POINT_MAP_NAMES] + ["motion_prob_1",
+                                                                                       "motion_prob_2"]
+    assert list(out) == expected
+    for n in ALL_POINT_MAP_NAMES:
+        assert out[n].shape == (2, 32, 48, 3) and out[n].dtype == torch.float32
+        assert out["conf_" + n].shape == (2, 32, 48)
+        assert bool((out["conf_" + n] > 1).all())
+    for k in ("motion_prob_1", "motion_prob_2"):
+        assert out[k].shape == (2, 32, 48)
+        assert 0 <= float(out[k].min()) and float(out[k].max()) <= 1
+        assert float(out[k].std()) > 1e-3  # randomised gate: not a constant
+    with torch.no_grad():
+        single = tiny(*pair, symmetric=False)
+    assert [k for k in single if not k.startswith(("conf_", "motion"))] == list(POINT_MAP_NAMES)
+
+
+def test_symmetric_batch_equals_two_single_passes(tiny, pair):
+    img1, img2 = pair
+    with torch.no_grad():
+        sym = tiny(img1, img2)
+        fwd = tiny(img1, img2, symmetric=False)
+        bwd = tiny(img2, img1, symmetric=False)
+    for name in POINT_MAP_NAMES:
+        torch.testing.assert_close(sym[name], fwd[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sym["conf_" + name], fwd["conf_" + name], atol=1e-5, rtol=1e-5)
+    for swapped, name in zip(ALL_POINT_MAP_NAMES[4:], POINT_MAP_NAMES):
+        torch.testing.assert_close(sym[swapped], bwd[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(sym["conf_" + swapped], bwd["conf_" + name], atol=1e-5, rtol=1e-5)
+    # the passes really differ (the decoders are asymmetric), so the check above is not vacuous
+    assert float((sym["p2_t2_pi2"] - sym["p1_t1_pi1"]).abs().max()) > 1e-3
+    tiny.symmetric = False
+    try:
+        with torch.no_grad():
+            assert "p2_t2_pi2" not in tiny(img1, img2)
+    finally:
+        tiny.symmetric = True
+
+
+def test_gated_residual_heads(tiny, pair):
+    """X = S + sigmoid(motion_logit_X) * delta_X for the four cross-time maps; motion_prob_* are the gates."""
+    with torch.no_grad():
+        raw = tiny.forward_raw(*pair)
+    for cross, same in CROSS.items():
+        m = torch.sigmoid(raw["motion_logit_" + cross])
+        torch.testing.assert_close(raw[cross], raw[same] + m[..., None] * raw["delta_" + cross])
+        assert float((raw[cross] - raw[same]).abs().max()) > 1e-3
+    torch.testing.assert_close(raw["motion_prob_1"], torch.sigmoid(raw["motion_logit_p1_t2_pi1"]))
+    torch.testing.assert_close(raw["motion_prob_2"], torch.sigmoid(raw["motion_logit_p2_t1_pi1"]))
+
+
+def test_fresh_model_is_the_static_baseline(pair):
+    model = build_model("dpm_tiny").eval()
+    with torch.no_grad():
+        out = model(*pair)
+    for cross, same in CROSS.items():
+        assert torch.equal(out[cross], out[same])
+    assert torch.allclose(out["motion_prob_1"], torch.full_like(out["motion_prob_1"], 1 / (1 + np.exp(6.0))))
+
+
+def test_gates_receive_gradients_from_a_fresh_model(pair):
+    """Delta = 0 at start, but delta must still learn (through m > 0) and the gate must learn from its BCE."""
+    model = build_model("dpm_tiny")
+    raw = model.forward_raw(*pair, symmetric=False)
+    target = raw["p1_t1_pi1"].detach() + 0.1
+    loss = (raw["p1_t2_pi1"] - target).abs().mean() + torch.nn.functional.binary_cross_entropy_with_logits(
+        raw["motion_logit_p1_t2_pi1"], torch.ones_like(raw["motion_logit_p1_t2_pi1"]))
+    loss.backward()
+    w, b, rows = model.downstream_head3.output_layer()
+    assert float(w.grad[:3 * rows].abs().sum()) > 0      # delta rows
+    assert float(b.grad[4 * rows:].abs().sum()) > 0      # motion logit rows
+
+
+def test_points_and_confidence_mappings():
+    x = torch.tensor([[3.0, 0.0, 4.0], [0.0, 0.0, 0.0], [-1.0, 2.0, 2.0]])
+    p = points_from_raw(x)
+    torch.testing.assert_close(p.norm(dim=-1), torch.expm1(x.norm(dim=-1)))
+    torch.testing.assert_close(p[0], torch.tensor([0.6, 0.0, 0.8]) * float(np.expm1(5.0)))
+    assert torch.equal(p[1], torch.zeros(3))
+    torch.testing.assert_close(conf_from_raw(torch.tensor([0.0, float(np.log(3.0))])), torch.tensor([2.0, 4.0]))
+
+
+def test_rope_rotates_first_half_by_row_second_by_column():
+    rows, cols, hd = 3, 5, 16
+    cos, sin = rope_tables(rows, cols, hd, base=100.0)
+    assert cos.dtype == torch.float32 and cos.shape == (rows * cols, hd)
+    # token 7 = row 1, column 2; channel j of the row half pairs with j + 4 at angle row * 100^(-2j/8)
+    n, r, c = 7, 1, 2
+    for j in range(4):
+        f = 100.0 ** (-2 * j / 8)
+        assert cos[n, j].item() == pytest.approx(np.cos(r * f), abs=1e-6)
+        assert sin[n, 8 + j].item() == pytest.approx(np.sin(c * f), abs=1e-6)
+
+
+def test_rope_attention_depends_on_relative_position_only():
+    rows, cols, hd = 6, 6, 16
+    cos, sin = rope_tables(rows, cols, hd)
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 1, 1, hd, generator=g), torch.randn(1, 1, 1, hd, generator=g)
+
+    def score(pq, pk):
+        iq, ik = pq[0] * cols + pq[1], pk[0] * cols + pk[1]
+        return float((apply_rope(q, cos[iq:iq + 1], sin[iq:iq + 1]) *
+                      apply_rope(k, cos[ik:ik + 1], sin[ik:ik + 1])).sum())
+    assert score((1, 2), (3, 1)) == pytest.approx(score((2, 4), (4, 3)), abs=1e-5)
+    assert abs(score((1, 2), (3, 1)) - score((1, 2), (1, 3))) > 1e-3
+    # rotation keeps the norm
+    torch.testing.assert_close(apply_rope(q, cos[9:10], sin[9:10]).norm(), q.norm())
+
+
+@pytest.mark.parametrize("patch,height,width", [(16, 48, 80), (8, 32, 40)])
+def test_dpt_head_output_resolution(patch, height, width):
+    model = build_model("dpm_tiny", head_type="dpt", patch_size=patch, height=height, width=width,
+                        dpt_feature_dim=16, dpt_layer_dims=(8, 8, 16, 16)).eval()
+    img = torch.zeros(1, 3, height, width)
+    with torch.no_grad():
+        out = model(img, img)
+    assert out["p1_t1_pi1"].shape == (1, height, width, 3)
+    assert out["conf_p1_t2_pi2"].shape == (1, height, width)
+
+
+def test_bad_inputs_raise_value_errors(tiny):
+    img = torch.zeros(1, 3, 32, 48)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        tiny(torch.zeros(1, 3, 30, 48), torch.zeros(1, 3, 30, 48))
+    with pytest.raises(ValueError, match="same shape"):
+        tiny(img, torch.zeros(1, 3, 32, 40))
+    with pytest.raises(ValueError, match="floating-point"):
+        tiny(img.to(torch.uint8), img.to(torch.uint8))
+    with pytest.raises(ValueError, match="unknown model preset"):
+        build_model("dpm_huge")
+    with pytest.raises(ValueError, match="head dimension"):
+        build_model("dpm_tiny", enc_num_heads=3)
+
+
+def test_preprocess_matches_dust3r_normalisation():
+    img = np.array([[[0, 128, 255]]], dtype=np.uint8)
+    x = preprocess(img)
+    assert x.shape == (1, 3, 1, 1) and x.dtype == torch.float32
+    torch.testing.assert_close(x.flatten(), torch.tensor([-1.0, 128 / 127.5 - 1, 1.0]))
+    assert preprocess(np.zeros((4, 8, 16, 3), np.uint8)).shape == (4, 3, 8, 16)
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess(np.zeros((8, 8, 3), np.float32))
+    with pytest.raises(ValueError, match="RGB"):
+        preprocess(np.zeros((8, 8, 4), np.uint8))
+
+
+def test_config_dict_round_trip():
+    cfg = build_model("dpm_tiny", head_type="dpt").config
+    assert DPMConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        DPMConfig.from_dict({**cfg.to_dict(), "colour": 3})
+
+
+def read_tsv(path: Path) -> dict[str, tuple[int, ...]]:
+    """Keys and shapes of a .tsv of ../shared/checkpoints, {N} expanded (enc_blocks 0..23, dec_blocks* 0..11)."""
+    keys = {}
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        key, shape = line.split("\t")
+        shape = tuple(int(s) for s in re.findall(r"\d+", shape))
+        n = 24 if key.startswith("enc_blocks") else 12
+        for i in range(n if "{N}" in key else 1):
+            keys[key.replace("{N}", str(i))] = shape
+    return keys
+
+
+def _meta_model(preset):
+    with torch.device("meta"):
+        return build_model(preset)
+
+
+def test_vitl_512_dpt_has_every_dust3r_key_and_shape():
+    tsv = CHECKPOINTS / "dust3r_vitl_512_dpt.keys.tsv"
+    if not tsv.is_file():
+        pytest.skip(f"{tsv} not found")
+    expected = read_tsv(tsv)
+    assert len(expected) == 1009
+    model = _meta_model("dust3r_vitl_512_dpt")
+    sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert {k: sd.get(k) for k in expected} == expected
+    # the rest are heads 3/4, mirroring heads 1/2 except the 5-channel output layer
+    extra = {k: s for k, s in sd.items() if k not in expected}
+    mirror = {k.replace("downstream_head1", "downstream_head3").replace("downstream_head2", "downstream_head4"): s
+              for k, s in expected.items() if k.startswith(("downstream_head1.", "downstream_head2."))}
+    assert set(extra) == set(mirror)
+    for k, s in mirror.items():
+        if k.endswith(("dpt.head.4.weight", "dpt.head.4.bias")):
+            assert extra[k] == (5,) + s[1:] and s[0] == 4
+        else:
+            assert extra[k] == s, k
+    # the header's parameter count: 571.17 M unique without heads 3/4
+    unique = sum(p.numel() for n, p in model.named_parameters()
+                 if not n.startswith(("downstream_head3.", "downstream_head4.")))
+    assert round(unique / 1e6, 2) == 571.17
+    assert model.downstream_head1.dpt.scratch.layer_rn[2] is model.downstream_head1.dpt.scratch.layer3_rn
+
+
+def test_vitl_224_linear_heads_match_dust3r():
+    tsv = CHECKPOINTS / "dust3r_vitl_224_linear.heads.tsv"
+    if not tsv.is_file():
+        pytest.skip(f"{tsv} not found")
+    model = _meta_model("dust3r_vitl_224_linear")
+    sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for k, s in read_tsv(tsv).items():
+        assert sd[k] == s, k
+        cross = k.replace("head1", "head3").replace("head2", "head4")
+        assert sd[cross] == (s[0] * 5 // 4,) + s[1:]
+    assert not any(".dpt." in k for k in sd)
+
+
+def test_small_preset_size():
+    model = build_model("dpm_small")
+    n = sum(p.numel() for p in model.parameters())
+    assert 2e6 <= n <= 6e6
