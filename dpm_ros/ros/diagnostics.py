@@ -1,0 +1,92 @@
+"""Counters and rates behind /diagnostics (pure): input/output rates, latencies, drops, errors by kind."""
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+
+
+class RateMeter:
+    """Events per second over a sliding window of ``window`` seconds (monotonic clock)."""
+
+    def __init__(self, window: float = 5.0):
+        self.window = float(window)
+        self._t: deque[float] = deque()
+        self.total = 0
+
+    def tick(self, now: float | None = None) -> None:
+        self._t.append(time.monotonic() if now is None else now)
+        self.total += 1
+
+    def rate(self, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        while self._t and now - self._t[0] > self.window:
+            self._t.popleft()
+        if len(self._t) < 2:
+            return 0.0
+        span = self._t[-1] - self._t[0]
+        return (len(self._t) - 1) / span if span > 0 else 0.0
+
+
+class Stats:
+    """Mean / max / last of a quantity over the last ``n`` samples."""
+
+    def __init__(self, n: int = 100):
+        self._v: deque[float] = deque(maxlen=n)
+
+    def add(self, v: float) -> None:
+        self._v.append(float(v))
+
+    def summary(self, prefix: str) -> dict:
+        if not self._v:
+            return {}
+        return {f"{prefix}_last": self._v[-1], f"{prefix}_mean": sum(self._v) / len(self._v),
+                f"{prefix}_max": max(self._v)}
+
+
+class NodeHealth:
+    """Everything the node reports; thread-safe (callbacks and the worker both write)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.input_rate = RateMeter()
+        self.output_rate = RateMeter()
+        self.inference_ms = Stats()
+        self.latency_ms = Stats()      # arrival of I1 → outputs published (wall clock)
+        self.errors: Counter[str] = Counter()
+        self.last_error = ""
+        self._errors_reported = 0
+
+    def error(self, kind: str, text: str) -> None:
+        with self._lock:
+            self.errors[kind] += 1
+            self.last_error = f"{kind}: {text}"
+
+    def frame_in(self) -> None:
+        with self._lock:
+            self.input_rate.tick()
+
+    def pair_done(self, inference_ms: float, latency_ms: float) -> None:
+        with self._lock:
+            self.output_rate.tick()
+            self.inference_ms.add(inference_ms)
+            self.latency_ms.add(latency_ms)
+
+    def report(self, counters: dict, dropped_pairs: int) -> tuple[str, str, dict]:
+        """(level, message, values): warn when errors arrived since the last report or pairs were dropped."""
+        with self._lock:
+            total_err = sum(self.errors.values())
+            values = {"input_rate_hz": self.input_rate.rate(), "output_rate_hz": self.output_rate.rate(),
+                      "frames_in": self.input_rate.total, "pairs_out": self.output_rate.total,
+                      "pairs_dropped": dropped_pairs, "errors_total": total_err}
+            values.update(self.inference_ms.summary("inference_ms"))
+            values.update(self.latency_ms.summary("latency_ms"))
+            values.update({f"errors_{k}": v for k, v in sorted(self.errors.items())})
+            values.update(counters)
+            new_errors = total_err - self._errors_reported
+            self._errors_reported = total_err
+            if new_errors:
+                return "warn", f"{new_errors} bad input(s) skipped; last {self.last_error}", values
+            if self.input_rate.total and not self.output_rate.total:
+                return "warn", "waiting for a pair of frames", values
+            return "ok", "running", values

@@ -1,0 +1,45 @@
+"""The node's ``engine`` parameter → an Engine: a model file (default the shipped ``engines/dpm_small.onnx``) or
+``oracle:<synthetic bag>`` (ground truth through the Engine interface, for exactness tests and demos)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+DEFAULT_ENGINE = "dpm_small.onnx"
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+
+
+def default_engine_path() -> Path:
+    """engines/dpm_small.onnx from the installed share/dpm_ros (ament index), else from the source tree."""
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.append(Path(get_package_share_directory("dpm_ros")) / "engines" / DEFAULT_ENGINE)
+    except Exception:  # package not in AMENT_PREFIX_PATH, or ament_index missing: fall back to the checkout
+        pass
+    candidates.append(SOURCE_ROOT / "engines" / DEFAULT_ENGINE)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ValueError(f"no engine given and the shipped model was not found (looked at: "
+                     f"{', '.join(map(str, candidates))}); set the 'engine' parameter to a model file or "
+                     "'oracle:<synthetic bag>'")
+
+
+def open_engine(spec: str, backend: str = "auto"):
+    """Engine for the parameter value ``spec`` (see module docstring)."""
+    spec = (spec or "").strip()
+    if spec.startswith("oracle:"):
+        path = Path(os.path.expanduser(spec[len("oracle:"):]))
+        if not path.exists():
+            raise ValueError(f"oracle engine: synthetic bag '{path}' not found (write one with `dpm synth`)")
+        from dpm_ros.engine.oracle import OracleEngine
+
+        return OracleEngine.from_bag(path)
+    path = Path(os.path.expanduser(spec)) if spec else default_engine_path()
+    if not path.exists():
+        raise ValueError(f"engine file '{path}' not found (parameter 'engine')")
+    from dpm_ros.engine import load_engine
+
+    return load_engine(str(path), backend=backend)

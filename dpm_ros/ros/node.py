@@ -1,0 +1,312 @@
+"""``dpm_node``: camera frames in; point clouds, motion masks, ego-motion (odometry + TF), object motions and
+diagnostics out. Thin glue: conversions live in ``messages``/``outputs``, pairing in ``dpm_ros.pairing``, geometry in
+``dpm_ros.pipeline``. Callbacks only convert and enqueue; one worker thread runs the pipeline (latest pair wins).
+
+Run: ``dpm_node --ros-args -r image:=/camera/image_raw -r camera_info:=/camera/camera_info -p engine:=...``
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from typing import Optional
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+from dpm_ros.pairing import FramePair, FrameRing, LatestSlot, StampedFrame
+from dpm_ros.ros import messages as M
+from dpm_ros.ros.diagnostics import NodeHealth
+from dpm_ros.ros.engine_select import open_engine
+from dpm_ros.ros.image_convert import ImageFormatError, compressed_to_rgb, image_to_rgb
+from dpm_ros.ros.odometry import EgoOdometry
+from dpm_ros.ros.outputs import OutputOptions, pair_messages
+from dpm_ros.ros.params import PARAMS, check_choice, descriptor
+from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static
+from dpm_ros.tracking import Detection, ObjectTracker
+
+try:  # rclpy ≥ Humble; the class moved between releases
+    from rclpy._rclpy_pybind11 import RCLError
+except ImportError:  # pragma: no cover
+    RCLError = RuntimeError
+
+OUTPUT_TYPES = {"dpm/points": "PointCloud2", "dpm/motion_mask": "Image", "dpm/object_labels": "Image",
+                "dpm/depth": "Image", "dpm/camera_info": "CameraInfo", "dpm/objects": "ObjectMotionArray",
+                "dpm/objects/markers": "MarkerArray"}
+
+
+def _input_qos(p: dict) -> QoSProfile:
+    return QoSProfile(depth=int(p["qos_depth"]), history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE if p["qos_reliability"] == "reliable"
+                      else ReliabilityPolicy.BEST_EFFORT,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if p["qos_durability"] == "transient_local"
+                      else DurabilityPolicy.VOLATILE)
+
+
+def pipeline_params(p: dict) -> dict:
+    """DPMPipeline keyword arguments from node parameters (0 means 'pipeline default' for eps_abs, object_max_gap)."""
+    out = dict(eps_rel=p["eps_rel"], eps_abs=p["eps_abs"] or None, conf_threshold=p["conf_threshold"],
+               min_object_pixels=p["min_object_pixels"], ego_method=p["ego_method"],
+               use_learned_mask=p["use_learned_mask"])
+    if p["object_max_gap"] > 0:
+        out["object_max_gap"] = p["object_max_gap"]
+    return out
+
+
+class DpmNode(Node):
+    """The DPM perception node (see module docstring and config/dpm.yaml for parameters)."""
+
+    def __init__(self, **kwargs):
+        super().__init__("dpm_node", **kwargs)
+        for spec in PARAMS:
+            self.declare_parameter(spec.name, spec.default, descriptor(spec))
+        self.p = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS}
+        for name, value in self.p.items():
+            if (err := check_choice(name, value)) is not None:
+                raise ValueError(err)
+        if self.p["max_pair_gap"] < self.p["pair_interval"]:
+            raise ValueError(f"max_pair_gap ({self.p['max_pair_gap']} s) must be ≥ pair_interval "
+                             f"({self.p['pair_interval']} s)")
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        from dpm_ros.pipeline import DPMPipeline, Frame  # torch and geometry: imported when the node starts
+
+        self._Frame = Frame
+        self.engine = open_engine(self.p["engine"], self.p["backend"])
+        self.engine_info = self.engine.info()
+        self._make_pipeline = lambda: DPMPipeline(self.engine, **pipeline_params(self.p))
+        self.pipeline = self._make_pipeline()
+        self._pipeline_dirty = False
+
+        self.health = NodeHealth()
+        self.ring = FrameRing(self.p["pair_interval"], self.p["max_pair_gap"], self.p["buffer_size"])
+        self._ring_lock = threading.Lock()
+        self.slot: LatestSlot[FramePair] = LatestSlot()
+        self.tracker = ObjectTracker(self.p["track_gate_abs"], self.p["track_gate_rel"], self.p["track_max_age"])
+        self.odometry = EgoOdometry()
+        self._extrinsic_ok = not self.p["base_frame"]
+        self.static_tf = StaticTransforms()
+        if self.p["base_frame"]:
+            subscribe_tf_static(self, self.static_tf)
+        self._camera_infos: deque = deque(maxlen=200)
+        self._info_lock = threading.Lock()
+        self._camera_info_misses = 0
+
+        self._make_publishers()
+        qos = _input_qos(self.p)
+        if self.p["image_transport"] == "compressed":
+            self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos)
+        else:
+            self.create_subscription(Image, "image", self._on_image, qos)
+        if self.p["use_camera_info"]:
+            self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
+
+        self._worker = threading.Thread(target=self._work, name="dpm_worker", daemon=True)
+        self._worker.start()
+        info = self.engine_info
+        self.get_logger().info(f"dpm_node ready: engine {info.backend} on {info.device} ({info.precision}, "
+                               f"{info.width}×{info.height}), pair_interval {self.p['pair_interval']} s, "
+                               f"input QoS {self.p['qos_reliability']}")
+
+    # --- set-up ---------------------------------------------------------------------------------------------------
+
+    def _make_publishers(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import Odometry
+        from sensor_msgs.msg import PointCloud2
+        from tf2_msgs.msg import TFMessage
+        from visualization_msgs.msg import MarkerArray
+
+        from dpm_ros.msg import ObjectMotionArray
+
+        types = {"PointCloud2": PointCloud2, "Image": Image, "CameraInfo": CameraInfo,
+                 "ObjectMotionArray": ObjectMotionArray, "MarkerArray": MarkerArray}
+        self.pubs = {topic: self.create_publisher(types[kind], topic, 5) for topic, kind in OUTPUT_TYPES.items()}
+        self.odom_pub = self.create_publisher(Odometry, "dpm/odometry", 10)
+        self.tf_pub = self.create_publisher(TFMessage, "/tf", 100)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for prm in params:
+            if (err := check_choice(prm.name, prm.value)) is not None:
+                return SetParametersResult(successful=False, reason=err)
+        for prm in params:
+            self.p[prm.name] = prm.value
+        self._pipeline_dirty = True
+        return SetParametersResult(successful=True)
+
+    # --- callbacks (never block) ----------------------------------------------------------------------------------
+
+    def _on_image(self, msg: Image) -> None:
+        self._enqueue(msg.header, lambda: image_to_rgb(msg))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._enqueue(msg.header, lambda: compressed_to_rgb(msg))
+
+    def _enqueue(self, header, convert) -> None:
+        self.health.frame_in()
+        try:
+            rgb = convert()
+        except ImageFormatError as exc:
+            self.health.error(exc.kind, str(exc))
+            self.get_logger().warning(f"skipped input image: {exc}", throttle_duration_sec=5.0)
+            return
+        frame = StampedFrame(M.stamp_to_sec(header.stamp), rgb, None, header, time.monotonic())
+        with self._ring_lock:
+            jumps = self.ring.counters.stamp_jumps_back
+            pair = self.ring.push(frame)
+            if self.ring.counters.stamp_jumps_back != jumps:
+                self.get_logger().warning("image stamp went backwards (bag loop or clock reset): pairing restarted")
+        if pair is not None:
+            self.slot.put(pair)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        K = np.asarray(msg.k, float).reshape(3, 3)
+        if K[0, 0] <= 0 or K[1, 1] <= 0:
+            self.health.error("camera_info", "CameraInfo with zero focal length ignored")
+            return
+        with self._info_lock:
+            self._camera_infos.append((M.stamp_to_sec(msg.header.stamp), K, int(msg.height), int(msg.width)))
+
+    # --- worker ---------------------------------------------------------------------------------------------------
+
+    def _camera_k(self, frame: StampedFrame) -> Optional[np.ndarray]:
+        """K (pixels) at the frame's resolution from CameraInfo (exact stamp or latest), or None (estimate)."""
+        if not self.p["use_camera_info"]:
+            return None
+        with self._info_lock:
+            infos = list(self._camera_infos)
+        if self.p["camera_info_sync"] == "latest":
+            match = infos[-1] if infos else None
+        else:
+            match = next((i for i in reversed(infos) if abs(i[0] - frame.stamp) < 1e-6), None)
+        if match is None:
+            self._camera_info_misses += 1
+            return None
+        _, K, h, w = match
+        H, W = frame.image.shape[:2]
+        if h and w and (h, w) != (H, W):
+            K = np.diag([W / w, H / h, 1.0]) @ K
+        return K
+
+    def _work(self) -> None:
+        while not self.slot.closed:
+            pair = self.slot.take(timeout=0.5)
+            if pair is None or self.slot.closed:
+                continue
+            try:
+                self._process(pair)
+            except Exception as exc:  # one bad pair must not stop the node: count, log, go on
+                if self.slot.closed or not rclpy.ok():  # RCLError / ExternalShutdownException while shutting down
+                    return
+                self.health.error("pipeline", f"{type(exc).__name__}: {exc}")
+                self.get_logger().error(f"pipeline failed on a pair: {type(exc).__name__}: {exc}",
+                                        throttle_duration_sec=5.0)
+
+    def _process(self, pair: FramePair) -> None:
+        if self._pipeline_dirty:
+            self._pipeline_dirty = False
+            self.pipeline = self._make_pipeline()
+            self.tracker.gate_abs, self.tracker.gate_rel = self.p["track_gate_abs"], self.p["track_gate_rel"]
+            self.tracker.max_age = self.p["track_max_age"]
+        new, old = pair.newest, pair.older
+        f1 = self._Frame(image=new.image, stamp=new.stamp, K=self._camera_k(new))
+        f2 = self._Frame(image=old.image, stamp=old.stamp, K=self._camera_k(old))
+        t0 = time.perf_counter()
+        result = self.pipeline.process(f1, f2)
+        inference_ms = 1000.0 * (time.perf_counter() - t0)
+
+        camera_frame = self.p["camera_frame"] or new.header.frame_id
+        header = M.copy_header(new.header, frame_id=camera_frame)
+        state = self._update_odometry(camera_frame, new.stamp, old.stamp, np.asarray(result.T_c1_c2, float))
+        ids = self._track(new.stamp, result, state.T_odom_camera)
+        opts = OutputOptions(self.p["cloud_stride"], self.p["cloud_min_confidence"], self.p["metric"])
+        for topic, msg in pair_messages(result, header, new.image, ids, opts).items():
+            self.pubs[topic].publish(msg)
+        if self._extrinsic_ok:
+            child = self.p["base_frame"] or camera_frame
+            self.odom_pub.publish(M.odometry_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child,
+                                                 state.linear, state.angular))
+            if self.p["publish_tf"]:
+                self.tf_pub.publish(M.tf_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child))
+        self.health.pair_done(inference_ms, 1000.0 * (time.monotonic() - new.received))
+
+    def _update_odometry(self, camera_frame: str, t1: float, t2: float, T_c1_c2: np.ndarray):
+        if not self._extrinsic_ok:
+            T = self.static_tf.lookup(self.p["base_frame"], camera_frame)
+            if T is not None:
+                self.odometry.set_extrinsic(T)
+                self._extrinsic_ok = True
+                self.get_logger().info(f"extrinsic {self.p['base_frame']} → {camera_frame} from /tf_static")
+            else:
+                self.get_logger().warning(f"waiting for /tf_static {self.p['base_frame']} → {camera_frame}; "
+                                          "odometry and TF are not published until it arrives",
+                                          throttle_duration_sec=5.0)
+        return self.odometry.update(t1, t2, T_c1_c2)
+
+    def _track(self, stamp: float, result, T_odom_camera: np.ndarray) -> list[int]:
+        """Stable object ids: centroids and velocities moved into odom so camera motion does not break tracks."""
+        R, t = T_odom_camera[:3, :3], T_odom_camera[:3, 3]
+        dets = []
+        for o in result.objects:
+            c = np.asarray(o.centroid, float)
+            lin = M.ObjectReport(0, o.R, o.t, c, o.extent, 0.0, 0).velocities(result.dt)[0]
+            dets.append(Detection(R @ c + t, R @ lin, np.asarray(o.extent, float)))
+        return self.tracker.update(stamp, dets)
+
+    # --- diagnostics and shutdown ---------------------------------------------------------------------------------
+
+    def _publish_diagnostics(self) -> None:
+        with self._ring_lock:
+            counters = self.ring.counters.as_dict()
+        counters.update(odometry_approximate_chains=self.odometry.approximate_chains,
+                        odometry_resets=self.odometry.resets, camera_info_misses=self._camera_info_misses,
+                        waiting_for_extrinsic=not self._extrinsic_ok)
+        level, text, values = self.health.report(counters, self.slot.replaced)
+        info = self.engine_info
+        values.update(engine_backend=info.backend, engine_device=info.device, engine_precision=info.precision,
+                      engine_resolution=f"{info.width}x{info.height}")
+        stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(M.diagnostics_msg(stamp, f"{self.get_name()}: pipeline", info.device, level, text,
+                                                values))
+
+    def destroy_node(self) -> None:
+        self.slot.close()
+        if self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        super().destroy_node()
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of the ``dpm_node`` executable: spin until Ctrl-C or shutdown."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = None
+    code = 0
+    try:
+        node = DpmNode()
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except RCLError as exc:  # context invalidated during Ctrl-C
+        if rclpy.ok():
+            raise
+        del exc
+    except ValueError as exc:  # bad parameters or engine: one clear line
+        print(f"dpm_node: error: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
