@@ -122,9 +122,10 @@ class BagPlayer:
         if topics:
             missing = sorted(set(topics) - known)
             if missing:
+                text = (f"bag '{self.path}' has no topic {', '.join(missing)}; its topics: "
+                        f"{describe_topics(self.reader.connections)}")
                 self.reader.close()
-                raise ValueError(f"bag '{self.path}' has no topic {', '.join(missing)}; its topics: "
-                                 f"{describe_topics(self.reader.connections)}")
+                raise ValueError(text)
         self.connections, self.publishers, skipped = [], {}, []
         for conn in self.reader.connections:
             if topics and conn.topic not in topics:
