@@ -1,5 +1,8 @@
 """Inference engines: one ``Engine`` interface (``base.py``), backends torch, onnxruntime, tensorrt, and an oracle
-that serves synthetic ground truth through the same interface (tests, demo)."""
+that serves synthetic ground truth through the same interface (tests, demo). ``load_engine(path, backend="auto")``
+picks the backend (loader.py); ``export.py`` writes the ONNX files; ``tensorrt_build.py`` + ``cache.py`` build and
+cache TensorRT engines."""
 from dpm_ros.engine.base import Engine, EngineInfo, check_image
+from dpm_ros.engine.loader import load_engine
 
-__all__ = ["Engine", "EngineInfo", "check_image"]
+__all__ = ["Engine", "EngineInfo", "check_image", "load_engine"]

@@ -1,0 +1,78 @@
+"""ONNX Runtime backend: an exported DPM ONNX file on the CPU execution provider (the default where there is no
+GPU), or the CUDA / TensorRT execution providers when the installed onnxruntime has them."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from dpm_ros.engine.base import Engine, EngineInfo
+from dpm_ros.engine.onnx_model import read_onnx_info
+from dpm_ros.engine.pair_io import prepare_pair, unbatch_outputs
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def available_providers() -> list[str]:
+    import onnxruntime as ort
+    return list(ort.get_available_providers())
+
+
+def choose_providers(device: str = "cpu") -> list[str]:
+    """Execution providers for ``device``: "cpu" → CPU only; "cuda" → TensorRT/CUDA EPs that this onnxruntime has
+    (ValueError when it has neither), always with the CPU EP last as fallback."""
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    if device.startswith("cuda"):
+        gpu = [p for p in GPU_PROVIDERS if p in available_providers()]
+        if not gpu:
+            raise ValueError(f"device {device!r}: this onnxruntime has no CUDA/TensorRT execution provider "
+                             f"(available: {available_providers()}; install onnxruntime-gpu)")
+        return gpu + ["CPUExecutionProvider"]
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+
+
+class OnnxRuntimeEngine(Engine):
+    """A DPM ONNX file run by ONNX Runtime. ``threads``: intra-op threads (default: ONNX Runtime's choice)."""
+
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        self.onnx = read_onnx_info(onnx_path)
+        self.providers = choose_providers(device)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        options.log_severity_level = 3  # errors only; we raise our own messages
+        try:
+            self.session = ort.InferenceSession(os.fspath(self.onnx.path), sess_options=options,
+                                                providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types (InvalidProtobuf, Fail, ...)
+            raise ValueError(f"{self.onnx.path}: ONNX Runtime could not load the model: {exc}") from None
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        for name in self.onnx.inputs:
+            if inputs[name].type != "tensor(float)":
+                raise ValueError(f"{self.onnx.path}: input {name} is {inputs[name].type}, expected tensor(float)")
+        self.outputs = self.onnx.outputs
+
+    def run_network(self, x1: np.ndarray, x2: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw network call on normalised float32 (1, 3, h, w) inputs → batched outputs by name."""
+        return dict(zip(self.outputs, self.session.run(list(self.outputs), {"img1": x1, "img2": x2})))
+
+    def infer(self, img1: np.ndarray, img2: np.ndarray) -> dict[str, np.ndarray]:
+        """Point maps for the pair (uint8 (H, W, 3) RGB, any size) at the network resolution; see base.py."""
+        src = str(self.onnx.path)
+        x1, x2 = prepare_pair(img1, img2, self.onnx.height, self.onnx.width, src, self.onnx.normalisation)
+        return unbatch_outputs(self.run_network(x1, x2), self.outputs, self.onnx.height, self.onnx.width, src)
+
+    def info(self) -> EngineInfo:
+        used = self.session.get_providers()
+        device = "cpu" if used[0] == "CPUExecutionProvider" else f"cuda ({used[0]})"
+        return EngineInfo(backend="onnxruntime", device=device, precision="fp32", height=self.onnx.height,
+                          width=self.onnx.width, symmetric=self.onnx.symmetric,
+                          extra={"onnx": str(self.onnx.path), "providers": used, "preset": self.onnx.preset})
