@@ -86,9 +86,10 @@ def rosbags_qos(profile):
 
 class BagWriter:
     """Writes (topic, stamp ns, CDR bytes) with schemas. ``path`` ending in .mcap: one bare MCAP file (written in a
-    temporary rosbag2 folder beside it, moved into place by ``close``); otherwise a rosbag2 directory (MCAP)."""
+    temporary rosbag2 folder beside it, moved into place by ``close``); otherwise a rosbag2 directory (MCAP).
+    ``keep_partial``: used as a context manager, keep what was written when the block raises (else delete it)."""
 
-    def __init__(self, path: str | Path, overwrite: bool = False):
+    def __init__(self, path: str | Path, overwrite: bool = False, keep_partial: bool = True):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
         self.path = Path(path)
@@ -99,6 +100,7 @@ class BagWriter:
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"output folder '{self.path.parent}' does not exist")
         self.bare = self.path.suffix == ".mcap"
+        self.keep_partial = keep_partial
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent)) if self.bare else None
         target = self._tmp / "bag" if self.bare else self.path
         self._writer = Writer(target, version=9, storage_plugin=StoragePlugin.MCAP)
@@ -135,8 +137,10 @@ class BagWriter:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
         self.close()
+        if exc_type is not None and not self.keep_partial:   # a failed run leaves no half-written output
+            shutil.rmtree(self.path, ignore_errors=True) if self.path.is_dir() else self.path.unlink(missing_ok=True)
 
 
 def subscription_qos(publishers):

@@ -1,0 +1,245 @@
+"""Offline replay: a rosbag2 with a camera topic in, a bag with dpm_node's outputs out, without DDS.
+
+The very code of ``dpm_node`` runs: a ``DpmNode`` object is assembled without starting ROS (no rclpy context, no
+DDS participant) and its own callbacks (``_enqueue``/``_on_image``, ``_on_camera_info``) and per-pair step
+(``_process``: pipeline, tracking, odometry, ``outputs.pair_messages``, ``messages.odometry_msg``/``tf_msg``) are
+called with the bag's messages in bag order. Its publishers are replaced by a capture, and every captured message is
+serialised with ``rclpy.serialization`` (the bytes rclpy would send) and written with its schema, stamped with I1's
+header stamp. Unlike the live node, no pair is dropped (inference never falls behind a bag) and /diagnostics (wall
+clock rates) is not written. The input bag is only read.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from dpm_ros.ros.bag_player import (CAMERA_TYPES, camera_topics, iterate_messages, no_camera_message,
+                                    open_reader, resolve_msg_class)
+from dpm_ros.ros.bag_recorder import BagWriter
+
+
+def load_params(params_file: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """dpm_node's parameters: defaults of ``ros/params.py``, then a ROS 2 params file (``/**:`` or ``dpm_node:``
+    → ``ros__parameters``), then ``overrides``. Unknown names and invalid choices raise ValueError."""
+    from dpm_ros.ros.params import BY_NAME, PARAMS, check_choice
+
+    p = {spec.name: spec.default for spec in PARAMS}
+    given: dict = {}
+    if params_file is not None:
+        path = Path(params_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"params file '{path}' does not exist")
+        try:
+            doc = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"params file '{path}' is not valid YAML: {exc}") from exc
+        for key in ("/**", "dpm_node", "/dpm_node"):
+            section = doc.get(key) if isinstance(doc, dict) else None
+            if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
+                given.update(section["ros__parameters"])
+    given.update(overrides or {})
+    for name, value in given.items():
+        if name == "use_sim_time":
+            continue
+        if name not in BY_NAME:
+            raise ValueError(f"unknown dpm_node parameter '{name}' (see config/dpm.yaml for the list)")
+        default = BY_NAME[name].default
+        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not type(default):
+            raise ValueError(f"parameter '{name}' must be {type(default).__name__}, got {value!r}")
+        if (err := check_choice(name, value)) is not None:
+            raise ValueError(err)
+        p[name] = value
+    if p["max_pair_gap"] < p["pair_interval"]:
+        raise ValueError(f"max_pair_gap ({p['max_pair_gap']} s) must be ≥ pair_interval ({p['pair_interval']} s)")
+    return p
+
+
+class _Capture:
+    """Stands in for a publisher: keeps (topic, message) in publication order."""
+
+    def __init__(self, topic: str, sink: list):
+        self.topic, self.sink = topic, sink
+
+    def publish(self, msg) -> None:
+        self.sink.append((self.topic, msg))
+
+
+def headless_node(params: dict, engine=None, log: logging.Logger | None = None):
+    """A ``DpmNode`` with the node's state but no ROS context: publishers capture into ``node.captured``.
+    ``engine``: an Engine, or None to open ``params['engine']`` like the node does."""
+    from dpm_ros.pairing import FrameRing, LatestSlot
+    from dpm_ros.pipeline import DPMPipeline, Frame
+    from dpm_ros.ros.diagnostics import NodeHealth
+    from dpm_ros.ros.engine_select import open_engine
+    from dpm_ros.ros.node import OUTPUT_TYPES, DpmNode, pipeline_params
+    from dpm_ros.ros.odometry import EgoOdometry
+    from dpm_ros.ros.static_tf import StaticTransforms
+    from dpm_ros.tracking import ObjectTracker
+
+    node = DpmNode.__new__(DpmNode)          # no Node.__init__: nothing touches rclpy or DDS
+    logger = log or logging.getLogger("dpm_replay")
+    node.get_logger = lambda: _ThrottleFreeLogger(logger)
+    node.p = dict(params)
+    node._Frame = Frame
+    node.engine = engine if engine is not None else open_engine(params["engine"], params["backend"])
+    node.engine_info = node.engine.info()
+    node._make_pipeline = lambda: DPMPipeline(node.engine, **pipeline_params(node.p))
+    node.pipeline = node._make_pipeline()
+    node._pipeline_dirty = False
+    node.health = NodeHealth()
+    node.ring = FrameRing(params["pair_interval"], params["max_pair_gap"], params["buffer_size"])
+    node._ring_lock = threading.Lock()
+    node.slot = LatestSlot()
+    node.tracker = ObjectTracker(params["track_gate_abs"], params["track_gate_rel"], params["track_max_age"])
+    node.odometry = EgoOdometry()
+    node._extrinsic_ok = not params["base_frame"]
+    node.static_tf = StaticTransforms()
+    node._camera_infos = deque(maxlen=200)
+    node._info_lock = threading.Lock()
+    node._camera_info_misses = 0
+    node.captured = []
+    node.pubs = {topic: _Capture("/" + topic, node.captured) for topic in OUTPUT_TYPES}
+    node.odom_pub = _Capture("/dpm/odometry", node.captured)
+    node.tf_pub = _Capture("/tf", node.captured)
+    return node
+
+
+class _ThrottleFreeLogger:
+    """rclpy-logger-shaped wrapper (accepts throttle_duration_sec) over a logging.Logger."""
+
+    def __init__(self, logger: logging.Logger):
+        self._l = logger
+
+    def info(self, text, **_):
+        self._l.info(text)
+
+    def warning(self, text, **_):
+        self._l.warning(text)
+
+    warn = warning
+
+    def error(self, text, **_):
+        self._l.error(text)
+
+
+def msgtype_of(msg) -> str:
+    """'pkg/msg/Name' of an rclpy message object."""
+    return f"{type(msg).__module__.split('.')[0]}/msg/{type(msg).__name__}"
+
+
+@dataclass
+class ReplayStats:
+    images: int = 0
+    pairs: int = 0
+    messages_written: int = 0
+    wall_s: float = 0.0
+    per_topic: dict = field(default_factory=dict)
+    failed_pairs: int = 0
+    first_error: str | None = None
+    health: object = None
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.pairs / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def pick_camera_topics(connections, image_topic: str | None, info_topic: str | None, path) -> tuple[str, str | None]:
+    """The image topic (given, or the bag's only Image/CompressedImage topic) and its CameraInfo topic (given, or
+    the sibling '<namespace>/camera_info' when present)."""
+    cams = camera_topics(connections)
+    if image_topic is None:
+        if not cams:
+            raise ValueError(no_camera_message(path, connections))
+        if len(cams) > 1:
+            raise ValueError(f"bag '{path}' has several camera topics ({', '.join(cams)}); pick one with --image-topic")
+        image_topic = cams[0]
+    elif image_topic not in cams:
+        raise ValueError(f"--image-topic {image_topic} is not a camera topic of '{path}'; camera topics: "
+                         f"{', '.join(cams) or 'none'}")
+    infos = {c.topic for c in connections if c.msgtype == "sensor_msgs/msg/CameraInfo"}
+    if info_topic is None:
+        base = image_topic.removesuffix("/compressed").rsplit("/", 1)[0]
+        info_topic = f"{base}/camera_info" if f"{base}/camera_info" in infos else None
+    elif info_topic not in infos:
+        raise ValueError(f"--camera-info-topic {info_topic} is not a CameraInfo topic of '{path}'")
+    return image_topic, info_topic
+
+
+def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | None = None,
+               info_topic: str | None = None, copy_input: bool = False, progress: bool = True,
+               overwrite: bool = False) -> ReplayStats:
+    """Run the bag at ``in_path`` through dpm_node's code and write its outputs to ``out_path`` (see module doc)."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from tqdm import tqdm
+
+    reader = open_reader(in_path)
+    try:
+        image_topic, info_topic = pick_camera_topics(reader.connections, image_topic, info_topic, in_path)
+        image_conn = next(c for c in reader.connections if c.topic == image_topic)
+        compressed = image_conn.msgtype == CAMERA_TYPES[1]
+        params = dict(params, image_transport="compressed" if compressed else "raw")
+        node = headless_node(params, engine)
+        wanted = {image_topic, info_topic, "/tf_static"} - {None}
+        conns = reader.connections if copy_input else [c for c in reader.connections if c.topic in wanted]
+        classes = {c.topic: resolve_msg_class(c.msgtype) for c in conns if c.topic in wanted}
+        stats = ReplayStats()
+        with BagWriter(out_path, overwrite=overwrite, keep_partial=False) as writer:
+            def flush_pair() -> None:
+                pair = node.slot.take(timeout=0)
+                if pair is None:
+                    return
+                try:
+                    node._process(pair)
+                except Exception as exc:  # like the node's worker: count, tell once, go on with the next pair
+                    node.captured.clear()
+                    stats.failed_pairs += 1
+                    if stats.first_error is None:
+                        stats.first_error = f"{type(exc).__name__}: {exc}"
+                        print(f"dpm replay: warning: a pair failed ({stats.first_error}); skipping such pairs",
+                              file=sys.stderr, flush=True)
+                    return
+                stamp = pair.newest.header.stamp
+                stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+                for topic, msg in node.captured:
+                    writer.add_topic(topic, msgtype_of(msg))
+                    writer.write(topic, stamp_ns, serialize_message(msg))
+                    stats.messages_written += 1
+                node.captured.clear()
+                stats.pairs += 1
+
+            start = time.perf_counter()
+            total = next(c.msgcount for c in reader.connections if c.topic == image_topic)
+            with tqdm(total=total, unit="img", desc="dpm replay", file=sys.stderr, disable=not progress,
+                      mininterval=1.0) as bar:
+                for conn, stamp_ns, data in iterate_messages(reader, conns):
+                    if copy_input:
+                        writer.add_topic(conn.topic, conn.msgtype, [])
+                        writer.write(conn.topic, stamp_ns, data)
+                    if conn.topic == image_topic:
+                        flush_pair()  # the previous pair, once CameraInfo sent with its image has been read
+                        msg = deserialize_message(data, classes[image_topic])
+                        (node._on_compressed if compressed else node._on_image)(msg)
+                        stats.images += 1
+                        bar.update(1)
+                    elif conn.topic == info_topic:
+                        node._on_camera_info(deserialize_message(data, classes[info_topic]))
+                    elif conn.topic == "/tf_static" and classes.get("/tf_static") is not None:
+                        node.static_tf.add_message(deserialize_message(data, classes["/tf_static"]))
+                flush_pair()
+            stats.wall_s = time.perf_counter() - start
+            stats.per_topic = dict(writer.counts)
+        stats.health = node.health
+        if stats.failed_pairs and not stats.pairs:
+            raise ValueError(f"every pair of '{in_path}' failed in the pipeline; first error: {stats.first_error}")
+        return stats
+    finally:
+        reader.close()
