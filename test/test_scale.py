@@ -167,3 +167,47 @@ def test_bad_arguments_raise_clear_errors():
     with pytest.raises(ValueError, match="lack 'p1_t1_pi1'"):
         ScaleEstimator("chain").update(1.0, 0.9, {}, T)
     assert np.isnan(median_ratio(np.zeros(3), np.ones(3))[0])
+
+
+def _normalised(pair: dict) -> tuple[dict, np.ndarray, float]:
+    """A synthetic pair the way a network gives it: all maps divided by one factor (the mean distance of the valid
+    points of P1(t1,π1), the paper's per-pair normalisation); returns (maps, T_c1_c2 in those units, factor)."""
+    valid = pair["valid1"]
+    lam = float(np.linalg.norm(pair["p1_t1_pi1"][valid], axis=-1).mean())
+    maps = {k: np.where(np.isfinite(pair[k]), pair[k] / lam, np.nan).astype(np.float32)
+            for k in ("p1_t1_pi1", "p2_t2_pi1")}
+    T = np.linalg.inv(pair["T_w_c1"]) @ pair["T_w_c2"]
+    T[:3, 3] /= lam
+    return maps, T, lam
+
+
+@pytest.fixture(scope="module")
+def synthetic_sequence():
+    synthetic = pytest.importorskip("dpm_ros.synthetic")
+    return synthetic.SyntheticSequence(seed=3, n_frames=21, fps=10.0, height=36, width=48, n_objects=3,
+                                       renderer="numpy")
+
+
+def test_depth_and_chain_on_a_synthetic_sequence_give_the_metric_trajectory(synthetic_sequence):
+    """Pairs (i, i-1) of a dynamic synthetic sequence, each in its own model units. `depth` (ground-truth depth of
+    I1) and `chain` (anchored by the first pair's true factor) both recover metres per unit for every pair, so the
+    camera trajectory's length comes out in metres."""
+    seq = synthetic_sequence
+    depth, chain = ScaleEstimator("depth"), None
+    true_len = depth_len = chain_len = 0.0
+    for i in range(1, len(seq)):
+        pair = seq.pair(i, i - 1)
+        maps, T, lam = _normalised(pair)
+        if chain is None:
+            chain = ScaleEstimator("chain", initial_scale=lam)
+        s_depth = depth.update(pair["t1"], pair["t2"], maps, T, depth1=seq.frame(i)["depth"])
+        s_chain = chain.update(pair["t1"], pair["t2"], maps, T)
+        assert s_depth.source == "depth" and s_depth.scale == pytest.approx(lam, rel=1e-4)
+        assert s_chain.scale == pytest.approx(lam, rel=1e-4)
+        step = np.linalg.norm(T[:3, 3])
+        true_len += step * lam
+        depth_len += step * s_depth.scale
+        chain_len += step * s_chain.scale
+    assert true_len > 0.05
+    assert abs(depth_len / true_len - 1) < 1e-4 and abs(chain_len / true_len - 1) < 1e-4
+    assert chain.chain_breaks == 0
