@@ -146,7 +146,7 @@ def test_sequence_frames_and_pairs_are_one_continuous_scene():
     step = np.linalg.norm(f1["T_w_c"][:3, 3] - f0["T_w_c"][:3, 3])
     assert 1e-3 < step < 0.2                                        # smooth: ~0.3-0.8 m/s at 10 fps
     p = seq.pair(3, 1)
-    assert p["t1"] == pytest.approx(0.3) and p["t2"] == pytest.approx(0.1)
+    assert p["t1"] == pytest.approx(1.3) and p["t2"] == pytest.approx(1.1)   # default t0 = 1 s
     np.testing.assert_array_equal(p["img1"], seq.frame(3)["image"])
     np.testing.assert_allclose(p["depth2"], seq.frame(1)["depth"])
     T_c1_c2 = inv(p["T_w_c1"]) @ p["T_w_c2"]

@@ -97,7 +97,7 @@ class SyntheticSequence:
     """
 
     def __init__(self, seed: int = 0, n_frames: int = 30, fps: float = 10.0, height: int = 128, width: int = 128,
-                 n_objects: int = 4, *, kind: str = "dynamic", t0: float = 0.0, renderer: str = "auto",
+                 n_objects: int = 4, *, kind: str = "dynamic", t0: float = 1.0, renderer: str = "auto",
                  config: SceneConfig | dict | None = None, **knobs):
         if n_frames < 1 or fps <= 0:
             raise ValueError(f"need n_frames >= 1 and fps > 0, got n_frames={n_frames}, fps={fps}")

@@ -218,9 +218,11 @@ def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(),
         raise ValueError("time_gap must be non-zero (t2 - t1, seconds)")
     rng = np.random.default_rng(seed)
     half = np.array([rng.uniform(9.0, 11.0), rng.uniform(9.0, 11.0), rng.uniform(1.5, 3.0)])  # room half-extents
-    room_centre = np.array([0.0, 0.0, half[2]])
-    prims = [Primitive(ROOM, half, Trajectory(room_centre.copy()), np.eye(3), np.zeros(3), 0,
-                       open_top=bool(rng.uniform() < config.open_sky_prob), **_texture(rng, 1.5))]
+    room_centre = np.array([0.0, 0.0, half[2] - 0.1])   # room floor 0.1 m below the floor slab (no z-fighting)
+    prims = [Primitive(ROOM, half, Trajectory(room_centre), np.eye(3), np.zeros(3), 0,
+                       open_top=bool(rng.uniform() < config.open_sky_prob), **_texture(rng, 1.5)),
+             Primitive(BOX, np.array([half[0], half[1], 0.04]), Trajectory(np.array([0.0, 0.0, -0.04])),
+                       np.eye(3), np.zeros(3), 0, **_texture(rng, 1.0))]   # floor: top face is z = 0
     for _ in range(int(rng.integers(config.n_static[0], config.n_static[1] + 1))):  # static clutter near the walls
         size = rng.uniform(0.3, 0.9, 3)
         ang = rng.uniform(0, 2 * np.pi)
@@ -229,13 +231,18 @@ def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(),
                                np.zeros(3), 0, **_texture(rng, 1.0)))
     dynamic = config.kind == "dynamic"
     seq = style == "sequence"
+    placed: list[tuple[np.ndarray, float]] = []
     for k in range(1, n_objects + 1):
         kind = BOX if rng.uniform() < 0.5 else ELLIPSOID
         r = _u(rng, config.object_radius)
         size = r * rng.uniform(0.6, 1.0, 3)
         bound = float(np.linalg.norm(size)) if kind == BOX else float(size.max())
-        ang, rad = rng.uniform(0, 2 * np.pi), 2.0 * np.sqrt(rng.uniform())
-        c = np.array([rad * np.cos(ang), rad * np.sin(ang), bound + rng.uniform(0.02, 1.2)])
+        for _ in range(20):  # rejection sampling: keep objects apart at t = 0 where possible
+            ang, rad = rng.uniform(0, 2 * np.pi), 2.0 * np.sqrt(rng.uniform())
+            c = np.array([rad * np.cos(ang), rad * np.sin(ang), bound + rng.uniform(0.02, 1.2)])
+            if all(np.linalg.norm(c - c2) > bound + b2 for c2, b2 in placed):
+                break
+        placed.append((c, bound))
         path, omega, label = Trajectory(c), np.zeros(3), 0
         moves = dynamic and rng.uniform() < config.moving_prob
         trans, rot = _u(rng, config.object_translation), np.radians(_u(rng, config.object_rotation_deg))

@@ -1,0 +1,288 @@
+"""rosbag2 sequences without ROS (rosbags): write synthetic sequences with ground truth, read images and ground truth
+back as numpy.
+
+A synthetic sequence bag holds, per frame (all with the frame's stamp, frame_id ``camera_optical_frame``):
+  - ``/camera/image_raw``   sensor_msgs/Image rgb8;
+  - ``/camera/camera_info`` sensor_msgs/CameraInfo (K, P, plumb_bob with zero distortion);
+  - ``/tf``                 tf2_msgs/TFMessage, ``world`` -> ``camera_optical_frame`` (ground-truth camera pose);
+  - ``/gt/depth``           sensor_msgs/Image 32FC1, z in metres, NaN where no surface (REP 118);
+  - ``/gt/instances``       sensor_msgs/Image 32SC1, 0 = static, k = moving object k;
+and once, at the first stamp, ``/dpm/synth_info`` std_msgs/String: JSON with the generator parameters, so that
+``SyntheticSequence(**json.loads(...)["params"])`` regenerates the sequence exactly. Schemas come from rosbags'
+ROS 2 Kilted typestore, so Foxglove and the ROS 2 tools open the bag. Storage: MCAP (default) or sqlite3; a path
+ending in ``.mcap`` / ``.db3`` is written as one bare file, any other path as a rosbag2 directory.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+
+IMAGE_TOPIC = "/camera/image_raw"
+INFO_TOPIC = "/camera/camera_info"
+DEPTH_TOPIC = "/gt/depth"
+INSTANCES_TOPIC = "/gt/instances"
+TF_TOPIC = "/tf"
+SYNTH_INFO_TOPIC = "/dpm/synth_info"
+WORLD_FRAME = "world"
+CAMERA_FRAME = "camera_optical_frame"
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    """rosbags typestore: ROS 2 Kilted when this rosbags knows it, else its newest ROS 2 distribution."""
+    from rosbags.typesys import Stores, get_typestore
+
+    names = [s for s in Stores.__members__ if s.startswith("ROS2_")]
+    name = "ROS2_KILTED" if "ROS2_KILTED" in names else names[-1]
+    return get_typestore(Stores[name])
+
+
+def _stamp(ns: int):
+    Time = typestore().types["builtin_interfaces/msg/Time"]
+    return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+
+
+def _header(ns: int, frame_id: str):
+    return typestore().types["std_msgs/msg/Header"](stamp=_stamp(ns), frame_id=frame_id)
+
+
+def image_msg(array: np.ndarray, stamp_ns: int, frame_id: str = CAMERA_FRAME):
+    """sensor_msgs/Image from (H, W, 3) uint8 RGB (rgb8), (H, W) float32 (32FC1) or (H, W) int32 (32SC1)."""
+    a = np.ascontiguousarray(array)
+    if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
+        enc = "rgb8"
+    elif a.ndim == 2 and a.dtype == np.float32:
+        enc = "32FC1"
+    elif a.ndim == 2 and a.dtype == np.int32:
+        enc = "32SC1"
+    else:
+        raise ValueError(f"image_msg: need (H, W, 3) uint8, (H, W) float32 or (H, W) int32, got {a.shape} {a.dtype}")
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    return typestore().types["sensor_msgs/msg/Image"](
+        header=_header(stamp_ns, frame_id), height=a.shape[0], width=a.shape[1], encoding=enc, is_bigendian=0,
+        step=a.strides[0], data=np.frombuffer(a.tobytes(), np.uint8))
+
+
+def camera_info_msg(K: np.ndarray, height: int, width: int, stamp_ns: int, frame_id: str = CAMERA_FRAME):
+    """sensor_msgs/CameraInfo of an undistorted pinhole camera with intrinsics K (3×3, pixels)."""
+    types = typestore().types
+    P = np.hstack([K, np.zeros((3, 1))])
+    return types["sensor_msgs/msg/CameraInfo"](
+        header=_header(stamp_ns, frame_id), height=height, width=width, distortion_model="plumb_bob",
+        d=np.zeros(5), k=np.asarray(K, float).ravel(), r=np.eye(3).ravel(), p=P.ravel(), binning_x=0, binning_y=0,
+        roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+def tf_msg(T_parent_child: np.ndarray, stamp_ns: int, parent: str = WORLD_FRAME, child: str = CAMERA_FRAME):
+    """tf2_msgs/TFMessage with one transform: the pose of ``child`` in ``parent`` (4×4)."""
+    from scipy.spatial.transform import Rotation
+
+    types = typestore().types
+    x, y, z, w = Rotation.from_matrix(T_parent_child[:3, :3]).as_quat()
+    tx, ty, tz = (float(v) for v in T_parent_child[:3, 3])
+    transform = types["geometry_msgs/msg/Transform"](
+        translation=types["geometry_msgs/msg/Vector3"](x=tx, y=ty, z=tz),
+        rotation=types["geometry_msgs/msg/Quaternion"](x=float(x), y=float(y), z=float(z), w=float(w)))
+    ts = types["geometry_msgs/msg/TransformStamped"](header=_header(stamp_ns, parent), child_frame_id=child,
+                                                     transform=transform)
+    return types["tf2_msgs/msg/TFMessage"](transforms=[ts])
+
+
+def _latched_qos():
+    from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+    inf = QosTime(sec=9223372036, nsec=854775807)
+    return Qos(history=QosHistory.KEEP_LAST, depth=1, reliability=QosReliability.RELIABLE,
+               durability=QosDurability.TRANSIENT_LOCAL, deadline=inf, lifespan=inf,
+               liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=inf,
+               avoid_ros_namespace_conventions=False)
+
+
+class SequenceBagWriter:
+    """Writes deserialised rosbags messages to a rosbag2 (``storage`` "mcap" or "sqlite3"). A path ending in
+    .mcap / .db3 becomes one bare file (written in a temporary folder beside it and moved on ``close``)."""
+
+    def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        if storage not in ("mcap", "sqlite3"):
+            raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
+        self.path = Path(path)
+        if self.path.exists():
+            if not overwrite:
+                raise ValueError(f"output '{self.path}' already exists (remove it, or pass overwrite)")
+            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"output folder '{self.path.parent}' does not exist")
+        self.bare = self.path.suffix in (".mcap", ".db3")
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent)) if self.bare else None
+        self._dir = self._tmp / "bag" if self.bare else self.path
+        plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
+        self._writer = Writer(self._dir, version=9, storage_plugin=plugin)
+        self._writer.open()
+        self._conns: dict[str, object] = {}
+
+    def write(self, topic: str, msg, stamp_ns: int, latched: bool = False) -> None:
+        """Serialise ``msg`` (a typestore message; its type is taken from the class) and write it at ``stamp_ns``."""
+        msgtype = msg.__msgtype__
+        if topic not in self._conns:
+            qos = [_latched_qos()] if latched else ()
+            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=typestore(),
+                                                             offered_qos_profiles=qos)
+        self._writer.write(self._conns[topic], int(stamp_ns), typestore().serialize_cdr(msg, msgtype))
+
+    def close(self) -> Path:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+            if self.bare:
+                inner = next(p for p in self._dir.iterdir() if p.suffix in (".mcap", ".db3"))
+                os.replace(inner, self.path)
+                shutil.rmtree(self._tmp, ignore_errors=True)
+        return self.path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def write_sequence(sequence, path: str | Path, storage: str = "mcap", overwrite: bool = False,
+                   progress: bool = False) -> Path:
+    """Write every frame of a ``dpm_ros.synthetic.SyntheticSequence`` (see the module docstring for topics).
+    ``progress``: show a tqdm bar. Returns the written path."""
+    from tqdm import tqdm
+
+    from .synthetic import gl_available
+
+    renderer = "gl" if sequence.renderer == "gl" or (sequence.renderer == "auto" and gl_available()) else "numpy"
+    info = dict(generator="dpm_ros.synthetic.SyntheticSequence", dpm_ros_version=__version__,
+                params=sequence.params(), renderer=renderer, world_frame=WORLD_FRAME, camera_frame=CAMERA_FRAME,
+                topics=dict(image=IMAGE_TOPIC, camera_info=INFO_TOPIC, depth=DEPTH_TOPIC,
+                            instances=INSTANCES_TOPIC, tf=TF_TOPIC))
+    String = typestore().types["std_msgs/msg/String"]
+    with SequenceBagWriter(path, storage, overwrite) as writer:
+        for i in tqdm(range(len(sequence)), desc="dpm synth", unit="frame", disable=not progress):
+            f = sequence.frame(i)
+            ns = stamp_ns(f["stamp"])
+            if i == 0:
+                writer.write(SYNTH_INFO_TOPIC, String(data=json.dumps(info)), ns, latched=True)
+            writer.write(TF_TOPIC, tf_msg(f["T_w_c"], ns), ns)
+            writer.write(INFO_TOPIC, camera_info_msg(f["K"], *f["image"].shape[:2], ns), ns)
+            writer.write(IMAGE_TOPIC, image_msg(f["image"], ns), ns)
+            writer.write(DEPTH_TOPIC, image_msg(f["depth"], ns), ns)
+            writer.write(INSTANCES_TOPIC, image_msg(f["instances"], ns), ns)
+    return Path(path)
+
+
+def stamp_ns(seconds: float) -> int:
+    """Seconds -> integer nanoseconds (rounded)."""
+    return int(round(seconds * 1e9))
+
+
+def open_bag(path: str | Path):
+    """An opened rosbags Reader for a rosbag2 directory or a bare .mcap / .db3 file (close it when done).
+    Raises FileNotFoundError when missing, ValueError when it is not a readable bag."""
+    from rosbags.rosbag2 import Reader
+    from rosbags.rosbag2.errors import ReaderError
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"bag '{path}' does not exist")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except (ReaderError, FileNotFoundError) as exc:
+        raise ValueError(f"'{path}' is not a readable rosbag2 (MCAP/sqlite3): {exc}") from exc
+    return reader
+
+
+def read_messages(path: str | Path, topics: list[str]) -> Iterator[tuple[str, int, object]]:
+    """(topic, bag timestamp ns, deserialised message) for ``topics``, in bag order."""
+    reader = open_bag(path)
+    try:
+        conns = [c for c in reader.connections if c.topic in topics]
+        for conn, ns, raw in reader.messages(connections=conns):
+            yield conn.topic, ns, typestore().deserialize_cdr(raw, conn.msgtype)
+    finally:
+        reader.close()
+
+
+def header_ns(msg) -> int:
+    """Header stamp of a message in integer nanoseconds."""
+    return int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+
+
+def image_to_numpy(msg, encoding: str | None = "rgb8") -> np.ndarray:
+    """Image or CompressedImage message -> numpy via rosbags-image. ``encoding``: target colour space ("rgb8",
+    "bgr8", "mono8"...) for colour images; None keeps the message's own (use for 32FC1 / 32SC1)."""
+    from rosbags.image import message_to_cvimage
+
+    if encoding is None or getattr(msg, "encoding", "") in ("32FC1", "32SC1", "16UC1", "mono16", "64FC1"):
+        return np.asarray(message_to_cvimage(msg))
+    return np.asarray(message_to_cvimage(msg, encoding))
+
+
+def image_topics(path: str | Path) -> list[str]:
+    reader = open_bag(path)
+    try:
+        return sorted({c.topic for c in reader.connections if c.msgtype in IMAGE_TYPES})
+    finally:
+        reader.close()
+
+
+def read_images(path: str | Path, topic: str | None = None, encoding: str | None = "rgb8"
+                ) -> Iterator[tuple[int, np.ndarray, str]]:
+    """(header stamp ns, image array, frame_id) for every message of an Image/CompressedImage ``topic`` (default:
+    ``/camera/image_raw`` when present, else the only image topic). Colour images come as (H, W, 3) uint8 RGB."""
+    if topic is None:
+        found = image_topics(path)
+        if IMAGE_TOPIC in found:
+            topic = IMAGE_TOPIC
+        elif len(found) == 1:
+            topic = found[0]
+        else:
+            raise ValueError(f"bag '{path}': name the image topic, candidates: {found or 'none'}")
+    for _, _, msg in read_messages(path, [topic]):
+        yield header_ns(msg), image_to_numpy(msg, encoding), msg.header.frame_id
+
+
+def read_synth_info(path: str | Path) -> dict:
+    """The generator JSON of a synthetic bag (``/dpm/synth_info``). ValueError if the bag has none."""
+    for _, _, msg in read_messages(path, [SYNTH_INFO_TOPIC]):
+        return json.loads(msg.data)
+    raise ValueError(f"bag '{path}' has no {SYNTH_INFO_TOPIC} topic: it was not written by `dpm synth`")
+
+
+def read_poses(path: str | Path, child: str = CAMERA_FRAME, parent: str = WORLD_FRAME) -> list[tuple[int, np.ndarray]]:
+    """(stamp ns, 4×4 pose of ``child`` in ``parent``) for every /tf transform between those frames."""
+    from scipy.spatial.transform import Rotation
+
+    out = []
+    for _, _, msg in read_messages(path, [TF_TOPIC]):
+        for ts in msg.transforms:
+            if ts.child_frame_id == child and ts.header.frame_id == parent:
+                T = np.eye(4)
+                q, t = ts.transform.rotation, ts.transform.translation
+                T[:3, :3] = Rotation.from_quat([q.x, q.y, q.z, q.w]).as_matrix()
+                T[:3, 3] = (t.x, t.y, t.z)
+                out.append((header_ns(ts), T))
+    return out
+
+
+def read_camera_info(path: str | Path, topic: str = INFO_TOPIC) -> tuple[np.ndarray, int, int]:
+    """(K 3×3, height, width) from the first CameraInfo on ``topic``."""
+    for _, _, msg in read_messages(path, [topic]):
+        return np.asarray(msg.k, float).reshape(3, 3), int(msg.height), int(msg.width)
+    raise ValueError(f"bag '{path}' has no CameraInfo on {topic}")
