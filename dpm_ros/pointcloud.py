@@ -11,7 +11,8 @@ One point = 36 bytes, little-endian:
 | vx, vy, vz | 24, 28, 32 | float32 | velocity (P1(t2,π1) − P1(t1,π1)) / (t2 − t1), per second, optical frame |
 
 The cloud is organized: ``height × width`` = the network output's rows × columns (every ``stride``-th pixel).
-Invalid points have NaN x y z and velocity; ``is_dense`` is therefore false.
+Invalid points have NaN x y z and velocity; ``is_dense`` is always false (an organized cloud whose points may be
+NaN in any frame: consumers must not skip the NaN check because one frame happened to be complete).
 """
 from __future__ import annotations
 
@@ -99,13 +100,12 @@ def build_cloud(points: np.ndarray, colors: Optional[np.ndarray] = None, confide
 
 
 def cloud_layout(cloud: np.ndarray) -> dict:
-    """height, width, point_step, row_step, is_bigendian, is_dense of an organized POINT_DTYPE array."""
+    """height, width, point_step, row_step, is_bigendian, is_dense (False) of an organized POINT_DTYPE array."""
     if cloud.dtype != POINT_DTYPE or cloud.ndim != 2:
         raise ValueError(f"expected a 2-D array of POINT_DTYPE, got {cloud.dtype} with shape {cloud.shape}")
     h, w = cloud.shape
-    dense = bool(np.isfinite(cloud["x"]).all() and np.isfinite(cloud["y"]).all() and np.isfinite(cloud["z"]).all())
     return dict(height=h, width=w, point_step=POINT_STEP, row_step=POINT_STEP * w, is_bigendian=False,
-                is_dense=dense)
+                is_dense=False)
 
 
 def cloud_bytes(cloud: np.ndarray) -> bytes:

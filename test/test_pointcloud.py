@@ -62,9 +62,9 @@ def test_stride_keeps_every_nth_pixel():
     assert cloud["y"][3, 4] == pts[6, 8, 1]
 
 
-def test_dense_when_all_valid():
+def test_organized_cloud_is_never_declared_dense():
     pts = np.ones((2, 3, 3), np.float32)
-    assert cloud_layout(build_cloud(pts))["is_dense"] is True
+    assert cloud_layout(build_cloud(pts))["is_dense"] is False
 
 
 @pytest.mark.parametrize("kw", [dict(colors=np.zeros((5, 5, 3), np.uint8)), dict(confidence=np.zeros((1, 1))),

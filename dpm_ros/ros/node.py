@@ -97,6 +97,7 @@ class DpmNode(Node):
         self._camera_infos: deque = deque(maxlen=200)
         self._info_lock = threading.Lock()
         self._camera_info_misses = 0
+        self._last_warning: dict[str, float] = {}
 
         self._make_publishers()
         qos = _input_qos(self.p)
@@ -156,7 +157,7 @@ class DpmNode(Node):
             rgb = convert()
         except ImageFormatError as exc:
             self.health.error(exc.kind, str(exc))
-            self.get_logger().warning(f"skipped input image: {exc}", throttle_duration_sec=5.0)
+            self._warn_throttled(exc.kind, f"skipped input image: {exc}")
             return
         frame = StampedFrame(M.stamp_to_sec(header.stamp), rgb, None, header, time.monotonic())
         with self._ring_lock:
@@ -166,6 +167,13 @@ class DpmNode(Node):
                 self.get_logger().warning("image stamp went backwards (bag loop or clock reset): pairing restarted")
         if pair is not None:
             self.slot.put(pair)
+
+    def _warn_throttled(self, kind: str, text: str, period: float = 5.0, error: bool = False) -> None:
+        """Log at most once per ``period`` seconds per kind of problem (every one is counted in /diagnostics)."""
+        now = time.monotonic()
+        if now - self._last_warning.get(kind, -1e9) >= period:
+            self._last_warning[kind] = now
+            (self.get_logger().error if error else self.get_logger().warning)(text)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         K = np.asarray(msg.k, float).reshape(3, 3)
@@ -207,8 +215,8 @@ class DpmNode(Node):
                 if self.slot.closed or not rclpy.ok():  # RCLError / ExternalShutdownException while shutting down
                     return
                 self.health.error("pipeline", f"{type(exc).__name__}: {exc}")
-                self.get_logger().error(f"pipeline failed on a pair: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=5.0)
+                self._warn_throttled("pipeline", f"pipeline failed on a pair: {type(exc).__name__}: {exc}",
+                                     error=True)
 
     def _process(self, pair: FramePair) -> None:
         if self._pipeline_dirty:
@@ -246,9 +254,8 @@ class DpmNode(Node):
                 self._extrinsic_ok = True
                 self.get_logger().info(f"extrinsic {self.p['base_frame']} → {camera_frame} from /tf_static")
             else:
-                self.get_logger().warning(f"waiting for /tf_static {self.p['base_frame']} → {camera_frame}; "
-                                          "odometry and TF are not published until it arrives",
-                                          throttle_duration_sec=5.0)
+                self._warn_throttled("extrinsic", f"waiting for /tf_static {self.p['base_frame']} → {camera_frame}; "
+                                     "odometry and TF are not published until it arrives")
         return self.odometry.update(t1, t2, T_c1_c2)
 
     def _track(self, stamp: float, result, T_odom_camera: np.ndarray) -> list[int]:
@@ -265,7 +272,7 @@ class DpmNode(Node):
 
     def _publish_diagnostics(self) -> None:
         with self._ring_lock:
-            counters = self.ring.counters.as_dict()
+            counters = {f"pairing_{k}": v for k, v in self.ring.counters.as_dict().items()}
         counters.update(odometry_approximate_chains=self.odometry.approximate_chains,
                         odometry_resets=self.odometry.resets, camera_info_misses=self._camera_info_misses,
                         waiting_for_extrinsic=not self._extrinsic_ok)
