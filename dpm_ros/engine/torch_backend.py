@@ -88,5 +88,11 @@ def load_torch_engine(weights: str | Path, device: str = "cpu", precision: str =
     from dpm_ros.engine.onnx_model import check_model_file
 
     weights = check_model_file(weights, "weights")
-    model = load_model(weights, map_location="cpu")
+    try:
+        model = load_model(weights, map_location="cpu")
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # safetensors/json raise their own types; report the file and the problem
+        message = str(exc) if str(weights) in str(exc) else f"{weights}: could not load the weights: {exc}"
+        raise ValueError(message) from None
     return TorchEngine(model, device, precision, compile, symmetric, source=str(weights))
