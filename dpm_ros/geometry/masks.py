@@ -1,0 +1,50 @@
+"""Motion masks (dpm_theory.md §2): ``M(A, B)_i = 1`` where ``‖A_i − B_i‖ > ε_i``."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from dpm_ros.geometry._checks import as_points, same_shape
+
+
+def _as_image(a: np.ndarray) -> np.ndarray:
+    """(..., 3) points as a contiguous (N, 1, 3) float32/float64 image, the layout OpenCV's channel ops take."""
+    if a.dtype not in (np.float32, np.float64):
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a).reshape(-1, 1, 3)
+
+
+def squared_norm(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """``scale·‖a_i‖²`` per point of a 3-channel float image ((N, 1, 3) or (H, W, 3)), one channel out."""
+    return cv2.transform(cv2.multiply(a, a), np.full((1, 3), scale, dtype=a.dtype))
+
+
+def motion_mask(a, b, eps_rel: float = 0.02, eps_abs: float | None = None) -> np.ndarray:
+    """Pixels that move between point maps ``a`` and ``b`` (same frame, e.g. P1(t1,π1) and P1(t2,π1)).
+
+    ``a``, ``b``: (..., 3) points. Threshold ``ε_i = eps_rel·‖a_i‖`` (scale-free, the default for up-to-scale maps),
+    or ``eps_abs`` in the maps' units (metres when metric) when given; ``eps_abs`` takes precedence.
+    Returns a bool array of the leading shape; pixels where either point is NaN/inf are False (excluded).
+    Computed as ``‖a − b‖² > ε²`` (no square roots; OpenCV channel ops), which equals the definition.
+    """
+    a = as_points(a, "a")
+    b = as_points(b, "b")
+    same_shape(a, b, "a", "b")
+    lead = a.shape[:-1]
+    if a.size == 0:
+        return np.zeros(lead, dtype=bool)
+    ai, bi = _as_image(a), _as_image(b)
+    if ai.dtype != bi.dtype:
+        ai, bi = ai.astype(np.float64), bi.astype(np.float64)
+    d2 = squared_norm(cv2.subtract(ai, bi))
+    if eps_abs is not None:
+        if not (np.isfinite(eps_abs) and eps_abs >= 0):
+            raise ValueError(f"motion_mask: eps_abs must be a finite distance >= 0, got {eps_abs}")
+        out = d2 > float(eps_abs) ** 2
+    else:
+        if not (np.isfinite(eps_rel) and eps_rel >= 0):
+            raise ValueError(f"motion_mask: eps_rel must be a finite fraction >= 0, got {eps_rel}")
+        out = d2 > squared_norm(ai, float(eps_rel) ** 2)
+    # NaN compares False; an inf on one side only makes d2 = inf: exclude it too (invalid pixels never move).
+    out &= d2 < np.inf
+    return out.reshape(lead)

@@ -1,0 +1,204 @@
+"""A pair of frames in, a ``DPMResult`` out: engine inference, then the geometry of dpm_theory.md (intrinsics, motion
+masks, ego-motion, objects, flow). ROS-free; the node, ``dpm replay`` and the demo call it.
+
+Frames: image 1 is the newest (t1), image 2 the older one (t2); every output is in camera 1's optical frame (REP 103:
+z forward, x right, y down) at the engine's output resolution, in model units (metres when the engine is metric).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dpm_ros import SWAPPED_POINT_MAP_NAMES
+from dpm_ros.engine.base import Engine, check_image
+from dpm_ros.geometry import (EGO_METHODS, ego_motion, estimate_focal, intrinsics, motion_mask, object_flow,
+                              object_motion, scale_intrinsics, scene_flow, split_objects, to_matrix)
+
+
+@dataclass
+class Frame:
+    """One camera frame: ``image`` uint8 (H, W, 3) RGB, ``stamp`` seconds, ``K`` optional 3×3 intrinsics (pixels)
+    at the image's own resolution (e.g. from CameraInfo)."""
+    image: np.ndarray
+    stamp: float
+    K: np.ndarray | None = None
+
+
+@dataclass
+class ObjectMotion:
+    """One moving object of image 1: ``R``, ``t`` its rigid motion t1 → t2 in camera 1 (``x_t2 = R·x_t1 + t``);
+    ``centroid`` (3,) and axis-aligned ``extent`` (3,) of its points at t1 in camera 1 (model units);
+    ``confidence`` the mean map confidence of its pixels; ``n_points`` its pixel count; ``id`` its label in
+    ``DPMResult.labels1``."""
+    id: int
+    R: np.ndarray
+    t: np.ndarray
+    centroid: np.ndarray
+    extent: np.ndarray
+    confidence: float
+    n_points: int
+
+
+@dataclass
+class DPMResult:
+    """Everything the pipeline derives from one pair (output resolution h × w).
+
+    ``maps``: the engine outputs by name; ``K``: 3×3 intrinsics used (given K scaled to h × w, else from the
+    estimate); ``focal``: the focal length estimated from P1(t1,π1) (pixels, reported even when K is given);
+    ``motion_mask1/2``: bool (h, w) moving pixels of image 1/2; ``labels1``: uint16 (h, w) object ids (0 = static);
+    ``objects``: list of ObjectMotion; ``T_c1_c2``: 4×4 camera 2 → camera 1; ``pass2_scale``: Sim(3) scale of pass
+    1 over pass 2 (1.0 without a second pass); ``ego_method``: the form actually used; ``flows``: "object_forward",
+    "object_backward" and, with a symmetric engine, "scene_forward", "scene_backward" (h, w, 3) displacements (divide
+    by ``dt`` for velocities); ``dt = t2 − t1`` seconds (negative for an older image 2); ``timings``: ms per step.
+    """
+    maps: dict
+    K: np.ndarray
+    focal: float
+    motion_mask1: np.ndarray
+    motion_mask2: np.ndarray
+    labels1: np.ndarray
+    objects: list
+    T_c1_c2: np.ndarray
+    pass2_scale: float
+    ego_method: str
+    flows: dict
+    dt: float
+    timings: dict = field(default_factory=dict)
+
+
+class DPMPipeline:
+    """``DPMPipeline(engine, **params).process(frame1, frame2) -> DPMResult``.
+
+    Params: ``eps_rel`` (motion threshold as a fraction of the point's distance), ``eps_abs`` (metres, for metric
+    engines; overrides eps_rel), ``conf_threshold`` (pixels whose confidence is lower are ignored by the geometry),
+    ``min_object_pixels``, ``object_max_gap`` (3D split distance inside a moving component, fraction of the
+    distance to the camera), ``ego_method`` ("pixel_aligned" | "matched" (alias "seed") | "pnp"; the first two need
+    a symmetric engine and fall back to "pnp" without one), ``use_learned_mask`` (threshold the engine's
+    ``motion_prob_*`` at 0.5 when it has them), ``ego_stride`` / ``focal_stride`` (pixel subsampling of the
+    pixel-aligned fit and of the focal estimate; exact on consistent maps, keeps the geometry within milliseconds).
+    """
+
+    def __init__(self, engine: Engine, eps_rel: float = 0.02, eps_abs: float | None = None,
+                 conf_threshold: float = 0.0, min_object_pixels: int = 50, object_max_gap: float = 0.05,
+                 ego_method: str = "pixel_aligned", use_learned_mask: bool = False, ego_stride: int = 4,
+                 focal_stride: int = 4):
+        if ego_method not in EGO_METHODS + ("seed",):
+            raise ValueError(f"ego_method '{ego_method}' unknown (use one of {', '.join(EGO_METHODS)})")
+        if not (np.isfinite(eps_rel) and eps_rel >= 0):
+            raise ValueError(f"eps_rel must be a fraction >= 0, got {eps_rel}")
+        if eps_abs is not None and not (np.isfinite(eps_abs) and eps_abs > 0):
+            raise ValueError(f"eps_abs must be a distance > 0 (or None for eps_rel), got {eps_abs}")
+        if not (np.isfinite(conf_threshold) and conf_threshold >= 0):
+            raise ValueError(f"conf_threshold must be >= 0, got {conf_threshold}")
+        if int(min_object_pixels) < 1:
+            raise ValueError(f"min_object_pixels must be >= 1, got {min_object_pixels}")
+        if not (np.isfinite(object_max_gap) and object_max_gap > 0):
+            raise ValueError(f"object_max_gap must be > 0, got {object_max_gap}")
+        self.engine = engine
+        self.eps_rel, self.eps_abs = float(eps_rel), eps_abs
+        self.conf_threshold = float(conf_threshold)
+        self.min_object_pixels = int(min_object_pixels)
+        self.object_max_gap = float(object_max_gap)
+        self.ego_method = "matched" if ego_method == "seed" else ego_method
+        self.use_learned_mask = bool(use_learned_mask)
+        self.ego_stride, self.focal_stride = int(ego_stride), int(focal_stride)
+
+    # --- steps -------------------------------------------------------------------------------------------------
+    def _apply_conf_threshold(self, maps: dict) -> dict:
+        """Copy of ``maps`` with pixels below ``conf_threshold`` set to NaN (their confidence kept)."""
+        out = dict(maps)
+        for name in list(maps):
+            if name.startswith("p") and "conf_" + name in maps:
+                low = np.asarray(maps["conf_" + name]) < self.conf_threshold
+                if low.any():
+                    out[name] = np.where(low[..., None], np.float32(np.nan), maps[name]).astype(np.float32)
+        return out
+
+    def _intrinsics(self, maps: dict, frame1: Frame) -> tuple[np.ndarray, float]:
+        p = maps["p1_t1_pi1"]
+        h, w = p.shape[:2]
+        K = None
+        if frame1.K is not None:
+            K = scale_intrinsics(frame1.K, frame1.image.shape[:2], (h, w))
+        pp = None if K is None else (K[0, 2], K[1, 2])
+        focal = estimate_focal(p, maps.get("conf_p1_t1_pi1"), principal_point=pp,
+                               stride=min(self.focal_stride, max(1, min(h, w) // 8)))
+        return (intrinsics(focal, h, w) if K is None else K), focal
+
+    def _mask(self, maps: dict, a: str, b: str, prob: str) -> np.ndarray:
+        if self.use_learned_mask and prob in maps:
+            return np.asarray(maps[prob]) > 0.5
+        return motion_mask(maps[a], maps[b], eps_rel=self.eps_rel, eps_abs=self.eps_abs)
+
+    def _objects(self, maps: dict, mask1: np.ndarray) -> tuple[np.ndarray, list]:
+        p1, p2 = maps["p1_t1_pi1"], maps["p1_t2_pi1"]
+        labels = split_objects(mask1, p1, min_size=self.min_object_pixels, max_gap=self.object_max_gap)
+        conf = maps.get("conf_p1_t1_pi1")
+        flat = labels.reshape(-1)
+        pix = np.flatnonzero(flat)
+        order = np.argsort(flat[pix], kind="stable")
+        pix = pix[order]
+        bounds = np.flatnonzero(np.diff(flat[pix])) + 1
+        a_all, b_all = p1.reshape(-1, 3), p2.reshape(-1, 3)
+        c_all = None if conf is None else np.asarray(conf).reshape(-1)
+        objects, dropped = [], []
+        for sel in np.split(pix, bounds) if len(pix) else []:
+            k = int(flat[sel[0]])
+            a, c = a_all[sel], None if c_all is None else c_all[sel]
+            try:
+                rot, t = object_motion(a, b_all[sel], np.ones(len(sel), bool), conf=c)
+            except ValueError:   # degenerate (e.g. all points on a line): not an object we can report
+                dropped.append(k)
+                continue
+            a64 = a.astype(np.float64)
+            objects.append(ObjectMotion(id=k, R=rot, t=t, centroid=a64.mean(axis=0), extent=np.ptp(a64, axis=0),
+                                        confidence=1.0 if c is None else float(np.mean(c)), n_points=len(sel)))
+        if dropped:
+            labels[np.isin(labels, dropped)] = 0
+        return labels.astype(np.uint16), objects
+
+    # --- the pair ----------------------------------------------------------------------------------------------
+    def process(self, frame1: Frame, frame2: Frame) -> DPMResult:
+        """Run the engine on (image 1 at t1, image 2 at t2) and derive everything (see DPMResult)."""
+        check_image(frame1.image, "frame1.image")
+        check_image(frame2.image, "frame2.image")
+        timings: dict[str, float] = {}
+        t0 = tick = time.perf_counter()
+
+        def lap(name: str) -> None:
+            nonlocal tick
+            now = time.perf_counter()
+            timings[name] = 1000.0 * (now - tick)
+            tick = now
+
+        maps = self.engine.infer(frame1.image, frame2.image)
+        lap("inference")
+        if self.conf_threshold > 0:
+            maps = self._apply_conf_threshold(maps)
+        K, focal = self._intrinsics(maps, frame1)
+        lap("intrinsics")
+        mask1 = self._mask(maps, "p1_t1_pi1", "p1_t2_pi1", "motion_prob_1")
+        mask2 = self._mask(maps, "p2_t1_pi1", "p2_t2_pi1", "motion_prob_2")
+        lap("motion_masks")
+        symmetric = all(n in maps for n in SWAPPED_POINT_MAP_NAMES)
+        method = self.ego_method if symmetric else "pnp"
+        if method == "pixel_aligned":
+            rot, t, s = ego_motion(maps, method, stride=self.ego_stride)
+        elif method == "matched":
+            rot, t, s = ego_motion(maps, method, dynamic2=mask2)
+        else:
+            rot, t, s = ego_motion(maps, "pnp", K=K)
+        lap("ego_motion")
+        labels1, objects = self._objects(maps, mask1)
+        lap("objects")
+        flows = {f"object_{k}": v for k, v in object_flow(maps).items()}
+        if symmetric:
+            flows.update({f"scene_{k}": v for k, v in scene_flow(maps, pass2_scale=s).items()})
+        lap("flows")
+        timings["geometry"] = 1000.0 * (time.perf_counter() - t0) - timings["inference"]
+        timings["total"] = 1000.0 * (time.perf_counter() - t0)
+        return DPMResult(maps=maps, K=K, focal=focal, motion_mask1=mask1, motion_mask2=mask2, labels1=labels1,
+                         objects=objects, T_c1_c2=to_matrix(rot, t), pass2_scale=float(s), ego_method=method,
+                         flows=flows, dt=float(frame2.stamp) - float(frame1.stamp), timings=timings)
