@@ -156,19 +156,23 @@ def pick_camera_topics(connections, image_topic: str | None, info_topic: str | N
     """The image topic (given, or the bag's only Image/CompressedImage topic) and its CameraInfo topic (given, or
     the sibling '<namespace>/camera_info' when present)."""
     cams = camera_topics(connections)
+    infos = {c.topic for c in connections if c.msgtype == "sensor_msgs/msg/CameraInfo"}
+
+    def sibling_info(topic: str) -> str:
+        return topic.removesuffix("/compressed").rsplit("/", 1)[0] + "/camera_info"
+
     if image_topic is None:
         if not cams:
             raise ValueError(no_camera_message(path, connections))
-        if len(cams) > 1:
+        with_info = [t for t in cams if sibling_info(t) in infos]   # a camera, not e.g. a depth/label image
+        if len(cams) > 1 and len(with_info) != 1:
             raise ValueError(f"bag '{path}' has several camera topics ({', '.join(cams)}); pick one with --image-topic")
-        image_topic = cams[0]
+        image_topic = with_info[0] if len(cams) > 1 else cams[0]
     elif image_topic not in cams:
         raise ValueError(f"--image-topic {image_topic} is not a camera topic of '{path}'; camera topics: "
                          f"{', '.join(cams) or 'none'}")
-    infos = {c.topic for c in connections if c.msgtype == "sensor_msgs/msg/CameraInfo"}
     if info_topic is None:
-        base = image_topic.removesuffix("/compressed").rsplit("/", 1)[0]
-        info_topic = f"{base}/camera_info" if f"{base}/camera_info" in infos else None
+        info_topic = sibling_info(image_topic) if sibling_info(image_topic) in infos else None
     elif info_topic not in infos:
         raise ValueError(f"--camera-info-topic {info_topic} is not a CameraInfo topic of '{path}'")
     return image_topic, info_topic
