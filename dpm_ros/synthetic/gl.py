@@ -203,8 +203,13 @@ _renderer: GLRenderer | None = None
 
 
 def get_renderer() -> GLRenderer:
-    """The process's GL renderer (created on first use, re-created after a fork)."""
+    """The process's GL renderer (created on first use). A process forked from one that already had a GL context
+    cannot create its own (Mesa's EGL state does not survive fork: it deadlocks), so this raises there and
+    ``render`` falls back to the ray-caster; processes forked before any GL use (or spawned) get their own context."""
     global _renderer
-    if _renderer is None or _renderer.pid != os.getpid():
+    if _renderer is not None and _renderer.pid != os.getpid():
+        raise RuntimeError("this process was forked from one holding an OpenGL context (EGL cannot be re-created "
+                           "after fork); use the 'spawn' start method, or render only in the workers")
+    if _renderer is None:
         _renderer = GLRenderer()
     return _renderer
