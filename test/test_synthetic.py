@@ -2,6 +2,8 @@
 and the two renderers (OpenGL on EGL, numpy ray-caster) agree on geometry."""
 from __future__ import annotations
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -172,3 +174,17 @@ def test_gl_and_raycaster_agree_on_geometry():
                 assert np.percentile(rel, 99) < 1e-4 and rel.max() < 1e-3
         diff = np.abs(a["img1"].astype(int) - b["img1"].astype(int))
         assert diff.mean() < 1.0                                     # colours: same model, fp32 vs fp64
+
+
+def _child_points(seed: int) -> np.ndarray:
+    return make_pair(seed, 16, 20, 2)["p1_t1_pi1"]      # renderer "auto"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not gl_available(), reason="OpenGL on EGL unavailable here (no EGL/Mesa): only the ray-caster")
+def test_workers_forked_after_gl_use_fall_back_instead_of_deadlocking():
+    make_pair(0, 16, 20, 2, renderer="gl")              # this process now holds an EGL context
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        points = pool.apply_async(_child_points, (4,)).get(timeout=60)
+    ref = make_pair(4, 16, 20, 2, renderer="numpy")["p1_t1_pi1"]
+    np.testing.assert_allclose(points, ref, rtol=1e-5, atol=1e-6)   # the child used the ray-caster

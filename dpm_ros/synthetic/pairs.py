@@ -46,7 +46,8 @@ def pair_from_renders(scene: Scene, K: np.ndarray, t1: float, t2: float, T_w_c1:
     valid1, valid2 = r1["labels"] >= 0, r2["labels"] >= 0
     result.update(
         img1=r1["rgb"], img2=r2["rgb"], K=K.copy(), T_w_c1=T_w_c1, T_w_c2=T_w_c2,
-        instances1=np.maximum(r1["labels"], 0).astype(np.int32), instances2=np.maximum(r2["labels"], 0).astype(np.int32),
+        instances1=np.maximum(r1["labels"], 0).astype(np.int32),
+        instances2=np.maximum(r2["labels"], 0).astype(np.int32),
         object_motions=fwd, valid1=valid1, valid2=valid2, t1=float(t1), t2=float(t2),
         depth1=np.where(valid1, r1["points"][..., 2], np.nan).astype(np.float32),
         depth2=np.where(valid2, r2["points"][..., 2], np.nan).astype(np.float32),
