@@ -107,11 +107,10 @@ class TensorRTEngine(Engine):
         except RuntimeError as exc:
             log.warning("%s: CUDA graph capture failed (%s); running without", self.engine_path, exc)
 
-    def infer(self, img1: np.ndarray, img2: np.ndarray) -> dict[str, np.ndarray]:
-        """Point maps for the pair (uint8 (H, W, 3) RGB, any size) at the engine resolution; see base.py."""
+    def run_network(self, x1: np.ndarray, x2: np.ndarray) -> dict[str, np.ndarray]:
+        """The raw network call on normalised float32 (1, 3, h, w) inputs → batched outputs by name (host copies
+        into pinned buffers, one stream: H2D, execute, D2H, synchronise)."""
         torch = self._torch
-        x1, x2 = prepare_pair(img1, img2, self.onnx.height, self.onnx.width, str(self.onnx.path),
-                              self.onnx.normalisation)
         with torch.cuda.stream(self._stream):
             for name, x in zip(self.onnx.inputs, (x1, x2)):
                 host = self._host_buffers[name]
@@ -121,8 +120,13 @@ class TensorRTEngine(Engine):
             for name in self.outputs:
                 self._host_buffers[name].copy_(self._device_buffers[name], non_blocking=True)
         self._stream.synchronize()
-        raw = {name: self._host_buffers[name].numpy() for name in self.outputs}
-        return unbatch_outputs(raw, self.outputs, self.onnx.height, self.onnx.width, str(self.onnx.path))
+        return {name: self._host_buffers[name].numpy() for name in self.outputs}
+
+    def infer(self, img1: np.ndarray, img2: np.ndarray) -> dict[str, np.ndarray]:
+        """Point maps for the pair (uint8 (H, W, 3) RGB, any size) at the engine resolution; see base.py."""
+        src = str(self.onnx.path)
+        x1, x2 = prepare_pair(img1, img2, self.onnx.height, self.onnx.width, src, self.onnx.normalisation)
+        return unbatch_outputs(self.run_network(x1, x2), self.outputs, self.onnx.height, self.onnx.width, src)
 
     def info(self) -> EngineInfo:
         gpu_name, capability = device_identity(self.device.index or 0)

@@ -32,10 +32,12 @@ class _Fp32Head(nn.Module):
 
 class TorchEngine(Engine):
     """``model``: a DPMNet (moved to ``device`` and put in eval mode); ``precision``: fp32, fp16 or bf16 (autocast;
-    fp16 needs CUDA); ``source`` names the weights in errors and info."""
+    fp16 needs CUDA); ``source`` names the weights in errors and info; ``height``/``width``: the resolution images
+    are resized to (default: the model's configured one; multiples of the patch size)."""
 
     def __init__(self, model: nn.Module, device: str = "cpu", precision: str = "fp32", compile: bool = False,
-                 symmetric: bool = True, source: str = "<torch model>"):
+                 symmetric: bool = True, source: str = "<torch model>", height: int | None = None,
+                 width: int | None = None):
         if precision not in ("fp32", "fp16", "bf16"):
             raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
         self.device = torch.device(device)
@@ -45,7 +47,10 @@ class TorchEngine(Engine):
             raise ValueError("precision fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
         self.precision, self.source, self.symmetric = precision, source, symmetric
         self.model = model.eval().to(self.device)
-        self.height, self.width = model.config.height, model.config.width
+        self.height, self.width = int(height or model.config.height), int(width or model.config.width)
+        if self.height % model.config.patch_size or self.width % model.config.patch_size:
+            raise ValueError(f"{source}: resolution {self.width}x{self.height} must be a multiple of the patch size "
+                             f"{model.config.patch_size}")
         if precision != "fp32":
             for name in HEAD_NAMES:
                 head = getattr(self.model, name)

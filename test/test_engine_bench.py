@@ -1,0 +1,38 @@
+"""``dpm bench engine``: the JSON has every stage as p50/p95, consistent pairs/s, the cloud size, and versions."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpm_ros.benchmarks.engine import STAGES, parse_resolution, percentiles, run_engine_benchmark
+from dpm_ros.pointcloud import POINT_DTYPE
+
+
+def test_percentiles_of_known_samples():
+    p = percentiles(list(range(1, 101)))
+    assert p["p50"] == pytest.approx(50.5) and p["p95"] == pytest.approx(95.05) and p["n"] == 100
+
+
+def test_resolution_is_width_by_height():
+    assert parse_resolution("512x384") == (384, 512)
+    with pytest.raises(ValueError, match="use WIDTHxHEIGHT"):
+        parse_resolution("512")
+
+
+def test_engine_benchmark_report(tmp_path):
+    report = run_engine_benchmark("dpm_tiny", resolutions=[(32, 48), (16, 24)], backends=["onnxruntime", "torch"],
+                                  repeats=3, warmup=1, threads=1)
+    json.dumps(report)  # plain JSON
+    env = report["environment"]
+    assert env["onnxruntime"] and env["torch"] and env["cpu_count"] >= 1
+    assert [(r["backend"], r["resolution"]) for r in report["results"]] == [
+        ("onnxruntime", "48x32"), ("torch", "48x32"), ("onnxruntime", "24x16"), ("torch", "24x16")]
+    for r in report["results"]:
+        assert set(r["stages_ms"]) == set(STAGES)
+        for stage in r["stages_ms"].values():
+            assert 0 < stage["p50"] <= stage["p95"] and stage["n"] == 3
+        total = sum(s["p50"] for s in r["stages_ms"].values())
+        assert r["pairs_per_s"] == pytest.approx(1000 / total, rel=1e-2)
+        w, h = (int(v) for v in r["resolution"].split("x"))
+        assert r["cloud_bytes"] == w * h * POINT_DTYPE.itemsize
