@@ -30,15 +30,21 @@ N_GOOD = 10          # frames of the first run
 N_AFTER = 2          # good frames after the malformed ones
 FRAME_ID = "camera_optical"
 T0 = 100.0
-SEQ_KW = dict(seed=3, fps=10.0, height=96, width=128, n_objects=2)
+# numpy renderer: the oracle renders ground truth on the node's worker thread, and an EGL context made on another
+# thread returns garbage there (dpm_ros/synthetic/gl.py is not thread-safe).
+SEQ_KW = dict(seed=3, fps=10.0, height=96, width=128, n_objects=2, renderer="numpy")
 
 
-def oracle_source(tmp, seq) -> str:
-    import json
+def synthetic_bag(tmp, seq):
+    """Write ``seq`` as a `dpm synth` bag; return (bag path, frames as the node will see them + ground truth)."""
+    from dpm_ros.bag import read_images, write_sequence
+    from dpm_ros.engine.oracle import OracleEngine
 
-    path = tmp / "seq.json"
-    path.write_text(json.dumps(seq.params()))
-    return f"oracle:{path}"
+    path = write_sequence(seq, tmp / "seq.mcap")
+    oracle = OracleEngine.from_bag(path)        # the sequence as rendered for the bag (same renderer)
+    images = [img for _, img, _ in read_images(path)]
+    frames = [dict(oracle.sequence.frame(i), image=images[i]) for i in range(len(images))]
+    return path, oracle.sequence, frames
 
 
 def image_msg(rgb: np.ndarray, stamp: float, encoding: str = "rgb8") -> Image:
@@ -54,14 +60,12 @@ def run(tmp_path_factory):
     from dpm_ros.synthetic import SyntheticSequence
 
     tmp = tmp_path_factory.mktemp("node")
-    seq = SyntheticSequence(t0=T0, n_frames=N_GOOD + N_AFTER, **SEQ_KW)
-    engine = oracle_source(tmp, seq)
+    bag, seq, frames = synthetic_bag(tmp, SyntheticSequence(t0=T0, n_frames=N_GOOD + N_AFTER, **SEQ_KW))
     args = ["--ros-args", "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info",
-            "-p", f"engine:={engine}", "-p", "qos_reliability:=reliable", "-p", f"pair_interval:={1 / seq.fps}",
+            "-p", f"engine:=oracle:{bag}", "-p", "qos_reliability:=reliable", "-p", f"pair_interval:={1 / seq.fps}",
             "-p", f"max_pair_gap:={1.5 / seq.fps}", "-p", "eps_rel:=0.0001", "-p", "min_object_pixels:=20",
             "-p", "diagnostics_period:=0.5"]
     probe = Probe()
-    frames = [seq.frame(i) for i in range(len(seq))]
     with NodeProcess(args, tmp / "node.log") as proc:
         try:
             assert probe.wait_connected(120, proc), "node did not subscribe to the image topic:\n" + proc.log()
