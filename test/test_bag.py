@@ -83,3 +83,14 @@ def test_dpm_synth_command_writes_a_bag(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dpm_ros.cli", "synth", "--out", str(out), "--frames", "3"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "already exists" in r.stderr
+
+
+def test_compressed_images_decode_to_rgb():
+    import cv2
+
+    rgb = np.random.default_rng(0).integers(0, 255, (12, 16, 3), dtype=np.uint8)
+    ok, png = cv2.imencode(".png", rgb[..., ::-1])
+    msg = bag.typestore().types["sensor_msgs/msg/CompressedImage"](
+        header=bag.image_msg(rgb, 5).header, format="rgb8; png compressed bgr8", data=png.ravel())
+    np.testing.assert_array_equal(bag.image_to_numpy(msg), rgb)
+    np.testing.assert_array_equal(bag.image_to_numpy(bag.image_msg(rgb, 5), "bgr8"), rgb[..., ::-1])

@@ -137,6 +137,8 @@ def test_bad_arguments_raise_value_error():
         make_pair(0, H, W, 2, time_gap=0.0)
     with pytest.raises(ValueError, match="range"):
         make_pair(0, H, W, 2, object_radius=(0.5, 0.1))
+    with pytest.raises(ValueError, match="unknown scene knob"):
+        make_pair(0, H, W, 2, object_speed=3.0)
     with pytest.raises(ValueError, match="renderer"):
         make_pair(0, H, W, 2, renderer="povray")
 

@@ -180,6 +180,12 @@ class SceneConfig:
             raise ValueError("moving_prob and open_sky_prob must be probabilities in [0, 1]")
 
     def replace(self, **kw) -> "SceneConfig":
+        """A copy with some fields changed; ValueError naming the valid knobs for an unknown one."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(kw) - names)
+        if unknown:
+            raise ValueError(f"unknown scene knob(s) {unknown}; valid: {sorted(names)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in kw.items()}
         return dataclasses.replace(self, **kw)
 
     def to_dict(self) -> dict:
