@@ -9,6 +9,7 @@ in forked data-loader workers because each process creates its own).
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -199,17 +200,19 @@ class GLRenderer:
         return {"points": points, "labels": labels, "rgb": np.ascontiguousarray(rgb)}
 
 
-_renderer: GLRenderer | None = None
+_renderers: dict[int, GLRenderer] = {}   # thread id -> renderer: an EGL context is current in one thread only
 
 
 def get_renderer() -> GLRenderer:
-    """The process's GL renderer (created on first use). A process forked from one that already had a GL context
-    cannot create its own (Mesa's EGL state does not survive fork: it deadlocks), so this raises there and
-    ``render`` falls back to the ray-caster; processes forked before any GL use (or spawned) get their own context."""
-    global _renderer
-    if _renderer is not None and _renderer.pid != os.getpid():
+    """This thread's GL renderer (created on first use; EGL contexts are bound to the thread that made them current,
+    so a renderer used from another thread, e.g. the node's inference worker, returns garbage). A process forked
+    from one that already had a GL context cannot create its own (Mesa's EGL state does not survive fork: it
+    deadlocks), so this raises there and ``render`` falls back to the ray-caster; processes forked before any GL use
+    (or spawned) get their own context."""
+    if any(r.pid != os.getpid() for r in _renderers.values()):
         raise RuntimeError("this process was forked from one holding an OpenGL context (EGL cannot be re-created "
                            "after fork); use the 'spawn' start method, or render only in the workers")
-    if _renderer is None:
-        _renderer = GLRenderer()
-    return _renderer
+    key = threading.get_ident()
+    if key not in _renderers:
+        _renderers[key] = GLRenderer()
+    return _renderers[key]
