@@ -76,7 +76,8 @@ def run_live(input_bag: Path, output_bag: Path, engine: str, rate: float, out: P
                               env=env, stdout=logs["record"], stderr=subprocess.STDOUT)
     try:
         play = subprocess.run(_tool("dpm") + ["play", str(input_bag), "--clock", "--rate", str(rate),
-                                              "--wait-for-subscribers", "60", "--delay", "3"], env=env)
+                                              "--wait-for-subscribers", "60", "--delay", "3",
+                                              "--topics", "/camera/image_raw", "/camera/camera_info"], env=env)
         if play.returncode != 0:
             raise RuntimeError(f"dpm play failed (exit {play.returncode})")
         time.sleep(4.0)  # let the node finish the last pair and the recorder write it
