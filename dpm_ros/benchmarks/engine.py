@@ -148,11 +148,10 @@ def environment() -> dict:
            torch.get_num_threads(), "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__,
            "numpy": np.__version__, "load_average_1min": round(os.getloadavg()[0], 2),
            "cuda_gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    try:
-        import tensorrt
-        env["tensorrt"] = getattr(tensorrt, "__version__", None)
-    except ImportError:
-        env["tensorrt"] = None
+    from dpm_ros.engine.tensorrt_build import tensorrt_unavailable_reason
+
+    reason = tensorrt_unavailable_reason()
+    env["tensorrt"] = __import__("tensorrt").__version__ if reason is None else f"unavailable: {reason}"
     return env
 
 

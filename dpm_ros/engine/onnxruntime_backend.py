@@ -49,9 +49,11 @@ class OnnxRuntimeEngine(Engine):
         if threads:
             options.intra_op_num_threads = int(threads)
         options.log_severity_level = 3  # errors only; we raise our own messages
+        providers = [(p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.onnx.path.parent)})
+                     if p == "TensorrtExecutionProvider" else p for p in self.providers]
         try:
             self.session = ort.InferenceSession(os.fspath(self.onnx.path), sess_options=options,
-                                                providers=self.providers)
+                                                providers=providers)
         except Exception as exc:  # onnxruntime raises its own pybind exception types (InvalidProtobuf, Fail, ...)
             raise ValueError(f"{self.onnx.path}: ONNX Runtime could not load the model: {exc}") from None
         inputs = {i.name: i for i in self.session.get_inputs()}
