@@ -106,3 +106,16 @@ def test_timing_cache_path_depends_on_gpu_and_version_only(tmp_path):
     assert a != cache.timing_cache_path(tmp_path, "10.14", "Orin", (8, 7))
     assert a != cache.timing_cache_path(tmp_path, "10.13", "H100", (9, 0))
     assert a.suffix == ".timing"
+
+
+def test_default_cache_dir_beside_onnx_unless_read_only_or_overridden(tmp_path, monkeypatch):
+    monkeypatch.delenv("DPM_ENGINE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    writable = tmp_path / "engines"
+    writable.mkdir()
+    assert cache.default_cache_dir(writable / "m.onnx") == writable.resolve()
+    with monkeypatch.context() as m:  # an installed share/ folder the node's user cannot write (tests run as root)
+        m.setattr(cache.os, "access", lambda path, mode: False)
+        assert cache.default_cache_dir(writable / "m.onnx") == tmp_path / "xdg" / "dpm_ros" / "engines"
+    monkeypatch.setenv("DPM_ENGINE_CACHE", str(tmp_path / "custom"))
+    assert cache.default_cache_dir(writable / "m.onnx") == tmp_path / "custom"

@@ -55,6 +55,18 @@ def key_digest(key: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def default_cache_dir(onnx_path: str | Path) -> Path:
+    """Where engines for ``onnx_path`` are cached: ``$DPM_ENGINE_CACHE`` when set, else the ONNX file's folder
+    when writable (``engines/`` in a checkout), else ``$XDG_CACHE_HOME/dpm_ros/engines`` (an installed, read-only
+    share/ folder)."""
+    if os.environ.get("DPM_ENGINE_CACHE"):
+        return Path(os.environ["DPM_ENGINE_CACHE"])
+    folder = Path(onnx_path).resolve().parent
+    if os.access(folder, os.W_OK):
+        return folder
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dpm_ros" / "engines"
+
+
 def engine_paths(cache_dir: str | Path, onnx_path: str | Path, key: dict) -> tuple[Path, Path]:
     """(engine file, metadata JSON) for ``onnx_path`` under ``cache_dir``: ``<stem>.<digest>.engine[.json]``."""
     stem = Path(onnx_path).stem

@@ -52,7 +52,8 @@ def load_engine(path: str | Path, backend: str = "auto", precision: str | None =
     precision: tensorrt fp16 (default) / bf16 / fp32; torch fp32 (default on CPU) / fp16 (default on CUDA) / bf16;
     onnxruntime runs the exported fp32 graph. device: "cpu" or "cuda" (onnxruntime, torch; default cpu for
     onnxruntime, cuda when available for torch). cache_dir: where TensorRT engines are cached (default: beside the
-    ONNX file). cuda_graph (tensorrt), compile (torch.compile), threads (onnxruntime intra-op threads).
+    ONNX file when writable, see cache.default_cache_dir). cuda_graph (tensorrt), compile (torch.compile),
+    threads (onnxruntime intra-op threads).
     """
     path = check_model_file(path, "model")
     chosen, why = choose_backend(path, backend)

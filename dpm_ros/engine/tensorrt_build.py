@@ -202,10 +202,10 @@ def get_or_build_engine(onnx_path: str | Path, cache_dir: str | Path | None = No
                         report: Callable[[str], None] | None = None) -> tuple[Path, dict, bool]:
     """The engine for ``onnx_path`` from the cache, built (and cached atomically) when missing, stale or ``force``.
 
-    ``cache_dir`` defaults to the ONNX file's directory. Returns (engine path, metadata, built now?).
+    ``cache_dir`` defaults to ``cache.default_cache_dir``. Returns (engine path, metadata, built now?).
     """
     onnx_path = Path(onnx_path)
-    cache_dir = Path(cache_dir) if cache_dir is not None else onnx_path.parent
+    cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(onnx_path)
     key = current_key(onnx_path, precision, device_index)
     engine_path, meta_path = cache.engine_paths(cache_dir, onnx_path, key)
     if not force and cache.cached_engine(cache_dir, onnx_path, key) is not None:
