@@ -1,10 +1,9 @@
 """OpenGL renderer (moderngl, headless EGL) for synthetic scenes: colour, camera-frame points and labels in one pass.
 
-Each primitive is drawn as its bounding box; the fragment shader casts the pixel's ray ``K^-1 (u, v, 1)`` (pixel
-centres, u = gl_FragCoord.x - 0.5, v = H - gl_FragCoord.y - 0.5) and intersects it analytically with the primitive
-in its local frame, exactly as ``raycast.py`` does, so both renderers give the same geometry (up to fp32). Depth is
-written from the analytic hit (z / far) so the nearest surface wins. One context per process (created lazily; safe
-in forked data-loader workers because each process creates its own).
+One full-screen pass: each fragment casts its pixel's ray ``K^-1 (u, v, 1)`` (pixel centres: u = gl_FragCoord.x - 0.5,
+v = H - gl_FragCoord.y - 0.5), intersects it analytically with every primitive (a uniform block of per-primitive
+records) in that primitive's local frame and shades the nearest hit, exactly as ``raycast.py`` does, so both
+renderers give the same geometry (up to fp32) and almost the same colours. One context per thread, created lazily.
 """
 from __future__ import annotations
 
@@ -16,35 +15,33 @@ import numpy as np
 from .raycast import NEAR
 from .scene import N_WAVES, Scene, invert_pose
 
-FAR = 1000.0
+MAX_PRIMS = 64        # primitives per scene (a uniform block of 64 records of 272 bytes)
+_FLOATS = 68          # floats per record, std140: 2 mat4 + 4 vec4 + vec4[N_WAVES] + vec4
 
 _VERTEX = """
 #version 330
-in vec3 in_pos;                 // unit cube corner in [-1, 1]^3
-uniform vec3 size;
-uniform mat4 T_c_l;             // local -> camera
-uniform mat4 proj;
-void main() {
-    gl_Position = proj * (T_c_l * vec4(in_pos * size * 1.001, 1.0));
+void main() {   // one triangle covering the viewport
+    vec2 p = vec2(float((gl_VertexID & 1) << 2) - 1.0, float((gl_VertexID & 2) << 1) - 1.0);
+    gl_Position = vec4(p, 0.0, 1.0);
 }
 """
 
 _FRAGMENT = """
 #version 330
-uniform int kind;               // 0 room (inside), 1 box, 2 ellipsoid
-uniform bool open_top;
-uniform vec3 size;
-uniform mat4 T_l_c;             // camera -> local
-uniform mat3 R_w_l;             // local -> world rotation
+struct Prim {
+    mat4 T_l_c;       // camera -> local
+    mat4 R_w_l;       // local -> world rotation (upper 3×3)
+    vec4 size_kind;   // half-extents / radii, kind (0 room seen from inside, 1 box, 2 ellipsoid)
+    vec4 color_a;     // albedo a, instance label
+    vec4 color_b;     // albedo b, checker cells per metre
+    vec4 misc;        // checker weight, open top
+    vec4 waves[N_WAVES];
+    vec4 wave_amps;
+};
+layout(std140) uniform Prims { Prim prims[MAX_PRIMS]; };
+uniform int n_prims;
 uniform mat3 Kinv;
 uniform float height;
-uniform float label;
-uniform vec3 color_a;
-uniform vec3 color_b;
-uniform float checker_scale;
-uniform float checker_weight;
-uniform vec4 waves[N_WAVES];
-uniform float wave_amps[N_WAVES];
 uniform vec3 light_dir;
 uniform vec3 light_color;
 uniform float ambient;
@@ -52,81 +49,90 @@ uniform float diffuse;
 layout(location = 0) out vec4 out_color;
 layout(location = 1) out vec4 out_point;
 
-void main() {
-    vec3 dc = Kinv * vec3(gl_FragCoord.x - 0.5, height - gl_FragCoord.y - 0.5, 1.0);
-    vec3 o = T_l_c[3].xyz;
-    vec3 d = mat3(T_l_c) * dc;
-    float t;
-    vec3 n;
+const float MISS = 1e30;
+
+float intersect(int i, vec3 o, vec3 d) {   // mirrors raycast.intersect
+    vec3 size = prims[i].size_kind.xyz;
+    int kind = int(prims[i].size_kind.w);
     if (kind == 2) {
         vec3 os = o / size, ds = d / size;
         float a = dot(ds, ds), b = dot(os, ds), c = dot(os, os) - 1.0;
         float disc = b * b - a * c;
-        if (disc < 0.0 || b >= 0.0 || c <= 0.0) discard;
-        t = c / (-b + sqrt(disc));
-        if (t <= NEAR) discard;
-        vec3 p = o + t * d;
+        if (disc < 0.0 || b >= 0.0 || c <= 0.0) return MISS;
+        float t = c / (-b + sqrt(disc));
+        return t > NEAR ? t : MISS;
+    }
+    vec3 inv = 1.0 / d;
+    vec3 t0 = (-size - o) * inv, t1 = (size - o) * inv;
+    vec3 lo = min(t0, t1), hi = max(t0, t1);
+    float tmin = max(max(lo.x, lo.y), lo.z);
+    float tmax = min(min(hi.x, hi.y), hi.z);
+    if (tmax < tmin) return MISS;
+    if (kind == 1) return tmin > NEAR ? tmin : MISS;
+    if (tmax <= NEAR) return MISS;
+    if (prims[i].misc.y > 0.5 && hi.z < hi.x && hi.z < hi.y && d.z > 0.0) return MISS;
+    return tmax;
+}
+
+void main() {
+    vec3 dc = Kinv * vec3(gl_FragCoord.x - 0.5, height - gl_FragCoord.y - 0.5, 1.0);
+    float best = MISS;
+    int bi = -1;
+    for (int i = 0; i < n_prims; ++i) {
+        float t = intersect(i, prims[i].T_l_c[3].xyz, mat3(prims[i].T_l_c) * dc);
+        if (t < best) { best = t; bi = i; }
+    }
+    if (bi < 0) { out_color = vec4(0.0); out_point = vec4(0.0, 0.0, 0.0, -1.0); return; }
+    vec3 size = prims[bi].size_kind.xyz;
+    int kind = int(prims[bi].size_kind.w);
+    vec3 p = prims[bi].T_l_c[3].xyz + best * (mat3(prims[bi].T_l_c) * dc);
+    vec3 n;
+    if (kind == 2) {
         n = normalize(p / (size * size));
     } else {
-        vec3 inv = 1.0 / d;
-        vec3 t0 = (-size - o) * inv, t1 = (size - o) * inv;
-        vec3 lo = min(t0, t1), hi = max(t0, t1);
-        float tmin = max(max(lo.x, lo.y), lo.z);
-        float tmax = min(min(hi.x, hi.y), hi.z);
-        if (tmax < tmin) discard;
-        if (kind == 1) {
-            if (tmin <= NEAR) discard;
-            t = tmin;
-        } else {
-            if (tmax <= NEAR) discard;
-            if (open_top && hi.z < hi.x && hi.z < hi.y && d.z > 0.0) discard;
-            t = tmax;
-        }
-        vec3 p = o + t * d;
         vec3 rel = abs(p) / size;
         int axis = (rel.x >= rel.y && rel.x >= rel.z) ? 0 : ((rel.y >= rel.z) ? 1 : 2);
         n = vec3(0.0);
         n[axis] = sign(p[axis]);
         if (kind == 0) n = -n;
     }
-    vec3 p = o + t * d;
-    vec3 cells3 = floor(p * checker_scale);
+    vec3 cells3 = floor(p * prims[bi].color_b.w);
     float cells = cells3.x + cells3.y + cells3.z;
     float checker = cells - 2.0 * floor(cells / 2.0);
     float wave = 0.0;
-    for (int i = 0; i < N_WAVES; ++i) wave += wave_amps[i] * sin(dot(p, waves[i].xyz) + waves[i].w);
-    float m = clamp(0.5 + checker_weight * (checker - 0.5) + wave, 0.0, 1.0);
-    vec3 albedo = color_a * (1.0 - m) + color_b * m;
-    float lam = max(dot(R_w_l * n, light_dir), 0.0);
+    for (int k = 0; k < N_WAVES; ++k)
+        wave += prims[bi].wave_amps[k] * sin(dot(p, prims[bi].waves[k].xyz) + prims[bi].waves[k].w);
+    float m = clamp(0.5 + prims[bi].misc.x * (checker - 0.5) + wave, 0.0, 1.0);
+    vec3 albedo = prims[bi].color_a.rgb * (1.0 - m) + prims[bi].color_b.rgb * m;
+    float lam = max(dot(mat3(prims[bi].R_w_l) * n, light_dir), 0.0);
     out_color = vec4(clamp(albedo * light_color * (ambient + diffuse * lam), 0.0, 1.0), 1.0);
-    out_point = vec4(dc * t, label);
-    gl_FragDepth = clamp(t / FAR, 0.0, 1.0);   // dc.z = 1, so t is the depth z
+    out_point = vec4(dc * best, prims[bi].color_a.w);   // dc.z = 1: best is the depth z
 }
-""".replace("N_WAVES", str(N_WAVES)).replace("NEAR", repr(NEAR)).replace("FAR", repr(FAR))
-
-# 12 triangles of the cube [-1, 1]^3 (culling is off: the camera may be inside a bounding box)
-_CUBE = np.array([[[-1, -1, -1], [1, -1, -1], [1, 1, -1]], [[-1, -1, -1], [1, 1, -1], [-1, 1, -1]],
-                  [[-1, -1, 1], [1, 1, 1], [1, -1, 1]], [[-1, -1, 1], [-1, 1, 1], [1, 1, 1]],
-                  [[-1, -1, -1], [-1, 1, 1], [-1, -1, 1]], [[-1, -1, -1], [-1, 1, -1], [-1, 1, 1]],
-                  [[1, -1, -1], [1, -1, 1], [1, 1, 1]], [[1, -1, -1], [1, 1, 1], [1, 1, -1]],
-                  [[-1, -1, -1], [-1, -1, 1], [1, -1, 1]], [[-1, -1, -1], [1, -1, 1], [1, -1, -1]],
-                  [[-1, 1, -1], [1, 1, 1], [-1, 1, 1]], [[-1, 1, -1], [1, 1, -1], [1, 1, 1]]], dtype="f4")
-
-
-def projection(K: np.ndarray, height: int, width: int) -> np.ndarray:
-    """4×4 OpenGL clip matrix for an optical camera with intrinsics K: pixel centre (u, v) maps to the window
-    position (u + 0.5, H - v - 0.5); clip w = z."""
-    fx, fy, cx, cy, s = K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1]
-    n, f = NEAR, FAR
-    return np.array([[2 * fx / width, 2 * s / width, 2 * (cx + 0.5) / width - 1, 0],
-                     [0, -2 * fy / height, 1 - 2 * (cy + 0.5) / height, 0],
-                     [0, 0, (f + n) / (f - n), -2 * f * n / (f - n)],
-                     [0, 0, 1, 0]])
+""".replace("N_WAVES", str(N_WAVES)).replace("MAX_PRIMS", str(MAX_PRIMS)).replace("NEAR", repr(NEAR))
 
 
 def _mat(m: np.ndarray) -> bytes:
     """Column-major float32 bytes of a matrix (GLSL layout)."""
     return np.ascontiguousarray(np.asarray(m, dtype=np.float32).T).tobytes()
+
+
+def pack_primitives(scene: Scene, t: float, T_w_c: np.ndarray) -> np.ndarray:
+    """(n, 68) float32 std140 records of the scene's primitives at time t (s) for the camera pose ``T_w_c``."""
+    n = len(scene.primitives)
+    if n > MAX_PRIMS:
+        raise ValueError(f"the GL renderer takes at most {MAX_PRIMS} primitives, the scene has {n}")
+    rec = np.zeros((n, _FLOATS), np.float64)
+    for i, prim in enumerate(scene.primitives):
+        T_w_l = prim.pose(t)
+        rec[i, 0:16] = (invert_pose(T_w_l) @ T_w_c).T.ravel()   # column-major
+        rec[i, 16:32] = T_w_l.T.ravel()
+        rec[i, 32:36] = (*prim.size, prim.kind)
+        rec[i, 36:40] = (*prim.color_a, prim.label)
+        rec[i, 40:44] = (*prim.color_b, prim.checker_scale)
+        rec[i, 44:46] = (prim.checker_weight, float(prim.open_top))
+        rec[i, 48:48 + 4 * N_WAVES] = prim.waves.ravel()
+        rec[i, 48 + 4 * N_WAVES:48 + 5 * N_WAVES] = prim.wave_amps
+    return rec.astype(np.float32)
 
 
 class GLRenderer:
@@ -137,8 +143,9 @@ class GLRenderer:
 
         self.ctx = moderngl.create_context(standalone=True, backend="egl")
         self.prog = self.ctx.program(vertex_shader=_VERTEX, fragment_shader=_FRAGMENT)
-        self.vbo = self.ctx.buffer(_CUBE.tobytes())
-        self.vao = self.ctx.vertex_array(self.prog, [(self.vbo, "3f", "in_pos")])
+        self.ubo = self.ctx.buffer(reserve=MAX_PRIMS * _FLOATS * 4, dynamic=True)
+        self.prog["Prims"].binding = 0
+        self.vao = self.ctx.vertex_array(self.prog, [])
         self._fbos: dict[tuple[int, int], object] = {}
         self.pid = os.getpid()
 
@@ -151,22 +158,21 @@ class GLRenderer:
                 self._fbos.clear()
             self._fbos[key] = self.ctx.framebuffer(
                 color_attachments=[self.ctx.renderbuffer((width, height), 4, dtype="f1"),
-                                   self.ctx.renderbuffer((width, height), 4, dtype="f4")],
-                depth_attachment=self.ctx.depth_renderbuffer((width, height)))
+                                   self.ctx.renderbuffer((width, height), 4, dtype="f4")])
         return self._fbos[key]
 
     def render(self, scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, height: int, width: int) -> dict:
         """Render at time t (s) from ``T_w_c`` (4×4 camera-to-world, optical). Same outputs as the ray-caster."""
         import moderngl
 
+        records = pack_primitives(scene, t, T_w_c)
         fbo = self._fbo(height, width)
         fbo.use()
         self.ctx.viewport = (0, 0, width, height)
-        fbo.clear(0.0, 0.0, 0.0, -1.0, depth=1.0)
-        self.ctx.enable(moderngl.DEPTH_TEST)
-        self.ctx.disable(moderngl.CULL_FACE)
+        self.ubo.write(records.tobytes())
+        self.ubo.bind_to_uniform_block(0)
         prog = self.prog
-        prog["proj"].write(_mat(projection(K, height, width)))
+        prog["n_prims"].value = len(records)
         prog["Kinv"].write(_mat(np.linalg.inv(K)))
         prog["height"].value = float(height)
         light = scene.light
@@ -174,23 +180,7 @@ class GLRenderer:
         prog["light_color"].value = tuple(light.color)
         prog["ambient"].value = float(light.ambient)
         prog["diffuse"].value = float(light.diffuse)
-        for prim in scene.primitives:
-            T_w_l = prim.pose(t)
-            T_l_c = invert_pose(T_w_l) @ T_w_c
-            prog["kind"].value = int(prim.kind)
-            prog["open_top"].value = bool(prim.open_top)
-            prog["size"].value = tuple(prim.size)
-            prog["T_l_c"].write(_mat(T_l_c))
-            prog["T_c_l"].write(_mat(invert_pose(T_l_c)))
-            prog["R_w_l"].write(_mat(T_w_l[:3, :3]))
-            prog["label"].value = float(prim.label)
-            prog["color_a"].value = tuple(prim.color_a)
-            prog["color_b"].value = tuple(prim.color_b)
-            prog["checker_scale"].value = float(prim.checker_scale)
-            prog["checker_weight"].value = float(prim.checker_weight)
-            prog["waves"].write(np.asarray(prim.waves, dtype="f4").tobytes())
-            prog["wave_amps"].write(np.asarray(prim.wave_amps, dtype="f4").tobytes())
-            self.vao.render(moderngl.TRIANGLES)
+        self.vao.render(moderngl.TRIANGLES, vertices=3)
         rgb = np.frombuffer(fbo.read(components=3, attachment=0, alignment=1), np.uint8)
         pts = np.frombuffer(fbo.read(components=4, attachment=1, dtype="f4"), np.float32)
         rgb = rgb.reshape(height, width, 3)[::-1]
