@@ -163,6 +163,17 @@ def test_dpt_head_output_resolution(patch, height, width):
     assert out["conf_p1_t2_pi2"].shape == (1, height, width)
 
 
+def test_portrait_pairs_run_transposed_like_dust3r(tiny, pair):
+    """H > W: the network sees the transposed (landscape) images; outputs come back in the input's layout."""
+    img1, img2 = (x[:, :, :32, :24].transpose(2, 3).contiguous() for x in pair)  # (B, 3, 24, 32) landscape
+    with torch.no_grad():
+        land = tiny(img1, img2)
+        port = tiny(img1.transpose(2, 3), img2.transpose(2, 3))
+    assert port["p1_t2_pi1"].shape == (2, 32, 24, 3) and port["motion_prob_2"].shape == (2, 32, 24)
+    for k in land:
+        assert torch.equal(port[k], land[k].transpose(1, 2)), k
+
+
 def test_bad_inputs_raise_value_errors(tiny):
     img = torch.zeros(1, 3, 32, 48)
     with pytest.raises(ValueError, match="multiple of the patch size"):

@@ -116,9 +116,14 @@ class DPMNet(nn.Module):
                     ) -> dict[str, torch.Tensor]:
         """Everything :meth:`forward` returns plus, for each cross-time map X, ``delta_X`` (B, H, W, 3): the
         displacement of the gated residual head, and ``motion_logit_X`` (B, H, W): the pre-sigmoid motion gate,
-        so that ``X = same_time_X + sigmoid(motion_logit_X)[..., None] * delta_X`` (use the logits for BCE)."""
+        so that ``X = same_time_X + sigmoid(motion_logit_X)[..., None] * delta_X`` (use the logits for BCE).
+        Portrait inputs (H > W) run transposed, as DUSt3R does; every output keeps the input's (H, W) layout."""
         sym = self.symmetric if symmetric is None else bool(symmetric)
         self._check_inputs(img1, img2)
+        if img1.shape[2] > img1.shape[3]:
+            # DUSt3R's ManyAR rule: portrait pairs run transposed (as landscape); outputs are transposed back
+            out = self.forward_raw(img1.transpose(2, 3), img2.transpose(2, 3), sym)
+            return {k: v.transpose(1, 2) for k, v in out.items()}
         c = self.config
         B, _, H, W = img1.shape
         rows, cols = H // c.patch_size, W // c.patch_size
