@@ -9,6 +9,7 @@ World frame: z up, metres; the floor is the plane z = 0 inside the room box. Cam
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -194,17 +195,18 @@ class SceneConfig:
 
 def _unit(rng: np.random.Generator) -> np.ndarray:
     v = rng.normal(size=3)
-    return v / np.linalg.norm(v)
+    return v / math.sqrt(v @ v)
 
 
 def _texture(rng: np.random.Generator, scale: float) -> dict:
     """Random solid texture: two colours, a checker and a few sinusoids (spatial frequencies relative to ``scale``)."""
     base = rng.uniform(0.15, 0.95, 3)
     other = np.clip(base * rng.uniform(0.2, 0.7) + rng.uniform(-0.2, 0.3, 3), 0.02, 1.0)
-    waves = np.zeros((N_WAVES, 4))
-    for i in range(N_WAVES):
-        waves[i, :3] = _unit(rng) * rng.uniform(1.0, 6.0) * 2 * np.pi / scale
-        waves[i, 3] = rng.uniform(0, 2 * np.pi)
+    dirs = rng.normal(size=(N_WAVES, 3))
+    waves = np.empty((N_WAVES, 4))
+    waves[:, :3] = dirs / np.sqrt((dirs ** 2).sum(1, keepdims=True)) * rng.uniform(1.0, 6.0, (N_WAVES, 1)) \
+        * (2 * np.pi / scale)
+    waves[:, 3] = rng.uniform(0, 2 * np.pi, N_WAVES)
     return dict(color_a=base, color_b=other, checker_scale=rng.uniform(0.6, 2.5) / scale,
                 checker_weight=rng.uniform(0.0, 0.8), waves=waves, wave_amps=rng.uniform(0.05, 0.25, N_WAVES))
 
