@@ -116,7 +116,8 @@ def ego_motion_pnp(maps: dict, K, reprojection_error: float = 1.0, max_points: i
 
     ``P2(t2,π1) = R·X + t`` with ``X`` the points in camera 2, which project to their own pixels, so solvePnPRansac
     (on at most ``max_points`` pixels, inlier threshold ``reprojection_error`` pixels) gives camera 1 → camera 2;
-    the result is refined by Levenberg–Marquardt on up to ``refine_points`` inliers and inverted. Needs only pass 1.
+    the result is refined by Levenberg–Marquardt on up to ``refine_points`` inliers, then once more on the pixels
+    within 3 robust sigmas (1.4826·median) of the refined reprojection errors, and inverted. Needs only pass 1.
     Returns ``(R, t, 1.0)``.
     """
     pts = _map(maps, "p2_t2_pi1")
@@ -142,10 +143,19 @@ def ego_motion_pnp(maps: dict, K, reprojection_error: float = 1.0, max_points: i
     inliers = np.flatnonzero(np.linalg.norm(proj.reshape(-1, 2) - img, axis=1) < reprojection_error)
     if len(inliers) < 6:
         raise ValueError("ego_motion_pnp: fewer than 6 inliers after RANSAC")
-    if len(inliers) > refine_points:
-        inliers = rng.choice(inliers, size=refine_points, replace=False)
     crit = (cv2.TERM_CRITERIA_EPS + cv2.TERM_CRITERIA_COUNT, 100, 1e-12)
-    rvec, tvec = cv2.solvePnPRefineLM(obj[inliers], img[inliers], K, None, rvec, tvec, criteria=crit)
+    thr = float(reprojection_error)
+    for _ in range(2):   # LM on the inliers, then again on those within 3 robust sigmas of the refined pose
+        if len(inliers) > refine_points:
+            inliers = rng.choice(inliers, size=refine_points, replace=False)
+        rvec, tvec = cv2.solvePnPRefineLM(obj[inliers], img[inliers], K, None, rvec, tvec, criteria=crit)
+        proj, _ = cv2.projectPoints(obj, rvec, tvec, K, None)
+        err = np.linalg.norm(proj.reshape(-1, 2) - img, axis=1)
+        thr = min(thr, max(3.0 * 1.4826 * float(np.median(err[inliers])), 1e-9))
+        within = np.flatnonzero(err < thr)
+        if len(within) < 6:
+            break
+        inliers = within
     r_p, _ = cv2.Rodrigues(rvec)
     return r_p.T, -r_p.T @ tvec.reshape(3), 1.0
 
