@@ -43,8 +43,7 @@ def node_spec(image: str = "/camera/image_raw", camera_info: str = "/camera/came
         overrides["engine"] = engine
     return dict(package="dpm_ros", executable="dpm_node", name="dpm_node", namespace=namespace, output="screen",
                 parameters=[params_file or default_params_file(), overrides],
-                remappings=[("image", image), ("image/compressed", image.rstrip("/") + "/compressed"),
-                            ("camera_info", camera_info)])
+                remappings=[("image", image), ("camera_info", camera_info)])
 
 
 def command_line(spec: dict, executable: str) -> list[str]:

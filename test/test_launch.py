@@ -33,8 +33,7 @@ def test_launch_arguments_and_node_spec():
     assert Path(params_file).name == "dpm.yaml" and Path(params_file).is_file()
     assert "ros__parameters" in yaml.safe_load(Path(params_file).read_text())["/**"]
     assert overrides == {"use_sim_time": True, "engine": "oracle:/x.mcap"}
-    assert dict(spec["remappings"]) == {"image": "/cam/image", "image/compressed": "/cam/image/compressed",
-                                        "camera_info": "/cam/info"}
+    assert dict(spec["remappings"]) == {"image": "/cam/image", "camera_info": "/cam/info"}
     # an empty engine argument leaves the params file's value alone
     assert "engine" not in mod.node_spec()["parameters"][1]
 

@@ -102,7 +102,9 @@ class DpmNode(Node):
         self._make_publishers()
         qos = _input_qos(self.p)
         if self.p["image_transport"] == "compressed":
-            self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, qos)
+            # image_transport convention: <resolved image topic>/compressed, so remapping 'image' is enough
+            topic = self.resolve_topic_name("image").rstrip("/") + "/compressed"
+            self.create_subscription(CompressedImage, topic, self._on_compressed, qos)
         else:
             self.create_subscription(Image, "image", self._on_image, qos)
         if self.p["use_camera_info"]:

@@ -27,7 +27,7 @@ PARAMS: tuple[ParamSpec, ...] = (
               "shipped engines/dpm_small.onnx"),
     ParamSpec("backend", "auto", "-", "inference backend", choices=("auto", "torch", "onnxruntime", "tensorrt")),
     # --- input
-    ParamSpec("image_transport", "raw", "-", "subscribe to 'image' (raw) or 'image/compressed'",
+    ParamSpec("image_transport", "raw", "-", "subscribe to 'image' (raw) or '<image>/compressed' (CompressedImage)",
               choices=("raw", "compressed")),
     ParamSpec("use_camera_info", True, "-", "use K from 'camera_info' when present (else the focal is estimated)"),
     ParamSpec("camera_info_sync", "exact", "-", "'exact': CameraInfo with the image's stamp; 'latest': the newest "
