@@ -97,7 +97,6 @@ class DpmNode(Node):
         self._camera_infos: deque = deque(maxlen=200)
         self._info_lock = threading.Lock()
         self._camera_info_misses = 0
-        self._last_warning: dict[str, float] = {}
 
         self._make_publishers()
         qos = _input_qos(self.p)
@@ -173,8 +172,9 @@ class DpmNode(Node):
     def _warn_throttled(self, kind: str, text: str, period: float = 5.0, error: bool = False) -> None:
         """Log at most once per ``period`` seconds per kind of problem (every one is counted in /diagnostics)."""
         now = time.monotonic()
-        if now - self._last_warning.get(kind, -1e9) >= period:
-            self._last_warning[kind] = now
+        last = self.__dict__.setdefault("_last_warning", {})  # (also set up when replay builds a headless node)
+        if now - last.get(kind, -1e9) >= period:
+            last[kind] = now
             (self.get_logger().error if error else self.get_logger().warning)(text)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
