@@ -159,6 +159,10 @@ def test_sequence_frames_and_pairs_are_one_continuous_scene():
     np.testing.assert_array_equal(again.frame(5)["image"], seq.frame(5)["image"])
     with pytest.raises(ValueError, match="out of range"):
         seq.frame(6)
+    static = SyntheticSequence(seed=4, n_frames=3, height=H, width=W, kind="static", renderer="numpy")
+    again = SyntheticSequence(**static.params(), renderer="numpy")     # kind travels inside params["config"]
+    assert again.config.kind == "static"
+    np.testing.assert_array_equal(again.pair(2, 0)["p1_t2_pi1"], again.pair(2, 0)["p1_t1_pi1"])
 
 
 @pytest.mark.skipif(not gl_available(), reason="OpenGL on EGL unavailable here (no EGL/Mesa): only the ray-caster")

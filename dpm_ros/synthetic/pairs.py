@@ -57,12 +57,13 @@ def pair_from_renders(scene: Scene, K: np.ndarray, t1: float, t2: float, T_w_c1:
     return result
 
 
-def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, *, kind: str = "dynamic",
+def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, *, kind: str | None = None,
               time_gap: float = 0.1, config: SceneConfig | None = None, renderer: str = "auto", **knobs) -> dict:
     """One random dynamic scene seen at t1 = 0 and t2 = ``time_gap`` (seconds), with ground truth.
 
     Args: ``seed`` (deterministic output per seed), image size in pixels, ``n_objects`` rigid objects,
-    ``kind`` "dynamic" | "static" (nothing but the camera moves: P(t2) = P(t1)), ``time_gap`` = t2 - t1 (s, may be
+    ``kind`` "dynamic" | "static" (nothing but the camera moves: P(t2) = P(t1); default: the config's, i.e.
+    "dynamic"), ``time_gap`` = t2 - t1 (s, may be
     negative), ``config`` a SceneConfig and/or its fields as keyword ``knobs`` (e.g. ``object_translation=(0.2, 0.5)``,
     ``object_rotation_deg``, ``object_radius``, ``camera_translation``, ``camera_rotation_deg``, ``moving_prob``:
     per-pair motion magnitudes), ``renderer`` "auto" (OpenGL/EGL, else numpy) | "gl" | "numpy".
@@ -76,7 +77,9 @@ def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, 
     """
     if height < 2 or width < 2:
         raise ValueError(f"image size must be at least 2×2 pixels, got {height}×{width}")
-    config = (config or SceneConfig()).replace(kind=kind, **knobs)
+    if kind is not None:
+        knobs["kind"] = kind
+    config = (config or SceneConfig()).replace(**knobs)
     scene = random_scene(seed, n_objects, config, style="pair", time_gap=time_gap)
     K = scene.intrinsics(height, width)
     t1, t2 = 0.0, float(time_gap)
@@ -84,7 +87,7 @@ def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, 
     r1 = render(scene, t1, T1, K, height, width, renderer)
     r2 = render(scene, t2, T2, K, height, width, renderer)
     out = pair_from_renders(scene, K, t1, t2, T1, T2, r1, r2)
-    out.update(seed=int(seed), kind=kind)
+    out.update(seed=int(seed), kind=config.kind)
     return out
 
 
@@ -98,7 +101,7 @@ class SyntheticSequence:
     """
 
     def __init__(self, seed: int = 0, n_frames: int = 30, fps: float = 10.0, height: int = 128, width: int = 128,
-                 n_objects: int = 4, *, kind: str = "dynamic", t0: float = 1.0, renderer: str = "auto",
+                 n_objects: int = 4, *, kind: str | None = None, t0: float = 1.0, renderer: str = "auto",
                  config: SceneConfig | dict | None = None, **knobs):
         if n_frames < 1 or fps <= 0:
             raise ValueError(f"need n_frames >= 1 and fps > 0, got n_frames={n_frames}, fps={fps}")
@@ -109,7 +112,9 @@ class SyntheticSequence:
         defaults = dict(object_translation=(0.2, 0.6), object_rotation_deg=(10.0, 60.0),
                         camera_translation=(0.3, 0.8), camera_rotation_deg=(0.0, 5.0))
         base = config or SceneConfig(**defaults)
-        self.config = base.replace(kind=kind, **knobs)
+        if kind is not None:
+            knobs["kind"] = kind
+        self.config = base.replace(**knobs)
         self.seed, self.n_frames, self.fps = int(seed), int(n_frames), float(fps)
         self.height, self.width, self.n_objects, self.t0 = int(height), int(width), int(n_objects), float(t0)
         self.renderer = renderer
