@@ -38,7 +38,8 @@ def normalise_pair(pred: dict, gt: dict, valid: dict | None = None):
     for name in pred:
         p, g, ok = _valid(pred[name], gt[name], None if valid is None else valid.get(name), name)
         masks[name] = ok
-        sums += [np.linalg.norm(p[ok], axis=-1).sum(), np.linalg.norm(g[ok], axis=-1).sum()]
+        sums += [np.linalg.norm(p[ok].astype(np.float64), axis=-1).sum(),
+                 np.linalg.norm(g[ok].astype(np.float64), axis=-1).sum()]
         count += int(ok.sum())
     fp, fg = sums / count
     if not (fp > 0 and fg > 0):
