@@ -1,0 +1,115 @@
+"""DPMPipeline end to end on synthetic ground truth served by the oracle engine: ego-motion, intrinsics, masks,
+objects and flows equal the truth; fallbacks (non-symmetric engine, learned mask, confidence threshold); errors."""
+import numpy as np
+import pytest
+
+from dpm_ros.engine.oracle import OracleEngine
+from dpm_ros.geometry import rotation_angle_deg, sampling_step
+from dpm_ros.pipeline import DPMPipeline, DPMResult, Frame
+from dpm_ros.synthetic import SyntheticSequence
+
+EXACT = dict(eps_rel=1e-4, min_object_pixels=20)          # ground-truth maps: any motion above float noise counts
+
+
+@pytest.fixture(scope="module")
+def seq():
+    return SyntheticSequence(seed=1, n_frames=4, height=96, width=128, fps=10.0)
+
+
+@pytest.fixture(scope="module")
+def frames(seq):
+    return [Frame(image=seq.frame(i)["image"], stamp=seq.stamp(i)) for i in range(len(seq))]
+
+
+def _truth(seq, i, j):
+    gt = seq.pair(i, j)
+    return gt, np.linalg.inv(gt["T_w_c1"]) @ gt["T_w_c2"]
+
+
+def _assert_pose(T_est, T, rot_deg=1e-4, rel=1e-5):
+    assert rotation_angle_deg(T_est[:3, :3].T @ T[:3, :3]) <= rot_deg
+    assert np.linalg.norm(T_est[:3, 3] - T[:3, 3]) <= rel * np.linalg.norm(T[:3, 3])
+
+
+def test_pipeline_recovers_ground_truth(seq, frames):
+    res = DPMPipeline(OracleEngine(seq), **EXACT).process(frames[3], frames[1])
+    gt, T = _truth(seq, 3, 1)
+    assert isinstance(res, DPMResult) and res.ego_method == "pixel_aligned"
+    _assert_pose(res.T_c1_c2, T)
+    assert res.pass2_scale == pytest.approx(1.0, rel=1e-5)
+    assert res.dt == pytest.approx(seq.stamp(1) - seq.stamp(3))
+    assert res.focal == pytest.approx(gt["K"][0, 0], rel=1e-5)
+    np.testing.assert_allclose(res.K, gt["K"], rtol=1e-5)
+    v1, v2 = gt["valid1"], gt["valid2"]
+    np.testing.assert_array_equal(res.motion_mask1[v1], gt["moving1"][v1])
+    np.testing.assert_array_equal(res.motion_mask2[v2], gt["moving2"][v2])
+    assert res.labels1.dtype == np.uint16 and res.labels1.shape == (96, 128)
+    assert len(res.objects) >= 2
+    for o in res.objects:
+        ids, counts = np.unique(gt["instances1"][res.labels1 == o.id], return_counts=True)
+        k = ids[np.argmax(counts)]
+        assert k > 0 and counts.max() == o.n_points                       # one object per label
+        M = np.linalg.inv(gt["T_w_c1"]) @ gt["object_motions"][k] @ gt["T_w_c1"]
+        _assert_pose(np.block([[o.R, o.t[:, None]], [0, 0, 0, 1]]), M)
+        pts = gt["p1_t1_pi1"][res.labels1 == o.id]
+        np.testing.assert_allclose(o.centroid, pts.mean(axis=0), rtol=1e-5)
+        assert np.all(o.extent > 0) and o.confidence == pytest.approx(1.0)
+    assert set(res.flows) == {"object_forward", "object_backward", "scene_forward", "scene_backward"}
+    np.testing.assert_allclose(res.flows["object_forward"], gt["p1_t2_pi1"] - gt["p1_t1_pi1"], atol=1e-6)
+    np.testing.assert_allclose(res.flows["scene_backward"], gt["p2_t1_pi1"] - gt["p2_t2_pi2"], atol=1e-5)
+    assert {"inference", "intrinsics", "motion_masks", "ego_motion", "objects", "flows", "geometry",
+            "total"} <= set(res.timings)
+
+
+def test_given_K_is_used_and_focal_still_reported(seq, frames):
+    K = seq.K.copy()
+    K[0, 0] *= 1.01                                                        # a slightly different calibration
+    res = DPMPipeline(OracleEngine(seq)).process(Frame(frames[2].image, frames[2].stamp, K), frames[0])
+    np.testing.assert_allclose(res.K, K)
+    assert res.focal == pytest.approx(seq.K[0, 0], rel=1e-5)
+
+
+def test_single_pass_engine_falls_back_to_pnp(seq, frames):
+    res = DPMPipeline(OracleEngine(seq, symmetric=False), **EXACT).process(frames[3], frames[0])
+    _, T = _truth(seq, 3, 0)
+    assert res.ego_method == "pnp" and res.pass2_scale == 1.0
+    _assert_pose(res.T_c1_c2, T)
+    assert set(res.flows) == {"object_forward", "object_backward"}
+
+
+def test_seed_form_through_the_pipeline(seq, frames):
+    res = DPMPipeline(OracleEngine(seq), ego_method="seed").process(frames[3], frames[1])
+    _, T = _truth(seq, 3, 1)
+    assert res.ego_method == "matched"                                   # nearest-neighbour matches: approximate,
+    step = sampling_step(res.maps["p1_t1_pi1"])                          # within a fraction of the sampling step
+    assert rotation_angle_deg(res.T_c1_c2[:3, :3].T @ T[:3, :3]) < 0.3
+    assert np.linalg.norm(res.T_c1_c2[:3, 3] - T[:3, 3]) < 0.5 * step
+
+
+def test_learned_mask_and_confidence_threshold(seq, frames):
+    gt, _ = _truth(seq, 3, 1)
+    res = DPMPipeline(OracleEngine(seq), use_learned_mask=True).process(frames[3], frames[1])
+    np.testing.assert_array_equal(res.motion_mask1, gt["moving1"])      # the engine's motion_prob_1 > 0.5
+
+    class LowConf(OracleEngine):
+        def infer(self, img1, img2):
+            out = super().infer(img1, img2)
+            out["conf_p1_t1_pi1"] = out["conf_p1_t1_pi1"].copy()
+            out["conf_p1_t1_pi1"][:, :64] = 0.01                          # left half: below the threshold
+            return out
+
+    res = DPMPipeline(LowConf(seq), conf_threshold=0.5, **EXACT).process(frames[3], frames[1])
+    assert not res.motion_mask1[:, :64].any() and not res.labels1[:, :64].any()
+    assert np.isnan(res.maps["p1_t1_pi1"][:, :64]).all()
+
+
+def test_bad_parameters_and_frames():
+    with pytest.raises(ValueError, match="ego_method"):
+        DPMPipeline(None, ego_method="icp")
+    with pytest.raises(ValueError, match="eps_abs"):
+        DPMPipeline(None, eps_abs=-1.0)
+    with pytest.raises(ValueError, match="min_object_pixels"):
+        DPMPipeline(None, min_object_pixels=0)
+    pipe = DPMPipeline(None)
+    with pytest.raises(ValueError, match="uint8"):
+        pipe.process(Frame(np.zeros((8, 8, 3), np.float32), 0.0), Frame(np.zeros((8, 8, 3), np.uint8), 0.1))
