@@ -194,3 +194,38 @@ def test_workers_forked_after_gl_use_fall_back_instead_of_deadlocking():
         points = pool.apply_async(_child_points, (4,)).get(timeout=60)
     ref = make_pair(4, 16, 20, 2, renderer="numpy")["p1_t1_pi1"]
     np.testing.assert_allclose(points, ref, rtol=1e-5, atol=1e-6)   # the child used the ray-caster
+
+
+@pytest.mark.parametrize("kind", ["box", "ellipsoid", "cylinder", "room"])
+def test_ray_primitive_hits_lie_on_the_surface_and_are_the_first_crossing(kind):
+    from dpm_ros.synthetic import raycast, scene as sc
+
+    code = {"box": sc.BOX, "ellipsoid": sc.ELLIPSOID, "cylinder": sc.CYLINDER, "room": sc.ROOM}[kind]
+    size = np.array([0.7, 0.4, 0.5]) * (10 if kind == "room" else 1)
+    tex = dict(color_a=np.ones(3), color_b=np.zeros(3), checker_scale=1.0, checker_weight=0.0,
+               waves=np.zeros((sc.N_WAVES, 4)), wave_amps=np.zeros(sc.N_WAVES))
+    prim = sc.Primitive(code, size, sc.Trajectory(np.zeros(3)), np.eye(3), np.zeros(3), 0, **tex)
+    rng = np.random.default_rng(0)
+    o = np.array([0.3, -0.2, 0.4]) if kind == "room" else np.array([1.5, -1.2, 0.9])
+    d = rng.normal(size=(4000, 3)) if kind == "room" else (rng.uniform(-0.6, 0.6, (4000, 3)) - o)
+    t = raycast.intersect(prim, o, d)
+    hit = np.isfinite(t)
+    assert hit.mean() > (0.99 if kind == "room" else 0.2)
+    p = o + t[hit, None] * d[hit]
+
+    def inside(q):   # implicit solid: <= 1 inside
+        if code == sc.ELLIPSOID:
+            return np.sqrt(((q / size) ** 2).sum(-1))
+        if code == sc.CYLINDER:
+            return np.maximum(np.sqrt(((q[..., :2] / size[:2]) ** 2).sum(-1)), np.abs(q[..., 2]) / size[2])
+        return (np.abs(q) / size).max(-1)
+
+    np.testing.assert_allclose(inside(p), 1.0, atol=1e-9)                   # on the surface
+    before = o + (t[hit, None] * np.linspace(0.02, 0.98, 25))[..., None] * d[hit][:, None, :]
+    if kind == "room":
+        assert (inside(before) < 1).all()                                      # inside until the wall
+    else:
+        assert (inside(before) > 1).all()                                      # outside until the hit
+    n = raycast.local_normal(prim, p)
+    np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-12)
+    assert ((n * d[hit]).sum(1) < 0).all()                                   # faces the camera

@@ -31,7 +31,7 @@ _FRAGMENT = """
 struct Prim {
     mat4 T_l_c;       // camera -> local
     mat4 R_w_l;       // local -> world rotation (upper 3×3)
-    vec4 size_kind;   // half-extents / radii, kind (0 room seen from inside, 1 box, 2 ellipsoid)
+    vec4 size_kind;   // half-extents / radii, kind (0 room from inside, 1 box, 2 ellipsoid, 3 cylinder)
     vec4 color_a;     // albedo a, instance label
     vec4 color_b;     // albedo b, checker cells per metre
     vec4 misc;        // checker weight, open top
@@ -62,6 +62,23 @@ float intersect(int i, vec3 o, vec3 d) {   // mirrors raycast.intersect
         float t = c / (-b + sqrt(disc));
         return t > NEAR ? t : MISS;
     }
+    if (kind == 3) {
+        float h = size.z;
+        vec2 os = o.xy / size.xy, ds = d.xy / size.xy;
+        float a = dot(ds, ds), b = dot(os, ds), c = dot(os, os) - 1.0;
+        float disc = b * b - a * c;
+        float t = MISS;
+        if (disc >= 0.0 && b < 0.0 && c > 0.0) {
+            float ts = c / (-b + sqrt(disc));
+            if (abs(o.z + ts * d.z) <= h && ts > NEAR) t = ts;
+        }
+        if (abs(o.z) > h) {
+            float tc = ((d.z < 0.0 ? h : -h) - o.z) / d.z;
+            vec2 q = (o.xy + tc * d.xy) / size.xy;
+            if (dot(q, q) <= 1.0 && tc > NEAR) t = min(t, tc);
+        }
+        return t;
+    }
     vec3 inv = 1.0 / d;
     vec3 t0 = (-size - o) * inv, t1 = (size - o) * inv;
     vec3 lo = min(t0, t1), hi = max(t0, t1);
@@ -89,6 +106,9 @@ void main() {
     vec3 n;
     if (kind == 2) {
         n = normalize(p / (size * size));
+    } else if (kind == 3) {
+        n = abs(p.z) / size.z > length(p.xy / size.xy) ? vec3(0.0, 0.0, sign(p.z))
+                                                        : normalize(vec3(p.xy / (size.xy * size.xy), 0.0));
     } else {
         vec3 rel = abs(p) / size;
         int axis = (rel.x >= rel.y && rel.x >= rel.z) ? 0 : ((rel.y >= rel.z) ? 1 : 2);

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scene import BOX, ELLIPSOID, ROOM, Primitive, Scene, invert_pose
+from .scene import BOX, CYLINDER, ELLIPSOID, ROOM, Primitive, Scene, invert_pose
 
 NEAR = 1e-3  # metres: hits closer than this along the ray are ignored
 
@@ -35,6 +35,8 @@ def intersect(prim: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore", divide="ignore"):
             t = c / (-b + np.sqrt(np.maximum(disc, 0)))
         return np.where(ok & (t > NEAR), t, np.inf)
+    if prim.kind == CYLINDER:
+        return _intersect_cylinder(size, o, d)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / d
         t0, t1 = (-size - o) * inv, (size - o) * inv
@@ -50,10 +52,36 @@ def intersect(prim: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
     return np.where(hit, tmax, np.inf)
 
 
+def _intersect_cylinder(size: np.ndarray, o: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Capped elliptic cylinder |(x/rx, y/ry)| <= 1, |z| <= h seen from outside: nearest of side and cap hits."""
+    h = size[2]
+    os_, ds = o[:2] / size[:2], d[:, :2] / size[:2]
+    a = np.einsum("ij,ij->i", ds, ds)
+    b = ds @ os_
+    c = float(os_ @ os_) - 1.0
+    disc = b * b - a * c
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t_side = c / (-b + np.sqrt(np.maximum(disc, 0)))
+        z = o[2] + t_side * d[:, 2]
+        side = (disc >= 0) & (b < 0) & (c > 0) & (np.abs(z) <= h) & (t_side > NEAR)
+        t_cap = (np.where(d[:, 2] < 0, h, -h) - o[2]) / d[:, 2]
+        q = (o[:2] + t_cap[:, None] * d[:, :2]) / size[:2]
+        cap = (abs(o[2]) > h) & (np.einsum("ij,ij->i", q, q) <= 1.0) & (t_cap > NEAR)
+    return np.minimum(np.where(side, t_side, np.inf), np.where(cap, t_cap, np.inf))
+
+
 def local_normal(prim: Primitive, p: np.ndarray) -> np.ndarray:
     """(N, 3) unit surface normals (local frame) at local surface points ``p``, facing the visible side."""
     if prim.kind == ELLIPSOID:
         n = p / prim.size ** 2
+        return n / np.linalg.norm(n, axis=1, keepdims=True)
+    if prim.kind == CYLINDER:
+        radial = np.sqrt(((p[:, :2] / prim.size[:2]) ** 2).sum(axis=1))
+        cap = np.abs(p[:, 2]) / prim.size[2] > radial
+        n = np.zeros_like(p)
+        n[:, :2] = p[:, :2] / prim.size[:2] ** 2
+        n[cap] = 0.0
+        n[cap, 2] = np.sign(p[cap, 2])
         return n / np.linalg.norm(n, axis=1, keepdims=True)
     rel = np.abs(p) / prim.size
     axis = rel.argmax(axis=1)

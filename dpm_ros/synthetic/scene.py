@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-ROOM, BOX, ELLIPSOID = 0, 1, 2
+ROOM, BOX, ELLIPSOID, CYLINDER = 0, 1, 2, 3
 N_WAVES = 4
 
 
@@ -72,7 +72,8 @@ class Trajectory:
 
 @dataclass
 class Primitive:
-    """One surface. ``kind``: ROOM (seen from inside), BOX (half-extents ``size``), ELLIPSOID (radii ``size``).
+    """One surface. ``kind``: ROOM (seen from inside), BOX (half-extents ``size``), ELLIPSOID (radii ``size``),
+    CYLINDER (capped, axis = local z; ``size`` = x radius, y radius, half-height).
     Pose at time t: ``R(t) = exp([omega]·t) R0``, centre ``path.at(t)``. ``label``: instance id written into the
     instance maps (0 = static, k > 0 = moving object k)."""
     kind: int
@@ -241,10 +242,10 @@ def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(),
     seq = style == "sequence"
     placed: list[tuple[np.ndarray, float]] = []
     for k in range(1, n_objects + 1):
-        kind = BOX if rng.uniform() < 0.5 else ELLIPSOID
+        kind = (BOX, ELLIPSOID, CYLINDER)[int(np.searchsorted([0.4, 0.75], rng.uniform()))]
         r = _u(rng, config.object_radius)
         size = r * rng.uniform(0.6, 1.0, 3)
-        bound = float(np.linalg.norm(size)) if kind == BOX else float(size.max())
+        bound = float(size.max()) if kind == ELLIPSOID else float(np.linalg.norm(size))
         for _ in range(20):  # rejection sampling: keep objects apart at t = 0 where possible
             ang, rad = rng.uniform(0, 2 * np.pi), 2.0 * np.sqrt(rng.uniform())
             c = np.array([rad * np.cos(ang), rad * np.sin(ang), bound + rng.uniform(0.02, 1.2)])
