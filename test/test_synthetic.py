@@ -96,6 +96,16 @@ def test_deterministic_per_seed():
     assert not np.array_equal(a["img1"], c["img1"])
 
 
+def test_image_noise_knob_changes_only_the_images_deterministically():
+    clean = make_pair(3, H, W, 2, renderer="numpy")
+    noisy = make_pair(3, H, W, 2, renderer="numpy", image_noise=(4.0, 4.0))
+    again = make_pair(3, H, W, 2, renderer="numpy", image_noise=(4.0, 4.0))
+    np.testing.assert_array_equal(noisy["img1"], again["img1"])
+    np.testing.assert_array_equal(noisy["p1_t2_pi2"], clean["p1_t2_pi2"])
+    residual = noisy["img1"].astype(float) - clean["img1"]
+    assert 3.0 < residual.std() < 5.0 and abs(residual.mean()) < 0.5
+
+
 def test_static_kind_has_identical_time_maps():
     d = make_pair(3, H, W, 4, kind="static", renderer="numpy")
     assert d["object_motions"] == {} and (d["instances1"] == 0).all()

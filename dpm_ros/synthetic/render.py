@@ -38,8 +38,11 @@ def render(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, height: int
     if renderer not in ("auto", "gl", "numpy"):
         raise ValueError(f"renderer must be 'auto', 'gl' or 'numpy', got {renderer!r}")
     if renderer == "numpy" or (renderer == "auto" and not gl_available()):
-        return render_raycast(scene, t, T_w_c, K, height, width)
-    if renderer == "gl" and not gl_available():
+        out = render_raycast(scene, t, T_w_c, K, height, width)
+    elif renderer == "gl" and not gl_available():
         raise ValueError(f"OpenGL/EGL renderer unavailable ({_gl_failed}); use renderer='numpy'")
-    from .gl import get_renderer
-    return get_renderer().render(scene, t, T_w_c, K, height, width)
+    else:
+        from .gl import get_renderer
+        out = get_renderer().render(scene, t, T_w_c, K, height, width)
+    out["rgb"] = scene.add_noise(out["rgb"], t)
+    return out

@@ -126,6 +126,15 @@ class Scene:
     light: Light
     camera: CameraRig
     fov_deg: float
+    noise_std: float = 0.0      # sensor noise (grey levels)
+    seed: int = 0
+
+    def add_noise(self, rgb: np.ndarray, t: float) -> np.ndarray:
+        """``rgb`` with Gaussian sensor noise of ``noise_std`` grey levels, deterministic in (seed, t)."""
+        if self.noise_std <= 0:
+            return rgb
+        rng = np.random.default_rng([self.seed, int(round(t * 1e6)) & 0xFFFFFFFF, 17])
+        return np.clip(rgb + rng.normal(0.0, self.noise_std, rgb.shape), 0, 255).round().astype(np.uint8)
 
     def intrinsics(self, height: int, width: int) -> np.ndarray:
         """3×3 K: square pixels, horizontal field of view ``fov_deg``, principal point at the image centre
@@ -156,7 +165,8 @@ class SceneConfig:
     - ``camera_translation`` (m), ``camera_rotation_deg``: per-pair camera motion (sequence: per second).
     - ``camera_distance``: distance of the camera from the scene centre (m); ``fov_deg``: horizontal field of view.
     - ``n_static``: number of static clutter boxes near the walls; ``open_sky_prob``: chance of a room without
-      ceiling (sky pixels are invalid); ``light_ambient``: ambient light range.
+      ceiling (sky pixels are invalid); ``light_ambient``: ambient light range; ``image_noise``: range of the
+      standard deviation (grey levels) of Gaussian sensor noise added to the images (deterministic per seed/frame).
     """
     kind: str = "dynamic"
     moving_prob: float = 1.0
@@ -170,6 +180,7 @@ class SceneConfig:
     n_static: tuple[int, int] = (1, 4)
     open_sky_prob: float = 0.05
     light_ambient: tuple[float, float] = (0.2, 0.6)
+    image_noise: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self):
         if self.kind not in ("dynamic", "static"):
@@ -298,4 +309,6 @@ def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(),
                           np.sin(ang + rng.uniform(-2, 2)) * np.cos(tilt), np.sin(tilt)])
     light = Light(light_dir / np.linalg.norm(light_dir), rng.uniform(0.75, 1.0, 3),
                   _u(rng, config.light_ambient), rng.uniform(0.5, 0.9))
-    return Scene(prims, light, rig, _u(rng, config.fov_deg))
+    fov = _u(rng, config.fov_deg)
+    noise = _u(rng, config.image_noise) if config.image_noise[1] > 0 else 0.0   # drawn last: same scene either way
+    return Scene(prims, light, rig, fov, noise, int(seed))
