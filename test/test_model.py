@@ -115,6 +115,21 @@ def test_gates_receive_gradients_from_a_fresh_model(pair):
     assert float(b.grad[4 * rows:].abs().sum()) > 0      # motion logit rows
 
 
+@pytest.mark.parametrize("head_type", ["linear", "dpt"])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_every_trainable_parameter_gets_a_gradient(head_type, symmetric):
+    """DistributedDataParallel (torchrun) needs every trainable parameter in the graph."""
+    kw = dict(head_type="dpt", patch_size=16, dpt_feature_dim=16, dpt_layer_dims=(8, 8, 16, 16)) \
+        if head_type == "dpt" else {}
+    model = build_model("dpm_tiny", **kw)
+    img = torch.rand(1, 3, 32, 48)
+    raw = model.forward_raw(img, img.flip(-1), symmetric=symmetric)
+    sum(v.float().mean() for v in raw.values()).backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+    assert not model.mask_token.requires_grad
+
+
 def test_points_and_confidence_mappings():
     x = torch.tensor([[3.0, 0.0, 4.0], [0.0, 0.0, 0.0], [-1.0, 2.0, 2.0]])
     p = points_from_raw(x)

@@ -99,6 +99,8 @@ class DPTAdapter(nn.Module):
                           nn.Conv2d(layer_dims[3], layer_dims[3], 3, stride=2, padding=1)),
         ])
         self.scratch = Scratch(layer_dims, features)
+        # refinenet4 has no skip input: its resConfUnit1 is never used (kept for DUSt3R's names; frozen for DDP)
+        self.scratch.refinenet4.resConfUnit1.requires_grad_(False)
         # fused map is at 8x the token grid; the last upsampling brings it to P x the grid (2x for P = 16)
         self.head = nn.Sequential(
             nn.Conv2d(features, features // 2, 3, padding=1),

@@ -43,7 +43,9 @@ class DPMNet(nn.Module):
         self.symmetric = True
         self._rope_cache: dict = {}
         self.patch_embed = PatchEmbed(c.patch_size, c.enc_embed_dim)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.dec_embed_dim))  # unused; kept for CroCo/DUSt3R names
+        # CroCo's masked-modelling token: unused here, kept so DUSt3R files load; frozen so DDP needs no
+        # find_unused_parameters
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.dec_embed_dim), requires_grad=False)
         self.enc_blocks = nn.ModuleList([Block(c.enc_embed_dim, c.enc_num_heads, c.mlp_ratio)
                                          for _ in range(c.enc_depth)])
         self.enc_norm = LayerNorm(c.enc_embed_dim)
