@@ -4,8 +4,9 @@ The very code of ``dpm_node`` runs: a ``DpmNode`` object is assembled without st
 DDS participant) and its own callbacks (``_enqueue``/``_on_image``, ``_on_camera_info``) and per-pair step
 (``_process``: pipeline, tracking, odometry, ``outputs.pair_messages``, ``messages.odometry_msg``/``tf_msg``) are
 called with the bag's messages in bag order. Its publishers are replaced by a capture, and every captured message is
-serialised with ``rclpy.serialization`` (the bytes rclpy would send) and written with its schema, stamped with I1's
-header stamp. Unlike the live node, no pair is dropped (inference never falls behind a bag) and /diagnostics (wall
+serialised with ``rclpy.serialization`` (the bytes rclpy would send), its alignment padding zeroed (rclpy leaves it
+uninitialised, see ``canonical_cdr``; so the same bag always replays to the same bytes) and written with its schema,
+stamped with I1's header stamp. Unlike the live node, no pair is dropped (inference never falls behind a bag) and /diagnostics (wall
 clock rates) is not written. The input bag is only read.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import yaml
 
 from dpm_ros.ros.bag_player import (CAMERA_TYPES, camera_topics, iterate_messages, no_camera_message,
                                     open_reader, resolve_msg_class)
-from dpm_ros.ros.bag_recorder import BagWriter
+from dpm_ros.ros.bag_recorder import BagWriter, canonical_cdr
 
 
 def load_params(params_file: str | Path | None = None, overrides: dict | None = None) -> dict:
@@ -214,8 +215,9 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                 stamp = pair.newest.header.stamp
                 stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
                 for topic, msg in node.captured:
-                    writer.add_topic(topic, msgtype_of(msg))
-                    writer.write(topic, stamp_ns, serialize_message(msg))
+                    msgtype = msgtype_of(msg)
+                    writer.add_topic(topic, msgtype)
+                    writer.write(topic, stamp_ns, canonical_cdr(serialize_message(msg), msgtype))
                     stats.messages_written += 1
                 node.captured.clear()
                 stats.pairs += 1

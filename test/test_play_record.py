@@ -167,8 +167,8 @@ def test_unknown_message_type_is_skipped_with_a_warning(source_bag, tmp_path):
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.typesys import get_types_from_msg
 
-    from dpm_ros.ros.bag_recorder import bag_typestore
-    store = bag_typestore()
+    from rosbags.typesys import Stores, get_typestore
+    store = get_typestore(Stores.ROS2_KILTED)
     store.register(get_types_from_msg("int32 x", "not_installed_msgs/msg/Thing"))
     path = tmp_path / "odd.mcap"
     with Writer(tmp_path / "odd", version=9, storage_plugin=StoragePlugin.MCAP) as w:

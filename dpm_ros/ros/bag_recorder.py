@@ -13,6 +13,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 
 from dpm_ros.ros.bag_player import resolve_msg_class
@@ -43,9 +44,18 @@ def _dependencies(fielddefs) -> set[str]:
     return deps
 
 
+@lru_cache(maxsize=64)
+def _typestore_for(msgtypes: frozenset):
+    return _build_typestore(msgtypes)
+
+
 def bag_typestore(msgtypes=()):
-    """rosbags typestore (ROS 2 Kilted) with every type of ``msgtypes`` and its nested types registered.
+    """rosbags typestore (ROS 2 Kilted) with every type of ``msgtypes`` and its nested types registered (cached).
     Raises ValueError naming a type whose definition cannot be found."""
+    return _typestore_for(frozenset(msgtypes))
+
+
+def _build_typestore(msgtypes):
     from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
     store = get_typestore(Stores.ROS2_KILTED)
@@ -64,6 +74,14 @@ def bag_typestore(msgtypes=()):
     if added:
         store.register(added)
     return store
+
+
+def canonical_cdr(data: bytes, msgtype: str) -> bytes:
+    """The same message with zeroed alignment padding. rclpy/Fast CDR leave padding bytes uninitialised (the same
+    message serialises to different bytes from run to run) and the DDS transport pads the payload to 4 bytes;
+    rosbags' deserialise → serialise round trip keeps every field and writes padding as zeros."""
+    store = bag_typestore([msgtype])
+    return bytes(store.serialize_cdr(store.deserialize_cdr(data, msgtype), msgtype))
 
 
 def rosbags_qos(profile):
