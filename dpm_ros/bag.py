@@ -4,7 +4,8 @@ back as numpy.
 A synthetic sequence bag holds, per frame (all with the frame's stamp, frame_id ``camera_optical_frame``):
   - ``/camera/image_raw``   sensor_msgs/Image rgb8;
   - ``/camera/camera_info`` sensor_msgs/CameraInfo (K, P, plumb_bob with zero distortion);
-  - ``/tf``                 tf2_msgs/TFMessage, ``world`` -> ``camera_optical_frame`` (ground-truth camera pose);
+  - ``/tf``                 tf2_msgs/TFMessage, ``world`` -> ``camera_optical_frame`` (ground-truth camera pose)
+                            and ``world`` -> ``object_<k>`` for each moving object k (its ground-truth pose);
   - ``/gt/depth``           sensor_msgs/Image 32FC1, z in metres, NaN where no surface (REP 118);
   - ``/gt/instances``       sensor_msgs/Image 32SC1, 0 = static, k = moving object k;
 and once, at the first stamp, ``/dpm/synth_info`` std_msgs/String: JSON with the generator parameters, so that
@@ -83,19 +84,23 @@ def camera_info_msg(K: np.ndarray, height: int, width: int, stamp_ns: int, frame
         roi=types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
 
 
-def tf_msg(T_parent_child: np.ndarray, stamp_ns: int, parent: str = WORLD_FRAME, child: str = CAMERA_FRAME):
-    """tf2_msgs/TFMessage with one transform: the pose of ``child`` in ``parent`` (4×4)."""
+def tf_msg(T_parent_child: np.ndarray, stamp_ns: int, parent: str = WORLD_FRAME, child: str = CAMERA_FRAME,
+           extra: dict[str, np.ndarray] | None = None):
+    """tf2_msgs/TFMessage: the pose of ``child`` in ``parent`` (4×4), plus ``extra`` {child frame: 4×4 pose in
+    ``parent``}."""
     from scipy.spatial.transform import Rotation
 
     types = typestore().types
-    x, y, z, w = Rotation.from_matrix(T_parent_child[:3, :3]).as_quat()
-    tx, ty, tz = (float(v) for v in T_parent_child[:3, 3])
-    transform = types["geometry_msgs/msg/Transform"](
-        translation=types["geometry_msgs/msg/Vector3"](x=tx, y=ty, z=tz),
-        rotation=types["geometry_msgs/msg/Quaternion"](x=float(x), y=float(y), z=float(z), w=float(w)))
-    ts = types["geometry_msgs/msg/TransformStamped"](header=_header(stamp_ns, parent), child_frame_id=child,
-                                                     transform=transform)
-    return types["tf2_msgs/msg/TFMessage"](transforms=[ts])
+    transforms = []
+    for name, T in [(child, T_parent_child), *(extra or {}).items()]:
+        x, y, z, w = Rotation.from_matrix(T[:3, :3]).as_quat()
+        tx, ty, tz = (float(v) for v in T[:3, 3])
+        transform = types["geometry_msgs/msg/Transform"](
+            translation=types["geometry_msgs/msg/Vector3"](x=tx, y=ty, z=tz),
+            rotation=types["geometry_msgs/msg/Quaternion"](x=float(x), y=float(y), z=float(z), w=float(w)))
+        transforms.append(types["geometry_msgs/msg/TransformStamped"](
+            header=_header(stamp_ns, parent), child_frame_id=name, transform=transform))
+    return types["tf2_msgs/msg/TFMessage"](transforms=transforms)
 
 
 def _latched_qos():
@@ -178,7 +183,8 @@ def write_sequence(sequence, path: str | Path, storage: str = "mcap", overwrite:
             ns = stamp_ns(f["stamp"])
             if i == 0:
                 writer.write(SYNTH_INFO_TOPIC, String(data=json.dumps(info)), ns, latched=True)
-            writer.write(TF_TOPIC, tf_msg(f["T_w_c"], ns), ns)
+            objects = {f"object_{k}": T for k, T in sequence.object_poses(i).items()}
+            writer.write(TF_TOPIC, tf_msg(f["T_w_c"], ns, extra=objects), ns)
             writer.write(INFO_TOPIC, camera_info_msg(f["K"], *f["image"].shape[:2], ns), ns)
             writer.write(IMAGE_TOPIC, image_msg(f["image"], ns), ns)
             writer.write(DEPTH_TOPIC, image_msg(f["depth"], ns), ns)

@@ -35,8 +35,13 @@ def test_sequence_round_trip(tmp_path, seq, storage, name):
     poses = bag.read_poses(path)
     assert [ns for ns, _ in poses] == [ns for ns, _, _ in images]
     np.testing.assert_allclose(poses[3][1], seq.frame(3)["T_w_c"], atol=1e-12)
+    objects = seq.object_poses(2)
+    assert objects
+    for k, T in objects.items():
+        np.testing.assert_allclose(bag.read_poses(path, child=f"object_{k}")[2][1], T, atol=1e-12)
     K, h, w = bag.read_camera_info(path)
-    np.testing.assert_allclose(K, seq.K) and (h, w) == (24, 32)
+    np.testing.assert_allclose(K, seq.K)
+    assert (h, w) == (24, 32)
     info = bag.read_synth_info(path)
     again = SyntheticSequence(**info["params"], renderer="numpy")
     np.testing.assert_array_equal(again.frame(3)["image"], seq.frame(3)["image"])

@@ -149,6 +149,12 @@ class SyntheticSequence:
             self._cache[i] = dict(r, T_w_c=T)
         return self._cache[i]
 
+    def object_poses(self, i: int) -> dict[int, np.ndarray]:
+        """{k: 4×4 local-to-world pose of moving object k} at frame i (its motion between frames i and j is
+        ``pose_j @ inv(pose_i)``, world frame)."""
+        t = self.stamp(i) - self.t0
+        return {p.label: p.pose(t) for p in self.scene.primitives if p.label > 0}
+
     def frame(self, i: int) -> dict:
         """Frame i: ``image`` (H, W, 3) uint8 RGB, ``stamp`` (s), ``K`` (3×3), ``T_w_c`` (4×4 camera-to-world),
         ``depth`` (H, W) float32 z in metres (NaN where no surface), ``instances`` (H, W) int32 (0 = static)."""
