@@ -239,3 +239,24 @@ def test_ray_primitive_hits_lie_on_the_surface_and_are_the_first_crossing(kind):
     n = raycast.local_normal(prim, p)
     np.testing.assert_allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-12)
     assert ((n * d[hit]).sum(1) < 0).all()                                   # faces the camera
+
+
+def test_auto_renderer_falls_back_to_the_raycaster_and_logs_once(monkeypatch, caplog):
+    import importlib
+
+    from dpm_ros.synthetic import gl
+    render_mod = importlib.import_module("dpm_ros.synthetic.render")   # the module (the package exports the function)
+
+    def no_egl():
+        raise RuntimeError("eglInitialize failed (no display)")
+
+    monkeypatch.setattr(render_mod, "_gl_failed", None)
+    monkeypatch.setattr(gl, "get_renderer", no_egl)
+    with caplog.at_level("WARNING", logger="dpm_ros.synthetic.render"):
+        a = make_pair(8, 16, 20, 2)                        # renderer "auto"
+        make_pair(9, 16, 20, 2)
+    warnings = [r for r in caplog.records if "ray-caster" in r.getMessage()]
+    assert len(warnings) == 1 and "eglInitialize" in warnings[0].getMessage()
+    np.testing.assert_array_equal(a["img1"], make_pair(8, 16, 20, 2, renderer="numpy")["img1"])
+    with pytest.raises(ValueError, match="unavailable"):
+        make_pair(8, 16, 20, 2, renderer="gl")
