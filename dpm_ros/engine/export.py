@@ -108,7 +108,9 @@ def export_onnx(model: torch.nn.Module, out: str | Path, height: int | None = No
                 onnx.save_model(proto, str(staged))
             onnx.checker.check_model(str(staged))  # by path: works above 2 GB too
             if external_data:
-                os.replace(Path(tmp) / (out.name + ".data"), out.with_name(out.name + ".data"))
+                data = Path(tmp) / (out.name + ".data")
+                data.chmod(staged.stat().st_mode & 0o777)  # onnx writes it owner-only; match the .onnx file
+                os.replace(data, out.with_name(out.name + ".data"))
             os.replace(staged, out)
     finally:
         del model._rope
