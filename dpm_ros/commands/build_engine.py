@@ -12,7 +12,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --precision fp16")
     parser.add_argument("--workspace", type=float, default=None, metavar="GB",
                         help="TensorRT workspace memory limit in GiB (default: TensorRT's, the whole GPU)")
-    parser.add_argument("--cache-dir", default=None, help="engine cache folder (default: beside the ONNX file when writable, else "
+    parser.add_argument("--cache-dir", default=None,
+                        help="engine cache folder (default: beside the ONNX file when writable, else "
                              "~/.cache/dpm_ros/engines; env DPM_ENGINE_CACHE)")
     parser.add_argument("--force", action="store_true", help="rebuild even when a matching engine is cached")
 
