@@ -107,6 +107,20 @@ def shade(scene: Scene, prim: Primitive, p_local: np.ndarray, R_w_l: np.ndarray)
     return np.clip(albedo(prim, p_local) * scene.light.color * light[:, None], 0.0, 1.0)
 
 
+def _candidate_rays(prim: Primitive, T_l_c: np.ndarray, d: np.ndarray, d_norm: np.ndarray) -> np.ndarray:
+    """Indices of the rays that can hit ``prim``: those within the cone around its bounding sphere (all rays when
+    the camera is inside that sphere, e.g. for the room and the floor)."""
+    if prim.kind == ROOM:
+        return np.arange(len(d))
+    radius = float(prim.size.max() if prim.kind == ELLIPSOID else np.linalg.norm(prim.size)) * 1.001
+    centre = -T_l_c[:3, :3].T @ T_l_c[:3, 3]          # primitive centre in the camera frame
+    dist = float(np.linalg.norm(centre))
+    if dist <= radius:
+        return np.arange(len(d))
+    cos_cone = np.sqrt(1.0 - (radius / dist) ** 2) - 1e-9
+    return np.flatnonzero(d @ centre >= cos_cone * dist * d_norm)
+
+
 def render_raycast(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, height: int, width: int) -> dict:
     """Render ``scene`` at time ``t`` (s) from camera pose ``T_w_c`` (4×4 camera-to-world, optical frame).
 
@@ -118,14 +132,17 @@ def render_raycast(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, hei
     best_t = np.full(n, np.inf)
     best_i = np.full(n, -1, dtype=np.int64)
     frames = []
+    d_norm = np.sqrt(np.einsum("ij,ij->i", d, d))
     for i, prim in enumerate(scene.primitives):
         T_l_c = invert_pose(prim.pose(t)) @ T_w_c
-        o, d_l = T_l_c[:3, 3], d @ T_l_c[:3, :3].T
-        frames.append((T_l_c, o, d_l))
-        t_hit = intersect(prim, o, d_l)
-        closer = t_hit < best_t
-        best_t[closer] = t_hit[closer]
-        best_i[closer] = i
+        o = T_l_c[:3, 3]
+        frames.append((T_l_c, o))
+        cand = _candidate_rays(prim, T_l_c, d, d_norm)
+        t_hit = intersect(prim, o, d[cand] @ T_l_c[:3, :3].T)
+        closer = t_hit < best_t[cand]
+        idx = cand[closer]
+        best_t[idx] = t_hit[closer]
+        best_i[idx] = i
     valid = best_i >= 0
     points = np.full((n, 3), np.nan)
     points[valid] = d[valid] * best_t[valid, None]
@@ -135,8 +152,8 @@ def render_raycast(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, hei
         sel = np.flatnonzero(best_i == i)
         if sel.size == 0:
             continue
-        T_l_c, o, d_l = frames[i]
-        p_local = o + d_l[sel] * best_t[sel, None]
+        T_l_c, o = frames[i]
+        p_local = o + (d[sel] @ T_l_c[:3, :3].T) * best_t[sel, None]
         R_w_l = T_w_c[:3, :3] @ T_l_c[:3, :3].T
         rgb[sel] = shade(scene, prim, p_local, R_w_l)
         labels[sel] = prim.label
