@@ -78,7 +78,9 @@ def test_declared_process_comes_up_and_processes_a_pair(tmp_path):
 
     mod = load_launch_module()
     bag, frames = _synthetic_bag(tmp_path)
-    spec = mod.node_spec(image="/cam/image", camera_info="/cam/info", engine=f"oracle:{bag}", namespace="robot1")
+    # the source tree's params file (the default resolves to the installed share/, which may predate this checkout)
+    spec = mod.node_spec(image="/cam/image", camera_info="/cam/info", engine=f"oracle:{bag}", namespace="robot1",
+                         params_file=str(ROOT / "config" / "dpm.yaml"))
     exe = node_command()
     assert Path(exe[0]).name == "dpm_node" or exe[-1] == "dpm_ros.ros.node"
     cmd = mod.command_line(spec, exe[0]) if len(exe) == 1 else exe + mod.command_line(spec, "x")[1:]

@@ -106,6 +106,7 @@ class Probe:
         topics = {key: (ns + key, types[kind]) for key, kind in OUTPUT_TYPES.items()}
         topics.update({"dpm/odometry": (ns + "dpm/odometry", Odometry), "tf": ("/tf", TFMessage),
                        "diagnostics": ("/diagnostics", DiagnosticArray)})
+        self.points_topic = topics["dpm/points"][0]
         for key, (topic, typ) in topics.items():
             self.node.create_subscription(typ, topic, self._recorder(key), reliable)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -144,12 +145,16 @@ class Probe:
         return predicate()
 
     def wait_connected(self, timeout: float = 60.0, proc: Optional[NodeProcess] = None) -> bool:
-        """Until the node subscribes to our image topic (it has started and discovery finished)."""
+        """Until discovery has finished both ways: the node subscribes to our image topic and we see its cloud
+        publisher (with a best-effort subscription, a message sent before the node matched us is simply lost)."""
         def ready():
             if proc is not None and not proc.alive():
                 raise RuntimeError(f"dpm_node exited early:\n{proc.log()}")
-            return self.image_pub.get_subscription_count() > 0 or self.compressed_pub.get_subscription_count() > 0
-        return self.wait_for(ready, timeout)
+            subscribed = self.image_pub.get_subscription_count() + self.compressed_pub.get_subscription_count()
+            return subscribed > 0 and self.node.count_publishers(self.points_topic) > 0
+        ok = self.wait_for(ready, timeout)
+        time.sleep(0.5)
+        return ok
 
     def close(self) -> None:
         import rclpy

@@ -15,6 +15,7 @@ from typing import Optional
 import numpy as np
 import rclpy
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -50,13 +51,10 @@ def _input_qos(p: dict) -> QoSProfile:
 
 
 def pipeline_params(p: dict) -> dict:
-    """DPMPipeline keyword arguments from node parameters (0 means 'pipeline default' for eps_abs, object_max_gap)."""
-    out = dict(eps_rel=p["eps_rel"], eps_abs=p["eps_abs"] or None, conf_threshold=p["conf_threshold"],
-               min_object_pixels=p["min_object_pixels"], ego_method=p["ego_method"],
-               use_learned_mask=p["use_learned_mask"])
-    if p["object_max_gap"] > 0:
-        out["object_max_gap"] = p["object_max_gap"]
-    return out
+    """DPMPipeline keyword arguments from node parameters (eps_abs 0 = off, use eps_rel)."""
+    return dict(eps_rel=p["eps_rel"], eps_abs=p["eps_abs"] or None, conf_threshold=p["conf_threshold"],
+                min_object_pixels=p["min_object_pixels"], object_max_gap=p["object_max_gap"],
+                ego_method=p["ego_method"], use_learned_mask=p["use_learned_mask"])
 
 
 class DpmNode(Node):
@@ -287,8 +285,9 @@ class DpmNode(Node):
                                                 values))
 
     def destroy_node(self) -> None:
-        self.slot.close()
-        if self._worker.is_alive():
+        if hasattr(self, "slot"):  # also called by rclpy on a node whose __init__ failed
+            self.slot.close()
+        if hasattr(self, "_worker") and self._worker.is_alive():
             self._worker.join(timeout=10.0)
         super().destroy_node()
 
@@ -307,7 +306,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if rclpy.ok():
             raise
         del exc
-    except ValueError as exc:  # bad parameters or engine: one clear line
+    except (ValueError, InvalidParameterValueException) as exc:  # bad parameters or engine: one clear line
         print(f"dpm_node: error: {exc}", file=sys.stderr)
         code = 1
     finally:

@@ -56,9 +56,10 @@ PARAMS: tuple[ParamSpec, ...] = (
               runtime=True, range=(0.0, 100.0)),
     ParamSpec("min_object_pixels", 50, "pixels", "smaller moving components are not objects", runtime=True,
               range=(1, 10_000_000)),
-    ParamSpec("object_max_gap", 0.0, "-", "3D split distance inside a component (relative); 0 = pipeline default",
-              runtime=True, range=(0.0, 100.0)),
-    ParamSpec("ego_method", "pixel_aligned", "-", "ego-motion estimator", choices=("pixel_aligned", "seed", "pnp")),
+    ParamSpec("object_max_gap", 0.05, "-", "3D split distance inside a moving component, as a fraction of the "
+              "distance to the camera", runtime=True, range=(1e-4, 100.0)),
+    ParamSpec("ego_method", "pixel_aligned", "-", "ego-motion estimator (pixel_aligned and matched need a symmetric "
+              "engine, else pnp is used)", choices=("pixel_aligned", "matched", "seed", "pnp")),
     ParamSpec("use_learned_mask", False, "-", "use the network's motion probability instead of ε thresholds"),
     ParamSpec("metric", False, "-", "positions are metres (engine or scale source is metric)"),
     # --- outputs
