@@ -11,6 +11,7 @@ from dpm_ros.training.loss import (KIND_DYNAMIC, KIND_SAME_TIME, KIND_STATIC, Lo
                                    supervision_matrix)
 
 B, H, W = 3, 4, 5
+CROSS = ("p1_t2_pi1", "p2_t1_pi1", "p2_t1_pi2", "p1_t2_pi2")
 
 
 def _case(seed: int = 0, kinds=(KIND_DYNAMIC, KIND_SAME_TIME, KIND_STATIC), symmetric: bool = True):
@@ -69,16 +70,17 @@ def test_supervision_matrix_per_kind():
 def test_same_time_sample_gives_no_gradient_to_cross_time_maps_or_gate():
     """Table 6 'Spring' kind: P1(t2,π1), P2(t1,π1) (and their swapped twins) are unsupervised; so is the gate."""
     pred, batch = _case(kinds=(KIND_SAME_TIME,) * B)
-    for suffix in ("1", "2", "1_pi2", "2_pi2"):
-        pred["motion_prob_" + suffix] = torch.rand(B, H, W).clamp(0.05, 0.95).requires_grad_()
-        pred["delta_" + suffix] = torch.randn(B, H, W, 3).requires_grad_()
+    for cross in CROSS:
+        pred["motion_logit_" + cross] = torch.randn(B, H, W).requires_grad_()
+        pred["delta_" + cross] = torch.randn(B, H, W, 3).requires_grad_()
     total, _ = dpm_loss(pred, batch)
     total.backward()
     for n in ("p1_t2_pi1", "p2_t1_pi1", "p2_t1_pi2", "p1_t2_pi2"):
         assert pred[n].grad is None or pred[n].grad.abs().max() == 0, n
         assert pred["conf_" + n].grad is None or pred["conf_" + n].grad.abs().max() == 0, n
-    for suffix in ("1", "2", "1_pi2", "2_pi2"):
-        g = pred["motion_prob_" + suffix].grad
+    for cross in CROSS:
+        assert pred["delta_" + cross].grad is None or pred["delta_" + cross].grad.abs().max() == 0
+        g = pred["motion_logit_" + cross].grad
         assert g is None or g.abs().max() == 0
     for n in ("p1_t1_pi1", "p2_t2_pi1", "p2_t2_pi2", "p1_t1_pi2"):
         assert pred[n].grad.abs().max() > 0, n
@@ -114,8 +116,8 @@ def test_static_sample_targets_zero_flow_and_closed_gate():
     still = {k: v.detach().clone() for k, v in pred.items()}
     still["p1_t2_pi1"] = still["p1_t1_pi1"].clone()
     still["p2_t1_pi1"] = still["p2_t2_pi1"].clone()
-    still["motion_prob_1"] = torch.full((B, H, W), 1e-4)
-    still["motion_prob_2"] = torch.full((B, H, W), 1e-4)
+    still["motion_logit_p1_t2_pi1"] = torch.full((B, H, W), -12.0)
+    still["motion_logit_p2_t1_pi1"] = torch.full((B, H, W), -12.0)
     _, logs = dpm_loss(still, batch)
     assert logs["flow"] < 1e-6
     assert logs["gate"] < 1e-3
@@ -146,8 +148,8 @@ def test_flow_term_is_class_balanced():
 
 def test_delta_term_regresses_raw_displacement_on_moving_pixels():
     pred, batch = _case(kinds=(KIND_DYNAMIC,) * B, symmetric=False)
-    pred["delta_1"] = (pred["p1_t2_pi1"] - pred["p1_t1_pi1"]).detach().clone()
+    pred["delta_p1_t2_pi1"] = (pred["p1_t2_pi1"] - pred["p1_t1_pi1"]).detach().clone()
     _, logs0 = dpm_loss(pred, batch)
-    pred["delta_1"] = pred["delta_1"] + 1.0
+    pred["delta_p1_t2_pi1"] = pred["delta_p1_t2_pi1"] + 1.0
     _, logs1 = dpm_loss(pred, batch)
     assert logs1["delta"] > logs0["delta"] + 0.1

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from dpm_ros import POINT_MAP_NAMES, SWAPPED_POINT_MAP_NAMES
 
@@ -35,11 +36,11 @@ SUPERVISED_MAPS = {
     KIND_STATIC: (True, True, True, True),
 }
 
-# Per pass: (same-time map, cross-time map) of each view; cross = same + m·Δ in the gated residual heads.
+# Per pass: (same-time map S, cross-time map X) of each view; X = S + m·Δ in the gated residual heads.
 # Pass 1 (Φ(I1,I2)): view 1 flow is P1(t2,π1) − P1(t1,π1) (OF-F), view 2 flow P2(t1,π1) − P2(t2,π1) (OF-B).
 FLOW_PAIRS = {
-    1: (("p1_t1_pi1", "p1_t2_pi1", "1"), ("p2_t2_pi1", "p2_t1_pi1", "2")),
-    2: (("p2_t2_pi2", "p2_t1_pi2", "2"), ("p1_t1_pi2", "p1_t2_pi2", "1")),
+    1: (("p1_t1_pi1", "p1_t2_pi1"), ("p2_t2_pi1", "p2_t1_pi1")),
+    2: (("p2_t2_pi2", "p2_t1_pi2"), ("p1_t1_pi2", "p1_t2_pi2")),
 }
 
 
@@ -87,9 +88,9 @@ def _balanced_mean(err: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor
 def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tuple[torch.Tensor, dict]:
     """The training loss of one batch.
 
-    pred: the model's output dict (maps (B,H,W,3), ``conf_<name>`` (B,H,W)); optionally ``motion_prob_<v>`` /
-    ``motion_prob_<v>_pi2`` (gate m, (B,H,W)) and ``delta_<v>`` / ``delta_<v>_pi2`` (raw Δ, (B,H,W,3)) — terms
-    whose inputs are absent are skipped. batch: ground truth under the same map names (metres), ``valid1``,
+    pred: the model's ``forward_raw`` dict (maps (B,H,W,3), ``conf_<name>`` (B,H,W)); for each cross-time map X
+    optionally ``delta_X`` (raw Δ, (B,H,W,3)) and ``motion_logit_X`` (gate logit, (B,H,W)) — terms whose inputs
+    are absent are skipped. batch: ground truth under the same map names (metres), ``valid1``,
     ``valid2`` (B,H,W) bool, ``moving1``, ``moving2`` (B,H,W) bool, ``kind`` (B,) int.
     Returns (total, {term: float}) with per-map regression errors for logging."""
     w = weights or LossWeights()
@@ -115,23 +116,21 @@ def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tup
             term = conf * err[:, k] - w.alpha * torch.log(conf)
             total_conf = total_conf + (term * wk).sum() / count
             logs["reg_" + name] = float((err[:, k].detach() * wk).sum() / count)
-        # motion terms, per view of this pass
-        scale_hat = {n: s_hat[:, 0] for n in names}
-        for same, cross, view in FLOW_PAIRS[pass_id]:
+        # motion terms, per view of this pass (cross-time map X = same-time map S + m·Δ)
+        for same, cross in FLOW_PAIRS[pass_id]:
             k_same, k_cross = names.index(same), names.index(cross)
+            view = cross[1]
             wv = batch["valid" + view].float() * motion_ok[:, None, None]
             moving = batch["moving" + view].float()
             f_gt = (p_gt[:, k_cross] - p_gt[:, k_same]) / s_gt[:, 0]
-            f_hat = (p_hat[:, k_cross] - p_hat[:, k_same]) / scale_hat[same]
+            f_hat = (p_hat[:, k_cross] - p_hat[:, k_same]) / s_hat[:, 0]
             total_flow = total_flow + _balanced_mean((f_hat - f_gt).norm(dim=-1), moving, wv)
-            suffix = view if pass_id == 1 else view + "_pi2"
-            if "delta_" + suffix in pred:
-                d_hat = pred["delta_" + suffix] / scale_hat[same]
+            if "delta_" + cross in pred:
+                d_hat = pred["delta_" + cross] / s_hat[:, 0]
                 wm = wv * moving
                 total_delta = total_delta + ((d_hat - f_gt).norm(dim=-1) * wm).sum() / wm.sum().clamp_min(1.0)
-            if "motion_prob_" + suffix in pred:
-                m = pred["motion_prob_" + suffix].clamp(1e-6, 1 - 1e-6)
-                bce = -(moving * torch.log(m) + (1 - moving) * torch.log(1 - m))
+            if "motion_logit_" + cross in pred:
+                bce = F.binary_cross_entropy_with_logits(pred["motion_logit_" + cross], moving, reduction="none")
                 total_gate = total_gate + _balanced_mean(bce, moving, wv)
     total = total_conf + w.flow * total_flow + w.delta * total_delta + w.gate * total_gate
     logs.update({k: float(v.detach()) for k, v in (("loss", total), ("conf", total_conf), ("flow", total_flow),

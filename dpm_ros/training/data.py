@@ -1,0 +1,152 @@
+"""On-the-fly synthetic training pairs (dpm_ros.synthetic.make_pair) for the DPM network.
+
+Every sample is a pure function of its global index ``idx``: seed = TRAIN_SEED_BASE + idx, the sample kind (Table 6:
+dynamic / same-time / static) and the curriculum stage are derived from ``idx`` too. So a resumed run sees exactly
+the data it would have seen, whatever the worker processes did, and DDP ranks read disjoint indices.
+Training seeds start at TRAIN_SEED_BASE; held-out evaluation seeds (dpm_ros.training.evaluate) lie below it.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from dpm_ros import ALL_POINT_MAP_NAMES
+from dpm_ros.training.loss import KIND_DYNAMIC, KIND_SAME_TIME, KIND_STATIC
+
+TRAIN_SEED_BASE = 1_000_000
+"""Training pairs use seeds ≥ this; evaluation seeds are < this (disjoint by construction)."""
+
+
+@dataclass
+class DataConfig:
+    """What the trainer draws. The curriculum multiplies make_pair's object translation/rotation ranges by a
+    factor that decays linearly from ``motion_scale_start`` to 1 over ``curriculum_steps`` (large → realistic)."""
+    height: int = 64
+    width: int = 64
+    n_objects_min: int = 1
+    n_objects_max: int = 4
+    p_same_time: float = 0.15
+    p_static: float = 0.15
+    motion_scale_start: float = 3.0
+    curriculum_steps: int = 3000
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def motion_knobs(motion_scale: float) -> dict:
+    """make_pair knobs for a displacement multiplier: the generator's default object translation (m) and rotation
+    (deg) ranges times ``motion_scale`` (rotation capped at 90°)."""
+    from dpm_ros.synthetic.scene import SceneConfig
+    base = SceneConfig()
+    lo_t, hi_t = base.object_translation
+    lo_r, hi_r = base.object_rotation_deg
+    s = float(motion_scale)
+    return {"object_translation": (lo_t * s, hi_t * s),
+            "object_rotation_deg": (min(lo_r * s, 90.0), min(hi_r * s, 90.0))}
+
+
+def sample_kind(idx: int, cfg: DataConfig) -> int:
+    """The Table-6 supervision kind of sample ``idx`` (deterministic)."""
+    u = np.random.default_rng([idx, 7]).random()
+    if u < cfg.p_static:
+        return KIND_STATIC
+    if u < cfg.p_static + cfg.p_same_time:
+        return KIND_SAME_TIME
+    return KIND_DYNAMIC
+
+
+def motion_scale_at(step: int, cfg: DataConfig) -> float:
+    """Curriculum: displacement multiplier at an optimiser step (start → 1, linear, then 1)."""
+    if cfg.curriculum_steps <= 0:
+        return 1.0
+    frac = min(max(step / cfg.curriculum_steps, 0.0), 1.0)
+    return float(cfg.motion_scale_start + (1.0 - cfg.motion_scale_start) * frac)
+
+
+def generate_sample(seed: int, cfg: DataConfig, kind: int = KIND_DYNAMIC, motion_scale: float = 1.0,
+                    n_objects: int | None = None) -> dict:
+    """One pair as numpy arrays: the eight maps (metres, named camera's optical frame, NaN where invalid),
+    img1/img2 uint8, valid1/2, moving1/2 (pixels of moving objects; none for the static kind), K, T_w_c1/T_w_c2,
+    instances1/2, object_motions, kind."""
+    from dpm_ros.synthetic import make_pair
+    if n_objects is None:
+        n_objects = int(np.random.default_rng([seed, 3]).integers(cfg.n_objects_min, cfg.n_objects_max + 1))
+    gen_kind = "static" if kind == KIND_STATIC else "dynamic"
+    pair = make_pair(seed, cfg.height, cfg.width, n_objects, kind=gen_kind, **motion_knobs(motion_scale))
+    out = {name: np.asarray(pair[name], np.float32) for name in ALL_POINT_MAP_NAMES}
+    out["img1"], out["img2"] = np.asarray(pair["img1"], np.uint8), np.asarray(pair["img2"], np.uint8)
+    for key in ("valid1", "valid2", "moving1", "moving2"):
+        out[key] = np.asarray(pair[key], bool)
+    if kind == KIND_STATIC:
+        out["moving1"] = np.zeros_like(out["moving1"])
+        out["moving2"] = np.zeros_like(out["moving2"])
+    for key in ("K", "T_w_c1", "T_w_c2", "instances1", "instances2", "object_motions"):
+        out[key] = pair[key]
+    out["kind"] = kind
+    return out
+
+
+class SyntheticPairs(torch.utils.data.Dataset):
+    """Map-style dataset over global sample indices; ``global_batch`` samples make one optimiser step."""
+
+    def __init__(self, cfg: DataConfig, global_batch: int):
+        if global_batch < 1:
+            raise ValueError(f"global_batch must be >= 1, got {global_batch}")
+        self.cfg, self.global_batch = cfg, global_batch
+
+    def __len__(self) -> int:  # effectively unbounded; the sampler decides what is read
+        return 2 ** 40
+
+    def __getitem__(self, idx: int) -> dict:
+        step = idx // self.global_batch
+        kind = sample_kind(idx, self.cfg)
+        s = generate_sample(TRAIN_SEED_BASE + idx, self.cfg, kind, motion_scale_at(step, self.cfg))
+        # invalid pixels are NaN in the ground truth; the loss masks them, but NaN·0 is NaN: store zeros
+        item = {name: torch.from_numpy(np.nan_to_num(s[name], nan=0.0)) for name in ALL_POINT_MAP_NAMES}
+        item.update(img1=_to_input(s["img1"]), img2=_to_input(s["img2"]),
+                    valid1=torch.from_numpy(s["valid1"]), valid2=torch.from_numpy(s["valid2"]),
+                    moving1=torch.from_numpy(s["moving1"]), moving2=torch.from_numpy(s["moving2"]),
+                    kind=torch.tensor(kind, dtype=torch.long))
+        return item
+
+
+def _to_input(img: np.ndarray) -> torch.Tensor:
+    """uint8 (H, W, 3) RGB -> float32 (3, H, W) normalised like DUSt3R: (x/255 − 0.5)/0.5."""
+    return torch.from_numpy(img).permute(2, 0, 1).float().div(255.0).sub(0.5).div(0.5)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """Index batches for steps [start_step, total_steps): rank r of w reads
+    idx = step·global_batch + r·local_batch + i, i < local_batch."""
+
+    def __init__(self, start_step: int, total_steps: int, local_batch: int, rank: int = 0, world: int = 1):
+        self.start, self.total, self.local, self.rank, self.world = start_step, total_steps, local_batch, rank, world
+
+    def __len__(self) -> int:
+        return max(self.total - self.start, 0)
+
+    def __iter__(self):
+        g = self.local * self.world
+        for step in range(self.start, self.total):
+            base = step * g + self.rank * self.local
+            yield list(range(base, base + self.local))
+
+
+def make_loader(cfg: DataConfig, start_step: int, total_steps: int, local_batch: int, rank: int = 0,
+                world: int = 1, num_workers: int = 1) -> torch.utils.data.DataLoader:
+    """DataLoader yielding one collated batch per optimiser step, generated in ``num_workers`` processes."""
+    ds = SyntheticPairs(cfg, local_batch * world)
+    sampler = StepBatches(start_step, total_steps, local_batch, rank, world)
+    kw = dict(num_workers=num_workers)
+    if num_workers > 0:
+        # spawn, not fork: a parent that already rendered (OpenGL/EGL context) would deadlock forked workers
+        kw.update(prefetch_factor=4, persistent_workers=False, worker_init_fn=_worker_init,
+                  multiprocessing_context="spawn")
+    return torch.utils.data.DataLoader(ds, batch_sampler=sampler, **kw)
+
+
+def _worker_init(_worker_id: int) -> None:
+    torch.set_num_threads(1)
