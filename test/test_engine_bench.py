@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dpm_ros.benchmarks.engine import STAGES, parse_resolution, percentiles, run_engine_benchmark
+from dpm_ros.benchmarks.engine import STAGES, network_flops, parse_resolution, percentiles, run_engine_benchmark
 from dpm_ros.pointcloud import POINT_DTYPE
 
 
@@ -36,3 +36,12 @@ def test_engine_benchmark_report(tmp_path):
         assert r["pairs_per_s"] == pytest.approx(1000 / total, rel=1e-2)
         w, h = (int(v) for v in r["resolution"].split("x"))
         assert r["cloud_bytes"] == w * h * POINT_DTYPE.itemsize
+        assert r["network_pairs_per_s"] >= r["pairs_per_s"]
+    # the network's cost scales with pixels (and more, through attention): 4x the pixels, > 4x the FLOPs
+    gflop = {r["resolution"]: r["network_gflop_per_pair"] for r in report["results"]}
+    assert gflop["48x32"] > 4 * gflop["24x16"] > 0
+
+
+def test_flop_count_of_the_dust3r_size_model_matches_the_issue_estimate():
+    """3.4 TFLOP per symmetric 512x384 pair (counted on the meta device: no weights, no compute)."""
+    assert network_flops("dust3r_vitl_512_dpt", 384, 512) == pytest.approx(3.4e12, rel=0.02)

@@ -56,6 +56,23 @@ class _FixedMaps(Engine):
         return self._info
 
 
+def network_flops(preset: str, height: int, width: int, symmetric: bool = True) -> float:
+    """FLOPs (multiply-add = 2) of one forward of ``preset`` at height x width, counted on the meta device (no
+    compute, no weights): the basis of GPU estimates (dust3r_vitl_512_dpt at 512x384: ≈ 3.41e12 per pair)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dpm_ros.model import build_model
+
+    with torch.device("meta"):
+        model = build_model(preset).eval()
+        x = torch.zeros(1, 3, height, width)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x, x, symmetric=symmetric)
+    return float(counter.get_total_flops())
+
+
 def camera_frames(seed: int = 0, height: int = 480, width: int = 640) -> tuple[bytes, bytes]:
     """Two JPEG-encoded synthetic camera frames (what a compressed image topic delivers)."""
     from dpm_ros.synthetic import make_pair
@@ -82,8 +99,14 @@ def bench_engine(engine, frames: tuple[bytes, bytes], repeats: int = 20, warmup:
                 for f in frames]
         return imgs, prepare_pair(imgs[0], imgs[1], h, w, "bench")
 
+    import torch
+
     t_decode, (imgs, (x1, x2)) = _timed(decode_resize, repeats, warmup)
+    on_gpu = torch.cuda.is_available() and "cuda" in info.device
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
     t_network, _ = _timed(lambda: engine.run_network(x1, x2), repeats, warmup)
+    gpu_peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu else None
     maps = engine.infer(*imgs)
     pipeline = DPMPipeline(_FixedMaps(maps, info))
     f1, f2 = Frame(imgs[0], 0.1), Frame(imgs[1], 0.0)
@@ -100,7 +123,9 @@ def bench_engine(engine, frames: tuple[bytes, bytes], repeats: int = 20, warmup:
     total_p50 = sum(s["p50"] for s in stages.values())
     return {"backend": info.backend, "device": info.device, "precision": info.precision,
             "resolution": f"{w}x{h}", "symmetric": info.symmetric, "stages_ms": stages,
-            "pairs_per_s": round(1000.0 / total_p50, 2), "cloud_bytes": len(data), "extra": info.extra}
+            "pairs_per_s": round(1000.0 / total_p50, 2), "network_pairs_per_s": round(
+                1000.0 / stages["network"]["p50"], 2), "gpu_memory_peak_mib": gpu_peak_mb,
+            "cloud_bytes": len(data), "extra": info.extra}
 
 
 def available_backends() -> list[str]:
@@ -172,8 +197,10 @@ def run_engine_benchmark(preset: str = "dpm_small", resolutions: list[tuple[int,
     results = []
     with tempfile.TemporaryDirectory(prefix="dpm_bench_") as tmp:
         for height, width in resolutions:
+            flops = network_flops(preset, height, width)
             for _, engine in make_engines(preset, height, width, backends, Path(tmp), weights, threads):
-                results.append(bench_engine(engine, frames, repeats, warmup))
+                results.append({**bench_engine(engine, frames, repeats, warmup),
+                                "network_gflop_per_pair": round(flops / 1e9, 3)})
     return {"benchmark": "engine", "preset": preset, "weights": weights or "random",
             "camera_frames": "2 x JPEG 640x480", "repeats": repeats, "warmup": warmup,
             "threads": threads, "environment": environment(), "results": results}
