@@ -215,25 +215,40 @@ def parse_resolution(text: str) -> tuple[int, int]:
     return height, width
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("--preset", default="dpm_small", help="network preset (default dpm_small)")
-    parser.add_argument("--weights", help="weights (.safetensors) instead of random initialisation")
+def add_engine_arguments(parser) -> None:
+    """The engine target's options (added to ``dpm bench``'s parser; --repeats comes from there)."""
+    parser.add_argument("--preset", default="dpm_small", help="engine: network preset (default dpm_small)")
+    parser.add_argument("--weights", help="engine: weights (.safetensors) instead of random initialisation")
     parser.add_argument("--resolution", action="append", type=parse_resolution, metavar="WxH",
-                        help="network resolution, repeatable (default: the preset's)")
+                        help="engine: network resolution, repeatable (default: the preset's, 96x96 for dpm_small)")
     parser.add_argument("--backend", action="append", choices=("onnxruntime", "torch", "tensorrt"),
-                        help="backend, repeatable (default: every backend available here)")
-    parser.add_argument("--repeats", type=int, default=20, help="timed runs per stage (default 20)")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")
+                        help="engine: backend, repeatable (default: every backend available here)")
+    parser.add_argument("--warmup", type=int, default=3, help="engine: untimed runs first (default 3)")
     parser.add_argument("--threads", type=int,
-                        help="CPU threads for onnxruntime (intra-op) and torch (default: their choice)")
-    parser.add_argument("--out", help="also write the JSON to this file")
+                        help="engine: CPU threads for onnxruntime (intra-op) and torch (default: their choice)")
 
 
-def run(args) -> int:
-    report = run_engine_benchmark(args.preset, args.resolution, args.backend, args.weights, args.repeats,
-                                  args.warmup, args.threads)
-    text = json.dumps(report, indent=2)
+def engine_target(args) -> dict:
+    """``dpm bench engine``: the report of run_engine_benchmark from parsed ``dpm bench`` arguments."""
+    return run_engine_benchmark(args.preset, args.resolution, args.backend, args.weights, args.repeats,
+                                args.warmup, args.threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dpm_ros.benchmarks.engine [options]`` (same options as ``dpm bench engine``)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dpm_ros.benchmarks.engine", description=__doc__)
+    add_engine_arguments(parser)
+    parser.add_argument("--repeats", type=int, default=20, help="timed runs per stage (default 20)")
+    parser.add_argument("--json", help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    text = json.dumps(engine_target(args), indent=2)
     print(text)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(text + "\n")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
