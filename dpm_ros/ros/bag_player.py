@@ -216,4 +216,13 @@ class BagPlayer:
                     break
                 bar.reset()
         self.stats.wall_s = time.monotonic() - start
+        self._wait_for_acks()
         return self.stats
+
+    def _wait_for_acks(self, timeout_s: float = 5.0) -> None:
+        """Let reliable subscribers receive the last messages before the publishers go away."""
+        from rclpy.duration import Duration
+
+        for topic, pub in self.publishers.items():
+            if hasattr(pub, "wait_for_all_acked") and not pub.wait_for_all_acked(Duration(seconds=timeout_s)):
+                self.log(f"warning: not every subscriber of {topic} acknowledged the last messages")

@@ -220,6 +220,17 @@ class BagRecorder:
         if self.max_messages is not None and self.total >= self.max_messages:
             self.stop.set()
 
+    def _drain(self, executor, limit_s: float = 2.0) -> None:
+        """After Ctrl-C/SIGTERM or --duration, write what has already arrived (not after --max-messages)."""
+        if self.max_messages is not None and self.total >= self.max_messages:
+            return
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            before = self.total
+            executor.spin_once(timeout_sec=0.05)
+            if self.total == before:
+                return
+
     def record(self) -> dict[str, int]:
         """Spin until a stop condition; returns messages written per topic."""
         from rclpy.executors import SingleThreadedExecutor
@@ -236,6 +247,7 @@ class BagRecorder:
                     self._discover()
                     next_discovery = now + 0.1
                 executor.spin_once(timeout_sec=0.05)
+            self._drain(executor)
         finally:
             executor.remove_node(self.node)
         unseen = [t for t in self.topics if t not in self.subscriptions]
