@@ -106,6 +106,14 @@ def test_image_noise_knob_changes_only_the_images_deterministically():
     assert 3.0 < residual.std() < 5.0 and abs(residual.mean()) < 0.5
 
 
+def test_shadows_only_darken_and_leave_geometry_unchanged():
+    lit = make_pair(21, H, W, 6, renderer="numpy", shadows=False)
+    shaded = make_pair(21, H, W, 6, renderer="numpy")
+    np.testing.assert_array_equal(lit["p1_t1_pi1"], shaded["p1_t1_pi1"])
+    darker = shaded["img1"].astype(int) - lit["img1"].astype(int)
+    assert (darker <= 0).all() and (darker.sum(-1) < -30).mean() > 0.01     # some cast shadow, never brighter
+
+
 def test_static_kind_has_identical_time_maps():
     d = make_pair(3, H, W, 4, kind="static", renderer="numpy")
     assert d["object_motions"] == {} and (d["instances1"] == 0).all()

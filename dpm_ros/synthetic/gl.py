@@ -12,11 +12,11 @@ import threading
 
 import numpy as np
 
-from .raycast import NEAR
+from .raycast import NEAR, SHADOW_OFFSET
 from .scene import N_WAVES, Scene, invert_pose
 
-MAX_PRIMS = 64        # primitives per scene (a uniform block of 64 records of 272 bytes)
-_FLOATS = 68          # floats per record, std140: 2 mat4 + 4 vec4 + vec4[N_WAVES] + vec4
+MAX_PRIMS = 64        # primitives per scene (a uniform block of 64 records of 208 bytes)
+_FLOATS = 52          # floats per record, std140: mat4 + 4 vec4 + vec4[N_WAVES] + vec4
 
 _VERTEX = """
 #version 330
@@ -30,7 +30,6 @@ _FRAGMENT = """
 #version 330
 struct Prim {
     mat4 T_l_c;       // camera -> local
-    mat4 R_w_l;       // local -> world rotation (upper 3×3)
     vec4 size_kind;   // half-extents / radii, kind (0 room from inside, 1 box, 2 ellipsoid, 3 cylinder)
     vec4 color_a;     // albedo a, instance label
     vec4 color_b;     // albedo b, checker cells per metre
@@ -42,7 +41,8 @@ layout(std140) uniform Prims { Prim prims[MAX_PRIMS]; };
 uniform int n_prims;
 uniform mat3 Kinv;
 uniform float height;
-uniform vec3 light_dir;
+uniform vec3 light_cam;         // unit vector towards the light, camera frame
+uniform bool shadows;
 uniform vec3 light_color;
 uniform float ambient;
 uniform float diffuse;
@@ -124,11 +124,23 @@ void main() {
         wave += prims[bi].wave_amps[k] * sin(dot(p, prims[bi].waves[k].xyz) + prims[bi].waves[k].w);
     float m = clamp(0.5 + prims[bi].misc.x * (checker - 0.5) + wave, 0.0, 1.0);
     vec3 albedo = prims[bi].color_a.rgb * (1.0 - m) + prims[bi].color_b.rgb * m;
-    float lam = max(dot(mat3(prims[bi].R_w_l) * n, light_dir), 0.0);
+    vec3 n_c = transpose(mat3(prims[bi].T_l_c)) * n;
+    float lam = max(dot(n_c, light_cam), 0.0);
+    if (shadows && lam > 0.0) {   // mirrors raycast.shadowed
+        vec3 so = dc * best + n_c * SHADOW_OFFSET;
+        for (int j = 0; j < n_prims; ++j) {
+            if (j == bi || int(prims[j].size_kind.w) == 0) continue;
+            if (intersect(j, (prims[j].T_l_c * vec4(so, 1.0)).xyz, mat3(prims[j].T_l_c) * light_cam) < MISS) {
+                lam = 0.0;
+                break;
+            }
+        }
+    }
     out_color = vec4(clamp(albedo * light_color * (ambient + diffuse * lam), 0.0, 1.0), 1.0);
     out_point = vec4(dc * best, prims[bi].color_a.w);   // dc.z = 1: best is the depth z
 }
-""".replace("N_WAVES", str(N_WAVES)).replace("MAX_PRIMS", str(MAX_PRIMS)).replace("NEAR", repr(NEAR))
+""".replace("N_WAVES", str(N_WAVES)).replace("MAX_PRIMS", str(MAX_PRIMS)).replace("NEAR", repr(NEAR)) \
+    .replace("SHADOW_OFFSET", repr(SHADOW_OFFSET))
 
 
 def _mat(m: np.ndarray) -> bytes:
@@ -145,13 +157,12 @@ def pack_primitives(scene: Scene, t: float, T_w_c: np.ndarray) -> np.ndarray:
     for i, prim in enumerate(scene.primitives):
         T_w_l = prim.pose(t)
         rec[i, 0:16] = (invert_pose(T_w_l) @ T_w_c).T.ravel()   # column-major
-        rec[i, 16:32] = T_w_l.T.ravel()
-        rec[i, 32:36] = (*prim.size, prim.kind)
-        rec[i, 36:40] = (*prim.color_a, prim.label)
-        rec[i, 40:44] = (*prim.color_b, prim.checker_scale)
-        rec[i, 44:46] = (prim.checker_weight, float(prim.open_top))
-        rec[i, 48:48 + 4 * N_WAVES] = prim.waves.ravel()
-        rec[i, 48 + 4 * N_WAVES:48 + 5 * N_WAVES] = prim.wave_amps
+        rec[i, 16:20] = (*prim.size, prim.kind)
+        rec[i, 20:24] = (*prim.color_a, prim.label)
+        rec[i, 24:28] = (*prim.color_b, prim.checker_scale)
+        rec[i, 28:30] = (prim.checker_weight, float(prim.open_top))
+        rec[i, 32:32 + 4 * N_WAVES] = prim.waves.ravel()
+        rec[i, 32 + 4 * N_WAVES:32 + 5 * N_WAVES] = prim.wave_amps
     return rec.astype(np.float32)
 
 
@@ -196,7 +207,8 @@ class GLRenderer:
         prog["Kinv"].write(_mat(np.linalg.inv(K)))
         prog["height"].value = float(height)
         light = scene.light
-        prog["light_dir"].value = tuple(light.direction)
+        prog["light_cam"].value = tuple(T_w_c[:3, :3].T @ light.direction)
+        prog["shadows"].value = bool(scene.shadows)
         prog["light_color"].value = tuple(light.color)
         prog["ambient"].value = float(light.ambient)
         prog["diffuse"].value = float(light.diffuse)

@@ -3,7 +3,9 @@
 Analytic ray/primitive intersection for every pixel at once (one numpy pass per primitive, no per-pixel Python).
 Pixel (u, v) (column u, row v, integer = pixel centre) casts the ray ``K^-1 (u, v, 1)`` from the camera centre;
 the hit point in the camera's optical frame (metres) is ``t · K^-1 (u, v, 1)``, so it projects exactly onto its pixel.
-The texture and lighting model here is mirrored line for line by the GLSL shader in ``gl.py``.
+Shading: solid texture × light colour × (ambient + diffuse·max(n·L, 0)), with hard shadows from a directional light
+(shadow rays against every primitive but the room and the point's own convex primitive). The texture, lighting and
+shadow model here is mirrored line for line by the GLSL shader in ``gl.py``.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import numpy as np
 from .scene import BOX, CYLINDER, ELLIPSOID, ROOM, Primitive, Scene, invert_pose
 
 NEAR = 1e-3  # metres: hits closer than this along the ray are ignored
+SHADOW_OFFSET = 1e-4  # metres: shadow rays start this far off the surface, along its normal
 
 
 def pixel_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -21,15 +24,17 @@ def pixel_rays(K: np.ndarray, height: int, width: int) -> np.ndarray:
     return uv1 @ np.linalg.inv(K).T
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=-1)
+
+
 def intersect(prim: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """Ray parameter t of the visible hit of rays ``o + t·d`` (local frame; o (3,), d (N, 3)) with ``prim``;
-    inf where the ray misses."""
+    """Ray parameter t of the visible hit of rays ``o + t·d`` (local frame; o and d each (3,) or (N, 3)) with
+    ``prim``; inf where the ray misses."""
     size = prim.size
     if prim.kind == ELLIPSOID:
         os_, ds = o / size, d / size
-        a = np.einsum("ij,ij->i", ds, ds)
-        b = ds @ os_
-        c = float(os_ @ os_) - 1.0
+        a, b, c = _dot(ds, ds), _dot(os_, ds), _dot(os_, os_) - 1.0
         disc = b * b - a * c
         ok = (disc >= 0) & (b < 0) & (c > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -40,33 +45,31 @@ def intersect(prim: Primitive, o: np.ndarray, d: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         inv = 1.0 / d
         t0, t1 = (-size - o) * inv, (size - o) * inv
-    tmin = np.minimum(t0, t1).max(axis=1)
+    tmin = np.minimum(t0, t1).max(axis=-1)
     tmax_axes = np.maximum(t0, t1)
-    tmax = tmax_axes.min(axis=1)
+    tmax = tmax_axes.min(axis=-1)
     if prim.kind == BOX:
         return np.where((tmax >= tmin) & (tmin > NEAR), tmin, np.inf)
     # ROOM: seen from inside, the exit point; an open top lets rays leave through the ceiling (no hit)
     hit = (tmax >= tmin) & (tmax > NEAR)
     if prim.open_top:
-        hit &= ~((tmax_axes.argmin(axis=1) == 2) & (d[:, 2] > 0))
+        hit &= ~((tmax_axes.argmin(axis=-1) == 2) & (d[..., 2] > 0))
     return np.where(hit, tmax, np.inf)
 
 
 def _intersect_cylinder(size: np.ndarray, o: np.ndarray, d: np.ndarray) -> np.ndarray:
     """Capped elliptic cylinder |(x/rx, y/ry)| <= 1, |z| <= h seen from outside: nearest of side and cap hits."""
     h = size[2]
-    os_, ds = o[:2] / size[:2], d[:, :2] / size[:2]
-    a = np.einsum("ij,ij->i", ds, ds)
-    b = ds @ os_
-    c = float(os_ @ os_) - 1.0
+    os_, ds = o[..., :2] / size[:2], d[..., :2] / size[:2]
+    a, b, c = _dot(ds, ds), _dot(os_, ds), _dot(os_, os_) - 1.0
     disc = b * b - a * c
     with np.errstate(invalid="ignore", divide="ignore"):
         t_side = c / (-b + np.sqrt(np.maximum(disc, 0)))
-        z = o[2] + t_side * d[:, 2]
+        z = o[..., 2] + t_side * d[..., 2]
         side = (disc >= 0) & (b < 0) & (c > 0) & (np.abs(z) <= h) & (t_side > NEAR)
-        t_cap = (np.where(d[:, 2] < 0, h, -h) - o[2]) / d[:, 2]
-        q = (o[:2] + t_cap[:, None] * d[:, :2]) / size[:2]
-        cap = (abs(o[2]) > h) & (np.einsum("ij,ij->i", q, q) <= 1.0) & (t_cap > NEAR)
+        t_cap = (np.where(d[..., 2] < 0, h, -h) - o[..., 2]) / d[..., 2]
+        q = (o[..., :2] + t_cap[..., None] * d[..., :2]) / size[:2]
+        cap = (np.abs(o[..., 2]) > h) & (_dot(q, q) <= 1.0) & (t_cap > NEAR)
     return np.minimum(np.where(side, t_side, np.inf), np.where(cap, t_cap, np.inf))
 
 
@@ -99,12 +102,20 @@ def albedo(prim: Primitive, p: np.ndarray) -> np.ndarray:
     return prim.color_a * (1 - m) + prim.color_b * m
 
 
-def shade(scene: Scene, prim: Primitive, p_local: np.ndarray, R_w_l: np.ndarray) -> np.ndarray:
-    """(N, 3) linear RGB in [0, 1]: albedo × light colour × (ambient + diffuse·max(n·L, 0))."""
-    n_world = local_normal(prim, p_local) @ R_w_l.T
-    lam = np.maximum(n_world @ scene.light.direction, 0.0)
-    light = scene.light.ambient + scene.light.diffuse * lam
-    return np.clip(albedo(prim, p_local) * scene.light.color * light[:, None], 0.0, 1.0)
+def shadowed(scene: Scene, frames: list[np.ndarray], points: np.ndarray, normals: np.ndarray, own: np.ndarray,
+             light_cam: np.ndarray) -> np.ndarray:
+    """(N,) bool: the directional light is blocked from camera-frame surface ``points`` (normals ``normals``) by a
+    primitive other than the room and than the point's own (convex) primitive ``own``. ``frames``: T_l_c per
+    primitive."""
+    origin = points + normals * SHADOW_OFFSET
+    blocked = np.zeros(len(points), bool)
+    for j, prim in enumerate(scene.primitives):
+        if prim.kind == ROOM:
+            continue
+        T_l_c = frames[j]
+        t = intersect(prim, origin @ T_l_c[:3, :3].T + T_l_c[:3, 3], T_l_c[:3, :3] @ light_cam)
+        blocked |= np.isfinite(t) & (own != j)
+    return blocked
 
 
 def _candidate_rays(prim: Primitive, T_l_c: np.ndarray, d: np.ndarray, d_norm: np.ndarray) -> np.ndarray:
@@ -135,10 +146,9 @@ def render_raycast(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, hei
     d_norm = np.sqrt(np.einsum("ij,ij->i", d, d))
     for i, prim in enumerate(scene.primitives):
         T_l_c = invert_pose(prim.pose(t)) @ T_w_c
-        o = T_l_c[:3, 3]
-        frames.append((T_l_c, o))
+        frames.append(T_l_c)
         cand = _candidate_rays(prim, T_l_c, d, d_norm)
-        t_hit = intersect(prim, o, d[cand] @ T_l_c[:3, :3].T)
+        t_hit = intersect(prim, T_l_c[:3, 3], d[cand] @ T_l_c[:3, :3].T)
         closer = t_hit < best_t[cand]
         idx = cand[closer]
         best_t[idx] = t_hit[closer]
@@ -147,16 +157,23 @@ def render_raycast(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, hei
     points = np.full((n, 3), np.nan)
     points[valid] = d[valid] * best_t[valid, None]
     labels = np.full(n, -1, dtype=np.int32)
-    rgb = np.zeros((n, 3))
+    normals, albedos = np.zeros((n, 3)), np.zeros((n, 3))
     for i, prim in enumerate(scene.primitives):
         sel = np.flatnonzero(best_i == i)
         if sel.size == 0:
             continue
-        T_l_c, o = frames[i]
-        p_local = o + (d[sel] @ T_l_c[:3, :3].T) * best_t[sel, None]
-        R_w_l = T_w_c[:3, :3] @ T_l_c[:3, :3].T
-        rgb[sel] = shade(scene, prim, p_local, R_w_l)
+        T_l_c = frames[i]
+        p_local = T_l_c[:3, 3] + (d[sel] @ T_l_c[:3, :3].T) * best_t[sel, None]
+        normals[sel] = local_normal(prim, p_local) @ T_l_c[:3, :3]     # camera frame
+        albedos[sel] = albedo(prim, p_local)
         labels[sel] = prim.label
+    light = scene.light
+    light_cam = T_w_c[:3, :3].T @ light.direction
+    lam = np.maximum(normals @ light_cam, 0.0)
+    if scene.shadows:
+        lit = np.flatnonzero(lam > 0)
+        lam[lit[shadowed(scene, frames, points[lit], normals[lit], best_i[lit], light_cam)]] = 0.0
+    rgb = np.clip(albedos * light.color * (light.ambient + light.diffuse * lam)[:, None], 0.0, 1.0)
     return {"points": points.reshape(height, width, 3).astype(np.float32),
             "labels": labels.reshape(height, width),
             "rgb": np.round(rgb * 255).astype(np.uint8).reshape(height, width, 3)}

@@ -128,6 +128,7 @@ class Scene:
     fov_deg: float
     noise_std: float = 0.0      # sensor noise (grey levels)
     seed: int = 0
+    shadows: bool = True        # hard shadows of the directional light
 
     def add_noise(self, rgb: np.ndarray, t: float) -> np.ndarray:
         """``rgb`` with Gaussian sensor noise of ``noise_std`` grey levels, deterministic in (seed, t)."""
@@ -166,7 +167,8 @@ class SceneConfig:
     - ``camera_distance``: distance of the camera from the scene centre (m); ``fov_deg``: horizontal field of view.
     - ``n_static``: number of static clutter boxes near the walls; ``open_sky_prob``: chance of a room without
       ceiling (sky pixels are invalid); ``light_ambient``: ambient light range; ``image_noise``: range of the
-      standard deviation (grey levels) of Gaussian sensor noise added to the images (deterministic per seed/frame).
+      standard deviation (grey levels) of Gaussian sensor noise added to the images (deterministic per seed/frame);
+      ``shadows``: hard shadows of the directional light.
     """
     kind: str = "dynamic"
     moving_prob: float = 1.0
@@ -181,6 +183,7 @@ class SceneConfig:
     open_sky_prob: float = 0.05
     light_ambient: tuple[float, float] = (0.2, 0.6)
     image_noise: tuple[float, float] = (0.0, 0.0)
+    shadows: bool = True
 
     def __post_init__(self):
         if self.kind not in ("dynamic", "static"):
@@ -311,4 +314,4 @@ def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(),
                   _u(rng, config.light_ambient), rng.uniform(0.5, 0.9))
     fov = _u(rng, config.fov_deg)
     noise = _u(rng, config.image_noise) if config.image_noise[1] > 0 else 0.0   # drawn last: same scene either way
-    return Scene(prims, light, rig, fov, noise, int(seed))
+    return Scene(prims, light, rig, fov, noise, int(seed), bool(config.shadows))
