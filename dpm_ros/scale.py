@@ -179,3 +179,23 @@ class ScaleEstimator:
         self._memory.move_to_end(_key(stamp))
         while len(self._memory) > self.history:
             self._memory.popitem(last=False)
+
+
+def scale_result(result, scale: float):
+    """A copy of a ``DPMResult`` with every length multiplied by ``scale`` (metres per model unit): point maps (both
+    passes), flows, the translation of ``T_c1_c2``, and each object's ``t``, ``centroid`` and ``extent``.
+    Rotations, confidences, masks, labels, K and dt are unchanged."""
+    import dataclasses
+
+    from dpm_ros import ALL_POINT_MAP_NAMES
+
+    if not (np.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale}")
+    s = np.float32(scale)
+    maps = {k: (v * s if k in ALL_POINT_MAP_NAMES else v) for k, v in result.maps.items()}
+    T = np.array(result.T_c1_c2, dtype=np.float64, copy=True)
+    T[:3, 3] *= scale
+    objects = [dataclasses.replace(o, t=np.asarray(o.t) * scale, centroid=np.asarray(o.centroid) * scale,
+                                   extent=np.asarray(o.extent) * scale) for o in result.objects]
+    flows = {k: v * s for k, v in result.flows.items()}
+    return dataclasses.replace(result, maps=maps, T_c1_c2=T, objects=objects, flows=flows)

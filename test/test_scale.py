@@ -211,3 +211,41 @@ def test_depth_and_chain_on_a_synthetic_sequence_give_the_metric_trajectory(synt
     assert true_len > 0.05
     assert abs(depth_len / true_len - 1) < 1e-4 and abs(chain_len / true_len - 1) < 1e-4
     assert chain.chain_breaks == 0
+
+
+def test_pipeline_with_depth_scale_gives_metric_ego_motion_and_objects(synthetic_sequence):
+    """The node's integration path: an engine answering in per-pair model units (ground truth / λ), the pipeline,
+    ScaleEstimator('depth') on the result with the ground-truth depth of I1, then scale_result: the ego translation
+    and the object motions come out in metres (= the metric pipeline's), rotations untouched."""
+    from dpm_ros import ALL_POINT_MAP_NAMES
+    from dpm_ros.engine.oracle import OracleEngine
+    from dpm_ros.pipeline import DPMPipeline, Frame
+    from dpm_ros.scale import scale_result
+
+    seq = synthetic_sequence
+
+    class ModelUnits(OracleEngine):
+        def infer(self, img1, img2):
+            out = super().infer(img1, img2)
+            lam = 0.5 + 0.1 * self.frame_index(img1)          # a different unit for every pair
+            return {k: (v / lam if k in ALL_POINT_MAP_NAMES else v) for k, v in out.items()}
+
+    metric_pipe = DPMPipeline(OracleEngine(seq))
+    unit_pipe = DPMPipeline(ModelUnits(seq))
+    est = ScaleEstimator("depth")
+    for i in (3, 6):
+        f1, f2 = (Frame(image=seq.frame(k)["image"], stamp=seq.stamp(k), K=seq.K) for k in (i, i - 2))
+        metric = metric_pipe.process(f1, f2)
+        raw = unit_pipe.process(f1, f2)
+        e = est.update(f1.stamp, f2.stamp, raw.maps, raw.T_c1_c2, depth1=seq.frame(i)["depth"])
+        assert e.scale == pytest.approx(0.5 + 0.1 * i, rel=1e-5)
+        scaled = scale_result(raw, e.scale)
+        np.testing.assert_allclose(scaled.T_c1_c2, metric.T_c1_c2, atol=1e-5)
+        np.testing.assert_allclose(scaled.maps["p1_t2_pi1"], metric.maps["p1_t2_pi1"], rtol=1e-5, equal_nan=True)
+        assert len(scaled.objects) == len(metric.objects) > 0
+        for a, b in zip(scaled.objects, metric.objects):
+            np.testing.assert_allclose(a.t, b.t, atol=1e-5)
+            np.testing.assert_allclose(a.R, b.R, atol=1e-6)
+            np.testing.assert_allclose(a.extent, b.extent, rtol=1e-5)
+    with pytest.raises(ValueError, match="scale must be"):
+        scale_result(raw, float("nan"))
