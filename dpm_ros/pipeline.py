@@ -14,7 +14,7 @@ import numpy as np
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
 from dpm_ros.engine.base import Engine, check_image
 from dpm_ros.geometry import (EGO_METHODS, ego_motion, estimate_focal, intrinsics, motion_mask, object_flow,
-                              object_motion, scale_intrinsics, scene_flow, split_objects, to_matrix)
+                              scale_intrinsics, scene_flow, split_objects, to_matrix, umeyama)
 
 
 @dataclass
@@ -133,27 +133,32 @@ class DPMPipeline:
         return motion_mask(maps[a], maps[b], eps_rel=self.eps_rel, eps_abs=self.eps_abs)
 
     def _objects(self, maps: dict, mask1: np.ndarray) -> tuple[np.ndarray, list]:
-        p1, p2 = maps["p1_t1_pi1"], maps["p1_t2_pi1"]
-        labels = split_objects(mask1, p1, min_size=self.min_object_pixels, max_gap=self.object_max_gap)
+        """Objects of image 1: split the motion mask, then object_motion (confidence-weighted SE(3) Umeyama of
+        P1(t1,π1) → P1(t2,π1)) per label on its gathered pixels."""
+        labels = split_objects(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels,
+                               max_gap=self.object_max_gap)
+        n = int(labels.max())
+        if n == 0:
+            return labels.astype(np.uint16), []
+        p1, p2 = maps["p1_t1_pi1"].reshape(-1, 3), maps["p1_t2_pi1"].reshape(-1, 3)
         conf = maps.get("conf_p1_t1_pi1")
+        conf = None if conf is None else np.asarray(conf).reshape(-1)
         flat = labels.reshape(-1)
         pix = np.flatnonzero(flat)
-        order = np.argsort(flat[pix], kind="stable")
-        pix = pix[order]
-        bounds = np.flatnonzero(np.diff(flat[pix])) + 1
-        a_all, b_all = p1.reshape(-1, 3), p2.reshape(-1, 3)
-        c_all = None if conf is None else np.asarray(conf).reshape(-1)
+        lab = flat[pix]
         objects, dropped = [], []
-        for sel in np.split(pix, bounds) if len(pix) else []:
-            k = int(flat[sel[0]])
-            a, c = a_all[sel], None if c_all is None else c_all[sel]
+        for k in range(1, n + 1):
+            sel = pix[lab == k]
+            a, b = np.take(p1, sel, axis=0), np.take(p2, sel, axis=0)     # np.take: several times faster than a[sel]
+            c = None if conf is None else np.take(conf, sel)
             try:
-                rot, t = object_motion(a, b_all[sel], np.ones(len(sel), bool), conf=c)
+                rot, t, _ = umeyama(a, b, c)
             except ValueError:   # degenerate (e.g. all points on a line): not an object we can report
                 dropped.append(k)
                 continue
-            a64 = a.astype(np.float64)
-            objects.append(ObjectMotion(id=k, R=rot, t=t, centroid=a64.mean(axis=0), extent=np.ptp(a64, axis=0),
+            rows = np.array(a.T, dtype=np.float64, order="C")            # (3, n): fast contiguous reductions
+            objects.append(ObjectMotion(id=k, R=rot, t=t, centroid=rows.mean(axis=1),
+                                        extent=rows.max(axis=1) - rows.min(axis=1),
                                         confidence=1.0 if c is None else float(np.mean(c)), n_points=len(sel)))
         if dropped:
             labels[np.isin(labels, dropped)] = 0
@@ -164,6 +169,17 @@ class DPMPipeline:
         """Run the engine on (image 1 at t1, image 2 at t2) and derive everything (see DPMResult)."""
         check_image(frame1.image, "frame1.image")
         check_image(frame2.image, "frame2.image")
+        t0 = time.perf_counter()
+        maps = self.engine.infer(frame1.image, frame2.image)
+        inference_ms = 1000.0 * (time.perf_counter() - t0)
+        result = self.derive(maps, frame1, frame2)
+        result.timings = {"inference": inference_ms, **result.timings,
+                          "total": inference_ms + result.timings["geometry"]}
+        return result
+
+    def derive(self, maps: dict, frame1: Frame, frame2: Frame) -> DPMResult:
+        """Everything after inference, from engine outputs ``maps`` (names of ``engine/base.py``); the frames give
+        the stamps, image 1's size and its optional K."""
         timings: dict[str, float] = {}
         t0 = tick = time.perf_counter()
 
@@ -173,8 +189,8 @@ class DPMPipeline:
             timings[name] = 1000.0 * (now - tick)
             tick = now
 
-        maps = self.engine.infer(frame1.image, frame2.image)
-        lap("inference")
+        if "p1_t1_pi1" not in maps:
+            raise ValueError(f"engine outputs lack 'p1_t1_pi1' (have: {', '.join(sorted(maps))})")
         if self.conf_threshold > 0:
             maps = self._apply_conf_threshold(maps)
         K, focal = self._intrinsics(maps, frame1)
@@ -197,8 +213,7 @@ class DPMPipeline:
         if symmetric:
             flows.update({f"scene_{k}": v for k, v in scene_flow(maps, pass2_scale=s).items()})
         lap("flows")
-        timings["geometry"] = 1000.0 * (time.perf_counter() - t0) - timings["inference"]
-        timings["total"] = 1000.0 * (time.perf_counter() - t0)
+        timings["geometry"] = 1000.0 * (time.perf_counter() - t0)
         return DPMResult(maps=maps, K=K, focal=focal, motion_mask1=mask1, motion_mask2=mask2, labels1=labels1,
                          objects=objects, T_c1_c2=to_matrix(rot, t), pass2_scale=float(s), ego_method=method,
                          flows=flows, dt=float(frame2.stamp) - float(frame1.stamp), timings=timings)

@@ -7,7 +7,9 @@ from dpm_ros.geometry import (ego_motion, ego_motion_matched, ego_motion_pixel_a
                               scene_flow, split_objects)
 from dpm_ros.synthetic import make_pair
 
-DYNAMIC = dict(object_radius=(0.8, 1.2))
+# ~30% of the pixels on moving objects; camera and objects move enough that 1e-5 relative is above float32 noise
+DYNAMIC = dict(object_radius=(0.8, 1.2), camera_translation=(0.2, 0.4), camera_rotation_deg=(2.0, 8.0),
+               object_translation=(0.1, 0.4), moving_prob=1.0)
 REL, ROT_DEG = 1e-5, 1e-4                                        # the ground-truth tolerances
 
 
@@ -129,12 +131,13 @@ def test_split_objects_recovers_instances_of_separate_objects():
         p = make_pair(seed, 96, 128, 3)
         labels = split_objects(p["moving1"], p["p1_t1_pi1"], min_size=20)
         inst = p["instances1"]
-        big = [k for k in np.unique(inst[inst > 0]) if (inst == k).sum() >= 20]
-        assert labels.max() == len(big), seed
+        big = [k for k in np.unique(inst[inst > 0]) if (inst == k).sum() >= 100]
         for lab in range(1, labels.max() + 1):
-            ids, counts = np.unique(inst[labels == lab], return_counts=True)
+            ids = np.unique(inst[labels == lab])
             assert len(ids) == 1 and ids[0] > 0                       # every label is one object ...
-            assert counts[0] >= 0.9 * (inst == ids[0]).sum()         # ... and nearly all of it
+        for k in big:                                                 # ... and each sizeable object is labelled
+            ids, counts = np.unique(labels[inst == k], return_counts=True)
+            assert ids[np.argmax(counts)] > 0 and counts.max() >= 0.9 * (inst == k).sum(), (seed, k)
 
 
 def test_split_objects_splits_by_depth_and_drops_small():

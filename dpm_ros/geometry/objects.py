@@ -8,33 +8,39 @@ from dpm_ros.geometry._checks import as_mask, as_point_map, finite_rows
 from dpm_ros.geometry.masks import squared_norm
 
 
-def _edges(points: np.ndarray, m: np.ndarray, max_gap: float, relative: bool):
-    """4-neighbour edges (right and down) between mask pixels as flat index pairs ``a``, ``b``, and whether each is
-    cut: 3D gap > max_gap, or > max_gap·min(‖p_a‖, ‖p_b‖) when ``relative`` (squared, OpenCV channel ops)."""
+def _cut_edges(points: np.ndarray, m: np.ndarray, max_gap: float, relative: bool):
+    """4-neighbour pairs (right and down) of mask pixels farther apart in 3D than max_gap (or than
+    max_gap·min(‖p_a‖, ‖p_b‖) when ``relative``), as flat index arrays ``a``, ``b``. Squared distances with
+    OpenCV channel ops over the whole image; only the (few) cut pairs are materialised."""
     h, w = m.shape
-    img = points
-    r2 = squared_norm(img) if relative else None
-    out_a, out_b, out_cut = [], [], []
+    r2 = squared_norm(points) if relative else None
+    out_a, out_b = [], []
     for sa, sb, step in (((slice(None), slice(0, -1)), (slice(None), slice(1, None)), 1),
                          ((slice(0, -1), slice(None)), (slice(1, None), slice(None)), w)):
-        both = m[sa] & m[sb]
-        gap2 = squared_norm(cv2.subtract(img[sa], img[sb]))
+        gap2 = squared_norm(cv2.subtract(points[sa], points[sb]))
         limit = max_gap ** 2 * np.minimum(r2[sa], r2[sb]) if relative else max_gap ** 2
-        cut = both & (gap2 > limit)
-        idx = np.flatnonzero(both)
+        idx = np.flatnonzero(m[sa] & m[sb] & (gap2 > limit))
         if step == 1:
             idx = idx + idx // (w - 1)                   # (row, col) of the (H, W-1) grid -> flat index in (H, W)
         out_a.append(idx)
         out_b.append(idx + step)
-        out_cut.append(cut[both])
-    return np.concatenate(out_a), np.concatenate(out_b), np.concatenate(out_cut)
+    return np.concatenate(out_a), np.concatenate(out_b)
+
+
+def _close(flat_pts: np.ndarray, a: np.ndarray, b: np.ndarray, max_gap: float, relative: bool) -> np.ndarray:
+    """For index pairs a, b: True where the two points are within the split distance (the uncut test)."""
+    pa, pb = flat_pts[a].astype(np.float64), flat_pts[b].astype(np.float64)
+    gap2 = ((pa - pb) ** 2).sum(axis=-1)
+    if not relative:
+        return gap2 <= max_gap ** 2
+    return gap2 <= max_gap ** 2 * np.minimum((pa ** 2).sum(axis=-1), (pb ** 2).sum(axis=-1))
 
 
 def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relative: bool = True) -> np.ndarray:
     """Label the objects of a motion ``mask`` (H, W): 4-connected components (cv2.connectedComponents) of the mask,
     split where neighbouring pixels are farther apart in 3D than ``max_gap``; components with fewer than
     ``min_size`` pixels are dropped. The split: for each cut neighbour pair the farther pixel (occluded side) is
-    left out of the labelling, then rejoins the component of a neighbour it is close to in 3D.
+    left out of the labelling, then rejoins the component of a 4-neighbour it is close to in 3D.
 
     ``points``: (H, W, 3) point map of the same pixels (e.g. P1(t1,π1)). ``max_gap`` is a fraction of the distance
     to the camera (``relative``, scale-free, for up-to-scale maps) or a distance in the map's units. Pixels with
@@ -49,12 +55,12 @@ def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
         raise ValueError(f"split_objects: min_size must be >= 1 pixel, got {min_size}")
     if not (np.isfinite(max_gap) and max_gap > 0):
         raise ValueError(f"split_objects: max_gap must be > 0, got {max_gap}")
-    a, b, cut = _edges(pts, m, max_gap, relative)
+    ca, cb = _cut_edges(pts, m, max_gap, relative)
+    h, w = m.shape
     far = None
-    if cut.any():
-        # A cut edge separates two surfaces: take its far pixel (the occluded side) out of the mask, label what is
-        # left, then give each taken-out pixel the label of a neighbour it is joined to by an uncut edge.
-        ca, cb = a[cut], b[cut]
+    if len(ca):
+        # A cut pair separates two surfaces: take its far pixel (the occluded side) out of the mask, label what is
+        # left, then give each taken-out pixel the label of a 4-neighbour it is close to in 3D.
         r2 = squared_norm(pts.reshape(-1, 1, 3)[np.concatenate([ca, cb])]).reshape(2, -1)
         far = np.unique(np.where(r2[0] > r2[1], ca, cb))
         m = m.copy()
@@ -62,20 +68,21 @@ def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     n, labels = cv2.connectedComponents(m.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
     flat = labels.reshape(-1)
     if far is not None:
-        ua, ub = a[~cut], b[~cut]
+        col = far % w
+        nb = np.stack([far - 1, far + 1, far - w, far + w], axis=1)
+        inside = np.stack([col > 0, col < w - 1, far >= w, far < (h - 1) * w], axis=1)
+        nb = np.where(inside, nb, far[:, None])
+        fp = pts.reshape(-1, 3)
+        near = inside & _close(fp, np.repeat(far, 4), nb.reshape(-1), max_gap, relative).reshape(-1, 4)
         for _ in range(2):                               # two sweeps: also pixels whose only link is another far one
-            la, lb = flat[ua], flat[ub]
-            flat[ua[(la == 0) & (lb > 0)]] = lb[(la == 0) & (lb > 0)]
-            flat[ub[(lb == 0) & (la > 0)]] = la[(lb == 0) & (la > 0)]
-    if n <= 1 and far is None:
-        return labels
-    pix = np.flatnonzero(flat)
-    lab = flat[pix]
-    sizes = np.bincount(lab, minlength=n)
+            cand = np.where(near, flat[nb], 0)
+            best = cand.max(axis=1)
+            todo = flat[far] == 0
+            flat[far[todo]] = best[todo]
+    sizes = np.bincount(flat, minlength=n)
+    sizes[0] = 0
     order = np.argsort(-sizes, kind="stable")
     keep_lab = order[sizes[order] >= min_size]
     lut = np.zeros(len(sizes), dtype=np.int32)
     lut[keep_lab] = np.arange(1, len(keep_lab) + 1, dtype=np.int32)
-    out = np.zeros(m.shape, dtype=np.int32)
-    out.reshape(-1)[pix] = lut[lab]
-    return out
+    return lut[labels]

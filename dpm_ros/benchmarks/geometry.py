@@ -1,0 +1,92 @@
+"""``dpm bench geometry``: time of each geometry step and of the whole default post-processing for one pair.
+
+The pair is synthetic ground truth (``make_pair``, ~30% moving pixels) standing in for engine outputs at the
+engine's output resolution. The default post-processing is what ``DPMPipeline`` runs after inference with its
+defaults: both motion masks, pixel-aligned ego-motion (stride 4), object split + per-object fits, four flows.
+Nearest-neighbour correspondences (only the seed form needs them) are reported separately.
+"""
+from __future__ import annotations
+
+import platform
+
+TARGET_MS = 5.0
+
+
+def _pair(height: int, width: int, seed: int) -> dict:
+    import numpy as np
+
+    from dpm_ros import ALL_POINT_MAP_NAMES
+    from dpm_ros.synthetic import make_pair
+
+    for s in range(seed, seed + 40):                           # a pair with 25–45% moving pixels
+        p = make_pair(s, height, width, 4, object_radius=(0.8, 1.2))
+        if 0.25 <= p["moving1"][p["valid1"]].mean() <= 0.45:
+            break
+    for n in ALL_POINT_MAP_NAMES:
+        p["conf_" + n] = np.ones((height, width), np.float32)
+    return p
+
+
+def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: int = 0,
+                 keep_heap_memory: bool = True) -> dict:
+    """Benchmark report (a JSON-able dict); timings in ms on one thread."""
+    from dpm_ros.benchmarks import keep_heap, single_thread, time_call
+
+    threads = single_thread()
+    heap = keep_heap() if keep_heap_memory else False
+    import numpy as np
+
+    from dpm_ros import geometry as g
+    from dpm_ros.pipeline import DPMPipeline, Frame
+
+    p = _pair(height, width, seed)
+    pipe = DPMPipeline(engine=None)
+    f1 = Frame(p["img1"], 0.0)
+    f2 = Frame(p["img2"], float(p["t2"] - p["t1"]))
+    few = max(1, min(repeats, 5))
+    m1 = g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"])
+
+    def masks():
+        return (g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"], pipe.eps_rel),
+                g.motion_mask(p["p2_t1_pi1"], p["p2_t2_pi1"], pipe.eps_rel))
+
+    def flows():
+        return g.object_flow(p), g.scene_flow(p)
+
+    def default_post_processing():
+        mask1, _ = masks()
+        g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride)
+        pipe._objects(p, mask1)
+        flows()
+
+    steps = {
+        "motion_mask_one": (lambda: g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"]), repeats),
+        "motion_masks_both": (masks, repeats),
+        "ego_pixel_aligned_stride4": (lambda: g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride), repeats),
+        "ego_pixel_aligned_full": (lambda: g.ego_motion_pixel_aligned(p), few),
+        "split_objects": (lambda: g.split_objects(m1, p["p1_t1_pi1"], pipe.min_object_pixels,
+                                                  pipe.object_max_gap), repeats),
+        "objects_split_and_fit": (lambda: pipe._objects(p, m1), repeats),
+        "object_flow": (lambda: g.object_flow(p), repeats),
+        "scene_flow": (lambda: g.scene_flow(p), repeats),
+        "default_post_processing": (default_post_processing, repeats),
+        "focal_stride4": (lambda: g.estimate_focal(p["p1_t1_pi1"], stride=4), repeats),
+        "focal_full": (lambda: g.estimate_focal(p["p1_t1_pi1"]), few),
+        "pipeline_derive_all": (lambda: pipe.derive(p, f1, f2), repeats),
+        "ego_pnp": (lambda: g.ego_motion_pnp(p, p["K"]), few),
+        "ego_matched_incl_nn": (lambda: g.ego_motion_matched(p), few),
+        "nearest_neighbours": (lambda: g.nearest_neighbours(p["p2_t1_pi1"], p["p1_t1_pi1"]), few),
+    }
+    results = {name: time_call(fn, n) for name, (fn, n) in steps.items()}
+    total = results["default_post_processing"]["median_ms"]
+    return {
+        "target": "geometry", "height": height, "width": width, "repeats": repeats, "seed": int(p["seed"]),
+        "moving_fraction": round(float(p["moving1"][p["valid1"]].mean()), 3),
+        "objects": int(len(pipe._objects(p, m1)[1])),
+        "threads": 1, "thread_limits": threads, "keep_heap": heap,
+        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+                    "numpy": np.__version__},
+        "default_post_processing_ms": total, "target_ms": TARGET_MS, "meets_target": bool(total <= TARGET_MS),
+        "nearest_neighbours_ms": results["nearest_neighbours"]["median_ms"],
+        "steps": results,
+    }

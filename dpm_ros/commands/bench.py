@@ -1,0 +1,47 @@
+"""``dpm bench TARGET``: benchmarks of the hot paths, JSON on stdout (and in ``--json PATH``).
+
+Targets live in ``TARGETS`` (name -> function taking the parsed args and returning a JSON-able dict); another
+module can add one (e.g. ``engine``) by adding an entry and its options."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+HELP = "benchmarks of the hot paths (geometry, network, packing); JSON on stdout"
+
+
+def _geometry(args) -> dict:
+    from dpm_ros.benchmarks.geometry import run_geometry
+
+    return run_geometry(height=args.height, width=args.width, repeats=args.repeats, seed=args.seed,
+                        keep_heap_memory=not args.no_keep_heap)
+
+
+TARGETS = {"geometry": _geometry}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("target", choices=sorted(TARGETS), help="what to benchmark")
+    parser.add_argument("--height", type=int, default=384, help="output resolution rows (default 384)")
+    parser.add_argument("--width", type=int, default=512, help="output resolution columns (default 512)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs per step (default 50)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic scene seed (default 0)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the JSON here")
+    parser.add_argument("--no-keep-heap", action="store_true",
+                        help="leave glibc's malloc defaults (large temporaries page-fault on every call)")
+
+
+def run(args) -> int:
+    if args.height < 8 or args.width < 8:
+        raise ValueError(f"--height/--width must be at least 8 pixels, got {args.height}×{args.width}")
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    report = TARGETS[args.target](args)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    sys.stdout.flush()
+    return 0
