@@ -53,6 +53,8 @@ class NodeHealth:
         self.output_rate = RateMeter()
         self.inference_ms = Stats()
         self.latency_ms = Stats()      # arrival of I1 → outputs published (wall clock)
+        self.queue_ms = Stats()        # arrival of I1 → worker starts the pair
+        self.publish_ms = Stats()      # building and publishing the messages of a pair
         self.errors: Counter[str] = Counter()
         self.last_error = ""
         self._errors_reported = 0
@@ -66,11 +68,15 @@ class NodeHealth:
         with self._lock:
             self.input_rate.tick()
 
-    def pair_done(self, inference_ms: float, latency_ms: float) -> None:
+    def pair_done(self, inference_ms: float, latency_ms: float, queue_ms: float = 0.0,
+                  publish_ms: float = 0.0) -> None:
+        """One pair published: pipeline time, arrival of I1 → published, arrival → worker start, publishing."""
         with self._lock:
             self.output_rate.tick()
             self.inference_ms.add(inference_ms)
             self.latency_ms.add(latency_ms)
+            self.queue_ms.add(queue_ms)
+            self.publish_ms.add(publish_ms)
 
     def report(self, counters: dict, dropped_pairs: int) -> tuple[str, str, dict]:
         """(level, message, values): warn when errors arrived since the last report or pairs were dropped."""
@@ -81,6 +87,8 @@ class NodeHealth:
                       "pairs_dropped": dropped_pairs, "errors_total": total_err}
             values.update(self.inference_ms.summary("inference_ms"))
             values.update(self.latency_ms.summary("latency_ms"))
+            values.update(self.queue_ms.summary("queue_ms"))
+            values.update(self.publish_ms.summary("publish_ms"))
             values.update({f"errors_{k}": v for k, v in sorted(self.errors.items())})
             values.update(counters)
             new_errors = total_err - self._errors_reported

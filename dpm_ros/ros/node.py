@@ -225,11 +225,13 @@ class DpmNode(Node):
             self.tracker.gate_abs, self.tracker.gate_rel = self.p["track_gate_abs"], self.p["track_gate_rel"]
             self.tracker.max_age = self.p["track_max_age"]
         new, old = pair.newest, pair.older
+        queue_ms = 1000.0 * (time.monotonic() - new.received)
         f1 = self._Frame(image=new.image, stamp=new.stamp, K=self._camera_k(new))
         f2 = self._Frame(image=old.image, stamp=old.stamp, K=self._camera_k(old))
         t0 = time.perf_counter()
         result = self.pipeline.process(f1, f2)
         inference_ms = 1000.0 * (time.perf_counter() - t0)
+        t_pub = time.perf_counter()
 
         camera_frame = self.p["camera_frame"] or new.header.frame_id
         header = M.copy_header(new.header, frame_id=camera_frame)
@@ -244,7 +246,9 @@ class DpmNode(Node):
                                                  state.linear, state.angular))
             if self.p["publish_tf"]:
                 self.tf_pub.publish(M.tf_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child))
-        self.health.pair_done(inference_ms, 1000.0 * (time.monotonic() - new.received))
+        self.health.pair_done(inference_ms, 1000.0 * (time.monotonic() - new.received), queue_ms,
+                              1000.0 * (time.perf_counter() - t_pub))
+        self._last_timings = dict(getattr(result, "timings", {}) or {})
 
     def _update_odometry(self, camera_frame: str, t1: float, t2: float, T_c1_c2: np.ndarray):
         if not self._extrinsic_ok:
@@ -278,6 +282,7 @@ class DpmNode(Node):
                         waiting_for_extrinsic=not self._extrinsic_ok)
         level, text, values = self.health.report(counters, self.slot.replaced)
         info = self.engine_info
+        values.update({f"pipeline_{k}_ms": float(v) for k, v in getattr(self, "_last_timings", {}).items()})
         values.update(engine_backend=info.backend, engine_device=info.device, engine_precision=info.precision,
                       engine_resolution=f"{info.width}x{info.height}")
         stamp = self.get_clock().now().to_msg()
