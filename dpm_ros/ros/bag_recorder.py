@@ -13,7 +13,6 @@ import sys
 import tempfile
 import threading
 import time
-from functools import lru_cache
 from pathlib import Path
 
 from dpm_ros.ros.bag_player import resolve_msg_class
@@ -44,36 +43,35 @@ def _dependencies(fielddefs) -> set[str]:
     return deps
 
 
-@lru_cache(maxsize=64)
-def _typestore_for(msgtypes: frozenset):
-    return _build_typestore(msgtypes)
+_STORE = None
+_STORE_LOCK = threading.Lock()
 
 
 def bag_typestore(msgtypes=()):
-    """rosbags typestore (ROS 2 Kilted) with every type of ``msgtypes`` and its nested types registered (cached).
-    Raises ValueError naming a type whose definition cannot be found."""
-    return _typestore_for(frozenset(msgtypes))
-
-
-def _build_typestore(msgtypes):
+    """The process-wide rosbags typestore (ROS 2 Kilted) with every type of ``msgtypes`` and its nested types
+    registered (types only ever get added). Raises ValueError naming a type whose definition cannot be found."""
     from rosbags.typesys import Stores, get_typestore, get_types_from_msg
 
-    store = get_typestore(Stores.ROS2_KILTED)
-    pending, added = list(msgtypes), {}
-    while pending:
-        msgtype = pending.pop()
-        if msgtype in store.fielddefs or msgtype in added:
-            continue
-        path = _msg_file(msgtype) if msgtype.count("/") == 2 else None
-        if path is None:
-            raise ValueError(f"no message definition for '{msgtype}' (not in the ROS 2 typestore and no "
-                             f"share/<pkg>/msg/*.msg found on AMENT_PREFIX_PATH)")
-        types = get_types_from_msg(path.read_text(), msgtype)
-        added.update(types)
-        pending.extend(_dependencies(types[msgtype]))
-    if added:
-        store.register(added)
-    return store
+    global _STORE
+    with _STORE_LOCK:
+        if _STORE is None:
+            _STORE = get_typestore(Stores.ROS2_KILTED)
+        store = _STORE
+        pending, added = list(msgtypes), {}
+        while pending:
+            msgtype = pending.pop()
+            if msgtype in store.fielddefs or msgtype in added:
+                continue
+            path = _msg_file(msgtype) if msgtype.count("/") == 2 else None
+            if path is None:
+                raise ValueError(f"no message definition for '{msgtype}' (not in the ROS 2 typestore and no "
+                                 f"share/<pkg>/msg/*.msg found on AMENT_PREFIX_PATH)")
+            types = get_types_from_msg(path.read_text(), msgtype)
+            added.update(types)
+            pending.extend(_dependencies(types[msgtype]))
+        if added:
+            store.register(added)
+        return store
 
 
 def canonical_cdr(data: bytes, msgtype: str) -> bytes:
