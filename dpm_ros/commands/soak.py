@@ -1,0 +1,45 @@
+"""``dpm soak --minutes N --rate 30 [--out JSON] [--engine ...]``: drive dpm_node with a synthetic camera stream and
+log its memory, latency and drops over time (``dpm_ros.soak``). Exit code 1 when the node dies or never answers."""
+from __future__ import annotations
+
+HELP = "drive the node with a synthetic stream and log memory, latency and drops"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--minutes", type=float, default=1.0, help="length of the run in minutes (default 1)")
+    parser.add_argument("--rate", type=float, default=30.0, help="camera rate in Hz (default 30)")
+    parser.add_argument("--out", default=None, help="JSON file, rewritten after every sample (default: none)")
+    parser.add_argument("--engine", default="", help="node 'engine' parameter: a model file, 'oracle' (ground truth "
+                                                     "of the synthetic loop) or empty for the shipped model")
+    parser.add_argument("--width", type=int, default=256, help="image width in pixels (default 256)")
+    parser.add_argument("--height", type=int, default=192, help="image height in pixels (default 192)")
+    parser.add_argument("--frames", type=int, default=30, help="frames in the looped sequence (default 30)")
+    parser.add_argument("--sample-s", type=float, default=5.0, help="seconds between samples (default 5)")
+    parser.add_argument("--warmup-s", type=float, default=None,
+                        help="seconds before the memory reference sample (default 20%% of the run, 5..120 s)")
+    parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: 101..200 from the pid)")
+    parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="extra node parameter (repeatable), e.g. --param pair_interval:=0.1")
+
+
+def run(args) -> int:
+    import sys
+
+    from dpm_ros.soak import SoakConfig, format_summary, run_soak
+
+    node_args = []
+    for p in args.param:
+        if ":=" not in p:
+            raise ValueError(f"--param '{p}' must be NAME:=VALUE")
+        node_args += ["-p", p]
+    cfg = SoakConfig(minutes=args.minutes, rate=args.rate, engine=args.engine, width=args.width,
+                     height=args.height, frames=args.frames, sample_s=args.sample_s, warmup_s=args.warmup_s,
+                     out=args.out, domain_id=args.domain_id, node_args=node_args)
+    try:
+        doc = run_soak(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except RuntimeError as exc:
+        print(f"dpm soak: error: {exc}", file=sys.stderr)
+        return 1
+    print(format_summary(doc["summary"]))
+    ok = doc["summary"].get("node_alive_at_end") and doc["summary"].get("outputs", 0) > 0
+    return 0 if ok else 1

@@ -1,0 +1,355 @@
+"""Soak benchmark: drive ``dpm_node`` (a subprocess, DDS on loopback) with a looped synthetic camera stream for a
+long time and sample its memory (RSS), end-to-end latency and drops, writing a JSON that grows as the run goes.
+
+Latency = arrival of ``/dpm/odometry`` for a stamp − the moment the image with that stamp was published (monotonic
+clock, milliseconds). Stamps increase monotonically (wall-clock based) while the images loop over a precomputed
+``SyntheticSequence``. Drops come from the node's ``/diagnostics`` (``pairs_dropped``: pairs replaced in the
+latest-wins slot) and from the transport (frames published − ``frames_in``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+FRAME_ID = "camera_optical"
+IMAGE_TOPIC, INFO_TOPIC = "/camera/image_raw", "/camera/camera_info"
+DIAG_KEYS = ("frames_in", "pairs_out", "pairs_dropped", "errors_total", "pairing_no_partner", "input_rate_hz",
+             "output_rate_hz", "inference_ms_mean", "latency_ms_mean")
+
+
+@dataclass
+class SoakConfig:
+    """minutes: run length; rate: camera rate (Hz); engine: node 'engine' parameter ('' = shipped model,
+    'oracle' = ground truth of the synthetic loop); sample_s: seconds between samples; warmup_s: seconds before
+    the memory reference (None = 20% of the run, between 5 s and 120 s)."""
+    minutes: float = 1.0
+    rate: float = 30.0
+    engine: str = ""
+    width: int = 256
+    height: int = 192
+    frames: int = 30
+    sample_s: float = 5.0
+    warmup_s: Optional[float] = None
+    out: Optional[str] = None
+    domain_id: Optional[int] = None
+    node_args: list = field(default_factory=list)
+
+    def check(self) -> None:
+        if not self.minutes > 0:
+            raise ValueError(f"--minutes must be > 0, got {self.minutes}")
+        if not 0 < self.rate <= 1000:
+            raise ValueError(f"--rate must be in (0, 1000] Hz, got {self.rate}")
+        if self.frames < 2 or self.width < 16 or self.height < 16:
+            raise ValueError(f"need --frames ≥ 2 and an image of at least 16×16 pixels, got {self.frames} frames of "
+                             f"{self.width}×{self.height}")
+        if not self.sample_s > 0:
+            raise ValueError(f"--sample-s must be > 0 seconds, got {self.sample_s}")
+
+    @property
+    def warmup(self) -> float:
+        if self.warmup_s is not None:
+            return float(self.warmup_s)
+        return min(120.0, max(5.0, 0.2 * 60.0 * self.minutes))
+
+
+def loopback_env(domain_id: Optional[int] = None) -> None:
+    """Keep DDS on this machine (as scripts/ros_env.sh); call before rclpy starts. The node subprocess inherits it."""
+    root = Path(__file__).resolve().parents[1]
+    profile = root / "config" / "fastdds_localhost.xml"
+    if not profile.is_file():
+        try:
+            from ament_index_python.packages import get_package_share_directory
+
+            profile = Path(get_package_share_directory("dpm_ros")) / "config" / "fastdds_localhost.xml"
+        except Exception:
+            pass
+    if not profile.is_file():
+        raise ValueError(f"Fast DDS loopback profile not found ({profile}); the soak will not run DDS on the network")
+    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
+    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
+    # default domain 101..200: away from the 1..100 that test runs draw from (a shared domain would cross streams)
+    os.environ["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else os.getpid() % 100 + 101)
+    # the node runs the same dpm_ros as this process (a source checkout first, generated messages from the venv)
+    paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(root)]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of process ``pid`` in MiB (psutil when installed, else /proc/<pid>/status VmRSS)."""
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss / 2**20
+    except ImportError:
+        pass
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    raise ValueError(f"no VmRSS for process {pid}")
+
+
+def percentile(values, q: float) -> Optional[float]:
+    """q-th percentile (0..100) of ``values``, None when empty."""
+    return float(np.percentile(np.asarray(values, float), q)) if len(values) else None
+
+
+def camera_loop(cfg: SoakConfig, workdir: Path) -> tuple[list[np.ndarray], np.ndarray, str]:
+    """(images uint8 (H, W, 3) RGB, K 3×3 pixels, node engine parameter) for the looped synthetic stream.
+    With the oracle engine the sequence is written as a `dpm synth` bag and the images are read back from it."""
+    from dpm_ros.synthetic import SyntheticSequence
+
+    seq = SyntheticSequence(seed=7, n_frames=cfg.frames, fps=cfg.rate, height=cfg.height, width=cfg.width,
+                            n_objects=3, renderer="numpy")
+    if cfg.engine.strip() == "oracle":
+        from dpm_ros.bag import read_images, write_sequence
+
+        bag = write_sequence(seq, workdir / "soak_loop.mcap", overwrite=True)
+        return [img for _, img, _ in read_images(bag)], seq.K, f"oracle:{bag}"
+    return [seq.frame(i)["image"] for i in range(len(seq))], seq.K, cfg.engine
+
+
+class StreamProbe:
+    """rclpy node (own context and spin thread): publishes the camera stream best-effort like a driver, records
+    per-stamp latency from /dpm/odometry and the latest /diagnostics values. Memory stays bounded over hours."""
+
+    def __init__(self):
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import Odometry
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, Image
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("dpm_soak", context=self.context)
+        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
+        self.info_pub = self.node.create_publisher(CameraInfo, INFO_TOPIC, qos_profile_sensor_data)
+        reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(Odometry, "/dpm/odometry", self._on_odometry, reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
+        self._lock = threading.Lock()
+        self.sent: dict[int, float] = {}        # stamp (ns) → publish time (monotonic s); pruned
+        self.latencies: list[float] = []        # ms, since the last take_latencies()
+        self.outputs = 0
+        self.diag: dict[str, str] = {}
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # context shut down at close()
+            pass
+
+    def _on_odometry(self, msg) -> None:
+        now = time.monotonic()
+        ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        with self._lock:
+            sent = self.sent.pop(ns, None)
+            self.outputs += 1
+            if sent is not None:
+                self.latencies.append(1000.0 * (now - sent))
+
+    def _on_diagnostics(self, msg) -> None:
+        values = {kv.key: kv.value for st in msg.status for kv in st.values}
+        if "frames_in" in values:
+            with self._lock:
+                self.diag = values
+
+    def connected(self) -> bool:
+        return self.image_pub.get_subscription_count() > 0 and self.node.count_publishers("/dpm/odometry") > 0
+
+    def publish(self, image_msg, info_msg, stamp_ns: int) -> None:
+        from builtin_interfaces.msg import Time
+
+        t = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        image_msg.header.stamp = t
+        info_msg.header.stamp = t
+        self.info_pub.publish(info_msg)
+        with self._lock:
+            self.sent[stamp_ns] = time.monotonic()
+            if len(self.sent) > 2000:  # outputs for old stamps will never come (dropped pairs): forget them
+                for k in sorted(self.sent)[:1000]:
+                    del self.sent[k]
+        self.image_pub.publish(image_msg)
+
+    def take(self) -> tuple[list[float], int, dict]:
+        """(latencies in ms since the last call, outputs so far, latest diagnostics values)."""
+        with self._lock:
+            lat, self.latencies = self.latencies, []
+            return lat, self.outputs, dict(self.diag)
+
+    def close(self) -> None:
+        import rclpy
+
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.context)
+        self._thread.join(timeout=5)
+
+
+def summarise(samples: list[dict], all_latencies: list[float], warmup: float, published: int) -> dict:
+    """The summary of the samples so far (see module docstring for the quantities)."""
+    after = [s for s in samples if s["t_s"] >= warmup] or samples[-1:]
+    last = samples[-1] if samples else {}
+    rss0 = after[0]["rss_mb"] if after else None
+    rss1 = last.get("rss_mb")
+    span = (after[-1]["t_s"] - after[0]["t_s"]) if len(after) > 1 else 0.0
+    pairs_rate = ((after[-1]["outputs"] - after[0]["outputs"]) / span) if span > 0 else None
+    windows = [s for s in after if s["latency_ms_p95"] is not None]
+    tenth = max(1, len(windows) // 10)
+    diag = last.get("diag", {})
+    frames_in = int(float(diag.get("frames_in", 0)))
+    return dict(
+        rss_mb_start_after_warmup=rss0, rss_mb_end=rss1,
+        rss_mb_max_after_warmup=max((s["rss_mb"] for s in after), default=None),
+        growth_pct=(100.0 * (rss1 - rss0) / rss0) if rss0 and rss1 else None,
+        latency_ms_p50=percentile(all_latencies, 50), latency_ms_p95=percentile(all_latencies, 95),
+        latency_ms_p95_first_tenth=statistics.median([s["latency_ms_p95"] for s in windows[:tenth]])
+        if windows else None,
+        latency_ms_p95_last_tenth=statistics.median([s["latency_ms_p95"] for s in windows[-tenth:]])
+        if windows else None,
+        pairs_per_s=pairs_rate, outputs=last.get("outputs", 0), frames_published=published,
+        frames_in=frames_in, frames_lost_in_transport=max(0, published - frames_in) if diag else None,
+        drops=int(float(diag.get("pairs_dropped", 0))), no_partner=int(float(diag.get("pairing_no_partner", 0))),
+        errors=int(float(diag.get("errors_total", 0))), warmup_s=warmup,
+        duration_s=last.get("t_s", 0.0))
+
+
+def write_json(path: Optional[Path], doc: dict) -> None:
+    """Atomic write (a reader never sees half a file; an interrupted run leaves the last complete one)."""
+    if path is None:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    os.replace(tmp, path)
+
+
+def _git_state(root: Path) -> dict:
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.split("\n")
+        return dict(commit=head or None, modified_files=sorted(line[3:] for line in dirty if line.strip()))
+    except (OSError, subprocess.SubprocessError):
+        return dict(commit=None, modified_files=[])
+
+
+def run_soak(cfg: SoakConfig, log=print) -> dict:
+    """Run the soak; returns the JSON document (also written to ``cfg.out`` after every sample)."""
+    cfg.check()
+    loopback_env(cfg.domain_id)
+    from sensor_msgs.msg import CameraInfo, Image
+    from std_msgs.msg import Header
+
+    from dpm_ros.ros import messages as M
+    from dpm_ros.ros.harness import NodeProcess
+    from dpm_ros.ros.image_convert import fill_image
+
+    out = Path(cfg.out) if cfg.out else None
+    workdir = Path(tempfile.mkdtemp(prefix="dpm_soak_"))
+    images, K, engine = camera_loop(cfg, workdir)
+    msgs = [(fill_image(Image(header=Header(frame_id=FRAME_ID)), img, "rgb8"),
+             M.camera_info_msg(Header(frame_id=FRAME_ID), K, cfg.height, cfg.width)) for img in images]
+    args = ["--ros-args", "-r", f"image:={IMAGE_TOPIC}", "-r", f"camera_info:={INFO_TOPIC}",
+            "-p", "diagnostics_period:=1.0", *cfg.node_args]
+    if engine.strip():  # empty: the node's default, the shipped model (rcl cannot parse 'engine:=')
+        args += ["-p", f"engine:={engine.strip()}"]
+    doc = dict(config=dict(asdict(cfg), engine_param=engine or "(shipped engines/dpm_small.onnx)",
+                           warmup_s=cfg.warmup, domain_id=int(os.environ["ROS_DOMAIN_ID"])),
+               source=_git_state(Path(__file__).resolve().parents[1]), started_utc=time.strftime(
+                   "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), complete=False, samples=[], summary={})
+    probe = StreamProbe()
+    published, all_lat = 0, []
+    try:
+        with NodeProcess(args, workdir / "node.log") as proc:
+            end_wait = time.monotonic() + 180
+            while not probe.connected():
+                if not proc.alive() or time.monotonic() > end_wait:
+                    raise RuntimeError(f"dpm_node did not come up (log {proc.log_path}):\n{proc.log()[-3000:]}")
+                time.sleep(0.1)
+            time.sleep(0.5)
+            doc["node_pid"] = proc.proc.pid
+            log(f"dpm soak: node up (pid {proc.proc.pid}, engine {engine or 'shipped'}), {cfg.minutes} min at "
+                f"{cfg.rate} Hz, {cfg.width}×{cfg.height}; JSON → {out}")
+            period, duration = 1.0 / cfg.rate, 60.0 * cfg.minutes
+            t_start = time.monotonic()
+            wall0 = time.time()
+            next_sample, last_ns = t_start + cfg.sample_s, 0
+            while (now := time.monotonic()) - t_start < duration:
+                target = t_start + published * period
+                if target > now:
+                    time.sleep(min(target - now, 0.05))
+                    continue
+                stamp_ns = max(int((wall0 + (now - t_start)) * 1e9), last_ns + 1)  # strictly increasing
+                last_ns = stamp_ns
+                image_msg, info_msg = msgs[published % len(msgs)]
+                probe.publish(image_msg, info_msg, stamp_ns)
+                published += 1
+                if now >= next_sample:
+                    next_sample += cfg.sample_s
+                    if not proc.alive():
+                        raise RuntimeError(f"dpm_node died during the soak (rc {proc.proc.returncode}):\n"
+                                           f"{proc.log()[-3000:]}")
+                    lat, outputs, diag = probe.take()
+                    all_lat.extend(lat)
+                    doc["samples"].append(dict(
+                        t_s=round(now - t_start, 3), rss_mb=round(rss_mb(proc.proc.pid), 2), published=published,
+                        outputs=outputs, latency_ms_p50=percentile(lat, 50), latency_ms_p95=percentile(lat, 95),
+                        latency_n=len(lat), diag={k: diag[k] for k in DIAG_KEYS if k in diag}))
+                    doc["summary"] = summarise(doc["samples"], all_lat, cfg.warmup, published)
+                    write_json(out, doc)
+            time.sleep(2.0)  # let the last outputs and a diagnostics message arrive
+            lat, outputs, diag = probe.take()
+            all_lat.extend(lat)
+            doc["samples"].append(dict(
+                t_s=round(time.monotonic() - t_start, 3), rss_mb=round(rss_mb(proc.proc.pid), 2), published=published,
+                outputs=outputs, latency_ms_p50=percentile(lat, 50), latency_ms_p95=percentile(lat, 95),
+                latency_n=len(lat), diag={k: diag[k] for k in DIAG_KEYS if k in diag}))
+            doc["summary"] = summarise(doc["samples"], all_lat, cfg.warmup, published)
+            doc["summary"]["node_alive_at_end"] = proc.alive()
+            rc = proc.stop()
+            doc["summary"]["node_exit_code"] = rc
+            doc["complete"] = True
+            doc["node_log_tail"] = proc.log_path.read_text(errors="replace")[-2000:]
+    finally:
+        probe.close()
+        doc["finished_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        write_json(out, doc)
+    return doc
+
+
+def format_summary(summary: dict) -> str:
+    """One human-readable block of the summary numbers."""
+    def f(v, spec=".1f"):
+        return "n/a" if v is None else format(v, spec)
+    return (f"RSS after warm-up {f(summary.get('rss_mb_start_after_warmup'))} MiB → end "
+            f"{f(summary.get('rss_mb_end'))} MiB (growth {f(summary.get('growth_pct'), '.2f')} %, max "
+            f"{f(summary.get('rss_mb_max_after_warmup'))} MiB)\n"
+            f"latency p50 {f(summary.get('latency_ms_p50'))} ms, p95 {f(summary.get('latency_ms_p95'))} ms "
+            f"(p95 first tenth {f(summary.get('latency_ms_p95_first_tenth'))} ms, last tenth "
+            f"{f(summary.get('latency_ms_p95_last_tenth'))} ms)\n"
+            f"{f(summary.get('pairs_per_s'), '.2f')} pairs/s, {summary.get('outputs')} outputs; frames published "
+            f"{summary.get('frames_published')}, received {summary.get('frames_in')}; pairs dropped (latest wins) "
+            f"{summary.get('drops')}; errors {summary.get('errors')}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use `dpm soak`")
