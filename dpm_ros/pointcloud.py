@@ -77,26 +77,29 @@ def build_cloud(points: np.ndarray, colors: Optional[np.ndarray] = None, confide
         if arr is not None and arr.shape != shape:
             raise ValueError(f"{name}: expected shape {shape} to match points {points.shape}, got {arr.shape}")
     s = slice(None, None, int(stride))
-    pts = points[s, s].astype(np.float32)
+    pts = points[s, s]
     ok = np.isfinite(pts).all(axis=-1)
     if valid is not None:
         ok &= valid[s, s].astype(bool)
-    cloud = np.zeros(pts.shape[:2], dtype=POINT_DTYPE)
-    pts = np.where(ok[..., None], pts, np.float32(np.nan))
-    cloud["x"], cloud["y"], cloud["z"] = pts[..., 0], pts[..., 1], pts[..., 2]
-    if colors is not None:
-        cloud["rgb"] = pack_rgb(colors[s, s])
-    if confidence is not None:
-        cloud["confidence"] = confidence[s, s]
+    # One (h, w, 9) 4-byte-word array viewed as POINT_DTYPE: every field is 4 bytes wide, and a uint16 label written
+    # as a little-endian uint32 word is the label followed by its 2 zero padding bytes.
+    words = np.empty(pts.shape[:2] + (9,), np.float32)
+    nan = np.float32(np.nan)
+    np.copyto(words[..., 0:3], np.where(ok[..., None], pts, nan), casting="unsafe")
+    words[..., 3] = pack_rgb(colors[s, s]) if colors is not None else 0
+    words[..., 4] = confidence[s, s] if confidence is not None else 0
     if labels is not None:
         lab = labels[s, s]
         if lab.size and (lab.min() < 0 or lab.max() > 65535):
             raise ValueError("labels must fit uint16 (0..65535)")
-        cloud["label"] = np.where(ok, lab, 0)
-    vel = np.full(pts.shape, np.nan, np.float32) if velocity is None else velocity[s, s].astype(np.float32)
-    vel = np.where(ok[..., None], vel, np.float32(np.nan))
-    cloud["vx"], cloud["vy"], cloud["vz"] = vel[..., 0], vel[..., 1], vel[..., 2]
-    return cloud
+        words[..., 5].view(np.uint32)[...] = np.where(ok, lab, 0)
+    else:
+        words[..., 5] = 0
+    if velocity is None:
+        words[..., 6:9] = nan
+    else:
+        np.copyto(words[..., 6:9], np.where(ok[..., None], velocity[s, s], nan), casting="unsafe")
+    return words.view(POINT_DTYPE)[..., 0]
 
 
 def cloud_layout(cloud: np.ndarray) -> dict:

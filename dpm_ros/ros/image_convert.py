@@ -81,4 +81,4 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
         return array
     rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return array[rows[:, None], cols[None, :]]
+    return array.take(rows, axis=0).take(cols, axis=1)
