@@ -190,3 +190,17 @@ def test_umeyama_ransac_with_20_percent_gross_outliers():
 def test_bad_input_raises_value_error(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         call()
+
+
+# --- cheaper computations equal the equations they replace -------------------------------------------------------
+def test_fast_forms_equal_their_definitions():
+    from dpm_ros.geometry._checks import finite_rows
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(1000, 3)).astype(np.float32)
+    a[rng.random(1000) < 0.1, rng.integers(0, 3)] = np.nan
+    a[rng.random(1000) < 0.05, 1] = np.inf
+    a[rng.random(1000) < 0.05, 2] = -np.inf
+    np.testing.assert_array_equal(finite_rows(a), np.isfinite(a).all(axis=-1))
+    rots = Rotation.from_rotvec(rng.normal(size=(200, 3))).as_matrix()
+    want = np.degrees(np.arccos(np.clip((np.trace(rots, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    np.testing.assert_allclose(rotation_angle_deg(rots), want, atol=1e-6)

@@ -61,6 +61,21 @@ def test_pipeline_recovers_ground_truth(seq, frames):
             "total"} <= set(res.timings)
 
 
+def test_subsampled_fits_equal_the_full_equations(seq, frames):
+    """The pipeline's defaults (ego_stride, focal_stride, object_fit_points) give the same results as the full
+    equations (stride 1, every object pixel) on consistent maps."""
+    fast = DPMPipeline(OracleEngine(seq), **EXACT).process(frames[3], frames[1])
+    full = DPMPipeline(OracleEngine(seq), ego_stride=1, focal_stride=1, object_fit_points=0,
+                       **EXACT).process(frames[3], frames[1])
+    np.testing.assert_allclose(fast.T_c1_c2, full.T_c1_c2, atol=1e-6)
+    assert fast.focal == pytest.approx(full.focal, rel=1e-6)
+    np.testing.assert_array_equal(fast.labels1, full.labels1)
+    for a, b in zip(fast.objects, full.objects):
+        np.testing.assert_allclose(a.R, b.R, atol=1e-6)
+        np.testing.assert_allclose(a.t, b.t, atol=1e-6)
+        np.testing.assert_allclose(a.extent, b.extent)
+
+
 def test_given_K_is_used_and_focal_still_reported(seq, frames):
     K = seq.K.copy()
     K[0, 0] *= 1.01                                                        # a slightly different calibration

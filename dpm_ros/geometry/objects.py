@@ -85,4 +85,4 @@ def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     keep_lab = order[sizes[order] >= min_size]
     lut = np.zeros(len(sizes), dtype=np.int32)
     lut[keep_lab] = np.arange(1, len(keep_lab) + 1, dtype=np.int32)
-    return lut[labels]
+    return np.take(lut, labels)
