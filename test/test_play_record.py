@@ -218,3 +218,14 @@ def test_user_errors_are_reported_without_a_traceback(source_bag, tmp_path):
     assert rc == 1 and "already exists" in err and existing.read_bytes() == b"x"
     rc, err = finish(dpm("play", bag, "--rate", "0"))
     assert rc == 1 and "--rate must be > 0" in err
+
+
+def test_loop_plays_again_until_sigterm(source_bag):
+    bag, written = source_bag
+    play = dpm("play", bag, "--loop", "--rate", 5, "--no-progress")
+    time.sleep(6.0)                                  # start-up (~2 s) + several 0.2 s loops
+    play.send_signal(signal.SIGTERM)
+    rc, err = finish(play)
+    assert rc == 0, err
+    published = int(err.split("published ")[1].split(" ")[0])
+    assert published > 2 * len(written) and "(stopped)" in err

@@ -119,6 +119,7 @@ class BagPlayer:
         self.log = log or (lambda text: print(f"dpm play: {text}", file=sys.stderr, flush=True))
         self.reader = open_reader(self.path)
         known = {c.topic for c in self.reader.connections}
+        topics = [t if t.startswith("/") else "/" + t for t in topics] if topics else None
         if topics:
             missing = sorted(set(topics) - known)
             if missing:
