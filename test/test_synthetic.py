@@ -268,3 +268,16 @@ def test_auto_renderer_falls_back_to_the_raycaster_and_logs_once(monkeypatch, ca
     np.testing.assert_array_equal(a["img1"], make_pair(8, 16, 20, 2, renderer="numpy")["img1"])
     with pytest.raises(ValueError, match="unavailable"):
         make_pair(8, 16, 20, 2, renderer="gl")
+
+
+@pytest.mark.skipif(not gl_available(), reason="OpenGL on EGL unavailable here (no EGL/Mesa): only the ray-caster")
+def test_gl_renders_the_same_from_another_thread():
+    import threading
+
+    main = make_pair(6, 24, 32, 3, renderer="gl")
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(make_pair(6, 24, 32, 3, renderer="gl")))
+    worker.start()
+    worker.join(60)
+    for key in ("img1", "img2", "p1_t2_pi1", "instances2"):
+        np.testing.assert_array_equal(result[key], main[key])
