@@ -140,6 +140,11 @@ def test_cloud_layout_and_mask_size(run):
         ("vx", 24, 7), ("vy", 28, 7), ("vz", 32, 7)]
     assert (pc.height, pc.width, pc.point_step, pc.row_step) == (seq.height, seq.width, 36, 36 * seq.width)
     assert pc.is_dense is False and len(pc.data) == pc.row_step * pc.height
+    ci = p.got("dpm/camera_info")[-1]          # CameraInfo with the image's exact stamp was given: its K is used
+    assert (ci.height, ci.width) == (seq.height, seq.width)
+    np.testing.assert_allclose(np.reshape(ci.k, (3, 3)), seq.K, rtol=1e-9)
+    markers = p.got("dpm/objects/markers")[-1].markers
+    assert markers[0].action == markers[0].DELETEALL and len(markers) == 1 + 2 * len(p.got("dpm/objects")[-1].objects)
     for topic, enc in (("dpm/motion_mask", "mono8"), ("dpm/object_labels", "mono16")):
         m = p.got(topic)[-1]
         assert (m.height, m.width, m.encoding) == (seq.height, seq.width, enc)
