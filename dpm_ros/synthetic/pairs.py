@@ -45,7 +45,7 @@ def pair_from_renders(scene: Scene, K: np.ndarray, t1: float, t2: float, T_w_c1:
     result = {name: out[name].astype(np.float32) for name in ALL_POINT_MAP_NAMES}
     valid1, valid2 = r1["labels"] >= 0, r2["labels"] >= 0
     result.update(
-        img1=r1["rgb"], img2=r2["rgb"], K=K.copy(), T_w_c1=T_w_c1, T_w_c2=T_w_c2,
+        img1=r1["rgb"].copy(), img2=r2["rgb"].copy(), K=K.copy(), T_w_c1=T_w_c1.copy(), T_w_c2=T_w_c2.copy(),
         instances1=np.maximum(r1["labels"], 0).astype(np.int32),
         instances2=np.maximum(r2["labels"], 0).astype(np.int32),
         object_motions=fwd, valid1=valid1, valid2=valid2, t1=float(t1), t2=float(t2),
@@ -140,14 +140,16 @@ class SyntheticSequence:
             raise ValueError(f"frame index {i} out of range 0..{self.n_frames - 1}")
 
     def _render(self, i: int) -> dict:
-        if i not in self._cache:
+        """Render of frame i (cached; callers must not modify it in place)."""
+        r = self._cache.get(i)
+        if r is None:
             if len(self._cache) > 64:
                 self._cache.clear()
-            t = self.stamp(i)
-            T = self.scene.camera.pose(t - self.t0)
-            r = render(self.scene, t - self.t0, T, self.K, self.height, self.width, self.renderer)
-            self._cache[i] = dict(r, T_w_c=T)
-        return self._cache[i]
+            t = self.stamp(i) - self.t0
+            T = self.scene.camera.pose(t)
+            r = dict(render(self.scene, t, T, self.K, self.height, self.width, self.renderer), T_w_c=T)
+            self._cache[i] = r
+        return r
 
     def object_poses(self, i: int) -> dict[int, np.ndarray]:
         """{k: 4×4 local-to-world pose of moving object k} at frame i (its motion between frames i and j is
@@ -160,7 +162,7 @@ class SyntheticSequence:
         ``depth`` (H, W) float32 z in metres (NaN where no surface), ``instances`` (H, W) int32 (0 = static)."""
         r = self._render(i)
         valid = r["labels"] >= 0
-        return dict(image=r["rgb"], stamp=self.stamp(i), K=self.K.copy(), T_w_c=r["T_w_c"].copy(),
+        return dict(image=r["rgb"].copy(), stamp=self.stamp(i), K=self.K.copy(), T_w_c=r["T_w_c"].copy(),
                     depth=np.where(valid, r["points"][..., 2], np.nan).astype(np.float32),
                     instances=np.maximum(r["labels"], 0).astype(np.int32), valid=valid)
 
