@@ -15,7 +15,7 @@ METHODS = ("model", "static", "oracle")
 
 def add_arguments(parser) -> None:
     parser.add_argument("--weights", default="engines/dpm_small.safetensors",
-                        help="model weights (.safetensors with its .json beside it)")
+                        help="model weights (.safetensors with its .json beside it, or a training checkpoint last.pt)")
     parser.add_argument("--pairs", type=int, default=200, help="held-out pairs (seeds 0..N-1, never trained on)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of model,static,oracle")
     parser.add_argument("--height", type=int, default=None, help="resolution for oracle-only runs "
@@ -26,6 +26,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cache-dir", default="runs/eval_cache", help="where the generated held-out set is cached")
     parser.add_argument("--no-cache", action="store_true", help="regenerate the held-out set, write no cache")
     parser.add_argument("--json", default=None, help='write {"methods": {method: {metric: value}}} here')
+    parser.add_argument("--real-data", default=None, metavar="DIR",
+                        help="also report scale-aligned depth AbsRel / δ<1.25 on the real pairs under DIR "
+                             "(../shared/data: FlyingThings3D, Middlebury)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -43,11 +46,7 @@ def run(args) -> int:
     progress = not args.no_progress
     net = None
     if {"model", "static"} & set(methods):
-        from dpm_ros.model.checkpoint import load_model
-        weights = Path(args.weights)
-        if not weights.is_file():
-            raise FileNotFoundError(f"weights {weights} not found (train with `dpm train`, or --methods oracle)")
-        net = load_model(weights)
+        net = ev.load_weights(Path(args.weights))
         height, width = net.config.height, net.config.width
     else:
         height, width = args.height or 64, args.width or 64
@@ -65,7 +64,14 @@ def run(args) -> int:
     predictions = {m: predictions[m] for m in methods}
     results = ev.evaluate_methods(predictions, samples, progress)
     print(ev.format_tables(results))
+    real = None
+    if args.real_data and net is not None:
+        from dpm_ros.training.real_depth import evaluate_real
+        real = evaluate_real(net, Path(args.real_data))
+        print(f"\n{'real pair (depth of P1(t1,pi1))':<32}{'AbsRel':>12}{'d<1.25':>12}{'pixels':>12}")
+        for name, r in real.items():
+            print(f"{name:<32}{r['abs_rel']:>12.4f}{r['delta_1.25']:>12.4f}{r['n_pixels']:>12d}")
     if args.json:
-        ev.write_json(results, Path(args.json))
+        ev.write_json(results, Path(args.json), real)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0

@@ -75,6 +75,24 @@ def load_eval_set(n: int, height: int, width: int, cache_dir: Path | None = Path
     return samples
 
 
+def load_weights(path: Path):
+    """A network from shipped weights (.safetensors + .json) or from a training checkpoint (``last.pt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights {path} not found (train with `dpm train`, or --methods oracle)")
+    if path.suffix == ".pt":
+        import torch
+        from dpm_ros.model import DPMConfig, DPMNet
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if "model" not in state or "model_config" not in state:
+            raise ValueError(f"{path}: not a `dpm train` checkpoint (no 'model' / 'model_config')")
+        net = DPMNet(DPMConfig.from_dict(state["model_config"]))
+        net.load_state_dict(state["model"])
+        return net.eval()
+    from dpm_ros.model.checkpoint import load_model
+    return load_model(path)
+
+
 def predict_model(net, samples: list[dict], batch: int = 16, progress: bool = True) -> list[dict]:
     """Symmetric forward of the network on every pair: list of dicts of numpy maps/confidences per pair."""
     import torch
@@ -234,6 +252,10 @@ def format_tables(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(results: dict, path: Path) -> None:
+def write_json(results: dict, path: Path, real: dict | None = None) -> None:
+    """``{"methods": {method: {metric: value}}}`` (+ ``"real_depth": {pair: errors}`` when given)."""
+    doc = {"methods": results}
+    if real is not None:
+        doc["real_depth"] = real
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"methods": results}, indent=2) + "\n")
+    Path(path).write_text(json.dumps(doc, indent=2) + "\n")
