@@ -7,4 +7,5 @@ cd "$ROOT"
 . scripts/ros_env.sh
 export ROS_PYTHON_CHECK_FIELDS=1
 export PYTHONUNBUFFERED=1
-exec "${DPM_VENV:-$ROOT/.venv}/bin/python" -m pytest test -ra "$@"
+# no "test" here: pytest.ini testpaths=test runs the suite when no path is given, and `scripts/test.sh FILE` runs only FILE
+exec "${DPM_VENV:-$ROOT/.venv}/bin/python" -m pytest -ra "$@"
