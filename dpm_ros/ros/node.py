@@ -29,7 +29,7 @@ from dpm_ros.ros.image_convert import ImageFormatError, compressed_to_rgb, image
 from dpm_ros.ros.odometry import EgoOdometry
 from dpm_ros.ros.outputs import OutputOptions, pair_messages
 from dpm_ros.ros.params import PARAMS, check_choice, descriptor
-from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static
+from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static, tf2_lookup
 from dpm_ros.tracking import Detection, ObjectTracker
 
 try:  # rclpy ≥ Humble; the class moved between releases
@@ -90,8 +90,11 @@ class DpmNode(Node):
         self.odometry = EgoOdometry()
         self._extrinsic_ok = not self.p["base_frame"]
         self.static_tf = StaticTransforms()
+        self._tf2_lookup = None
         if self.p["base_frame"]:
-            subscribe_tf_static(self, self.static_tf)
+            self._tf2_lookup = tf2_lookup(self, self.p["base_frame"])   # tf2_ros where importable
+            if self._tf2_lookup is None:
+                subscribe_tf_static(self, self.static_tf)
         self._camera_infos: deque = deque(maxlen=200)
         self._info_lock = threading.Lock()
         self._camera_info_misses = 0
@@ -100,9 +103,10 @@ class DpmNode(Node):
         qos = _input_qos(self.p)
         if self.p["image_transport"] == "compressed":
             # image_transport convention: <resolved image topic>/compressed, so remapping 'image' is enough
-            topic = self.resolve_topic_name("image").rstrip("/") + "/compressed"
-            self.create_subscription(CompressedImage, topic, self._on_compressed, qos)
+            self.input_topic = self.resolve_topic_name("image").rstrip("/") + "/compressed"
+            self.create_subscription(CompressedImage, self.input_topic, self._on_compressed, qos)
         else:
+            self.input_topic = self.resolve_topic_name("image")
             self.create_subscription(Image, "image", self._on_image, qos)
         if self.p["use_camera_info"]:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
@@ -111,7 +115,7 @@ class DpmNode(Node):
         self._worker = threading.Thread(target=self._work, name="dpm_worker", daemon=True)
         self._worker.start()
         info = self.engine_info
-        self.get_logger().info(f"dpm_node ready: engine {info.backend} on {info.device} ({info.precision}, "
+        self.get_logger().info(f"dpm_node ready: {self.input_topic} → {self.get_namespace().rstrip('/')}/dpm/*, engine {info.backend} on {info.device} ({info.precision}, "
                                f"{info.width}×{info.height}), pair_interval {self.p['pair_interval']} s, "
                                f"input QoS {self.p['qos_reliability']}")
 
@@ -252,7 +256,8 @@ class DpmNode(Node):
 
     def _update_odometry(self, camera_frame: str, t1: float, t2: float, T_c1_c2: np.ndarray):
         if not self._extrinsic_ok:
-            T = self.static_tf.lookup(self.p["base_frame"], camera_frame)
+            tf2 = getattr(self, "_tf2_lookup", None)
+            T = tf2(camera_frame) if tf2 is not None else self.static_tf.lookup(self.p["base_frame"], camera_frame)
             if T is not None:
                 self.odometry.set_extrinsic(T)
                 self._extrinsic_ok = True
@@ -281,6 +286,9 @@ class DpmNode(Node):
                         odometry_resets=self.odometry.resets, camera_info_misses=self._camera_info_misses,
                         waiting_for_extrinsic=not self._extrinsic_ok)
         level, text, values = self.health.report(counters, self.slot.replaced)
+        if values["frames_in"] == 0:
+            level, text = "warn", (f"no images received on {getattr(self, 'input_topic', 'image')} yet (check the "
+                                   f"topic remapping and QoS: qos_reliability={self.p['qos_reliability']})")
         info = self.engine_info
         values.update({f"pipeline_{k}_ms": float(v) for k, v in getattr(self, "_last_timings", {}).items()})
         values.update(engine_backend=info.backend, engine_device=info.device, engine_precision=info.precision,

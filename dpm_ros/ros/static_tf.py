@@ -2,7 +2,7 @@
 
 ``StaticTransforms`` is pure: it stores parent→child transforms and looks up a chain between two frames of the tree.
 ``subscribe_tf_static(node, store)`` feeds it from /tf_static with the latched QoS tf2 uses (reliable,
-transient-local).
+transient-local). ``tf2_lookup(node, target)`` uses tf2_ros instead where it is importable (a real ROS install).
 """
 from __future__ import annotations
 
@@ -66,3 +66,25 @@ def subscribe_tf_static(node, store: StaticTransforms, callback=None):
             callback()
 
     return node.create_subscription(TFMessage, "/tf_static", on_msg, qos)
+
+
+def tf2_lookup(node, target: str):
+    """A ``lookup(source) -> 4×4 T_target_source or None`` backed by tf2_ros (Buffer + TransformListener), or None
+    when tf2_ros is not importable (then ``StaticTransforms`` + ``subscribe_tf_static`` do the job)."""
+    try:
+        import tf2_ros
+        from rclpy.time import Time
+    except ImportError:
+        return None
+    buffer = tf2_ros.Buffer()
+    listener = tf2_ros.TransformListener(buffer, node, spin_thread=False)
+
+    def lookup(source: str) -> Optional[np.ndarray]:
+        try:
+            ts = buffer.lookup_transform(target, source, Time())
+        except (tf2_ros.LookupException, tf2_ros.ConnectivityException, tf2_ros.ExtrapolationException):
+            return None
+        return transform_to_matrix(ts.transform)
+
+    lookup.listener = listener  # keep it alive with the lookup
+    return lookup
