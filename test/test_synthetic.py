@@ -114,6 +114,18 @@ def test_shadows_only_darken_and_leave_geometry_unchanged():
     assert (darker <= 0).all() and (darker.sum(-1) < -30).mean() > 0.01     # some cast shadow, never brighter
 
 
+def test_min_moving_share_redraws_deterministically_until_enough_pixels_move():
+    shares = [make_pair(s, H, W, 1, renderer="numpy")["moving1"].mean() for s in range(6)]
+    seed = int(np.argmin(shares))
+    d = make_pair(seed, H, W, 1, renderer="numpy", min_moving_share=0.03)
+    assert d["moving1"].mean() >= 0.03 or d["attempt"] == 7
+    assert d["attempt"] > 0 and d["seed"] == seed
+    again = make_pair(seed, H, W, 1, renderer="numpy", min_moving_share=0.03)
+    np.testing.assert_array_equal(again["img1"], d["img1"])
+    first = make_pair(seed, H, W, 1, renderer="numpy", min_moving_share=1e-9 if shares[seed] > 0 else 0.0)
+    assert first["attempt"] == 0                          # already satisfied: the seed's own scene
+
+
 def test_static_kind_has_identical_time_maps():
     d = make_pair(3, H, W, 4, kind="static", renderer="numpy")
     assert d["object_motions"] == {} and (d["instances1"] == 0).all()

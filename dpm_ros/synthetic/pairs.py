@@ -58,36 +58,53 @@ def pair_from_renders(scene: Scene, K: np.ndarray, t1: float, t2: float, T_w_c1:
 
 
 def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, *, kind: str | None = None,
-              time_gap: float = 0.1, config: SceneConfig | None = None, renderer: str = "auto", **knobs) -> dict:
+              time_gap: float = 0.1, config: SceneConfig | None = None, renderer: str = "auto",
+              min_moving_share: float = 0.0, max_attempts: int = 8, **knobs) -> dict:
     """One random dynamic scene seen at t1 = 0 and t2 = ``time_gap`` (seconds), with ground truth.
 
     Args: ``seed`` (deterministic output per seed), image size in pixels, ``n_objects`` rigid objects,
     ``kind`` "dynamic" | "static" (nothing but the camera moves: P(t2) = P(t1); default: the config's, i.e.
-    "dynamic"), ``time_gap`` = t2 - t1 (s, may be
-    negative), ``config`` a SceneConfig and/or its fields as keyword ``knobs`` (e.g. ``object_translation=(0.2, 0.5)``,
-    ``object_rotation_deg``, ``object_radius``, ``camera_translation``, ``camera_rotation_deg``, ``moving_prob``:
-    per-pair motion magnitudes), ``renderer`` "auto" (OpenGL/EGL, else numpy) | "gl" | "numpy".
+    "dynamic"), ``time_gap`` = t2 - t1 (s, may be negative), ``config`` a SceneConfig and/or its fields as keyword
+    ``knobs`` (e.g. ``object_translation=(0.2, 0.5)``, ``object_rotation_deg``, ``object_radius``,
+    ``camera_translation``, ``camera_rotation_deg``, ``moving_prob``: per-pair motion magnitudes), ``renderer``
+    "auto" (OpenGL/EGL, else numpy) | "gl" | "numpy". ``min_moving_share``: redraw the scene (deterministically,
+    up to ``max_attempts`` scenes) until at least this fraction of image 1's pixels sees moving objects; the scene
+    with the largest share is kept if none reaches it ("dynamic" kind only).
 
     Returns a dict: the eight point maps by name ((H, W, 3) float32, metres, optical frame of the named camera, NaN
     where invalid); ``img1``, ``img2`` (H, W, 3) uint8 RGB; ``K`` (3×3, both frames); ``T_w_c1``, ``T_w_c2`` (4×4
     camera-to-world); ``instances1``, ``instances2`` (H, W) int32 (0 = static, k = moving object k);
     ``object_motions`` {k: 4×4 world-frame rigid motion t1 -> t2} for the moving objects; ``valid1``, ``valid2``,
     ``moving1``, ``moving2`` (H, W) bool; ``depth1``, ``depth2`` (H, W) float32 z (m, NaN invalid); ``t1``, ``t2``
-    (s); ``seed``; ``kind``.
+    (s); ``seed``; ``kind``; ``attempt`` (which redraw was kept; 0 = the seed's first scene).
     """
     if height < 2 or width < 2:
         raise ValueError(f"image size must be at least 2×2 pixels, got {height}×{width}")
+    if not 0.0 <= min_moving_share <= 1.0 or max_attempts < 1:
+        raise ValueError(f"need 0 <= min_moving_share <= 1 and max_attempts >= 1, got {min_moving_share}, "
+                         f"{max_attempts}")
     if kind is not None:
         knobs["kind"] = kind
     config = (config or SceneConfig()).replace(**knobs)
-    scene = random_scene(seed, n_objects, config, style="pair", time_gap=time_gap)
-    K = scene.intrinsics(height, width)
     t1, t2 = 0.0, float(time_gap)
-    T1, T2 = scene.camera.pose(t1), scene.camera.pose(t2)
-    r1 = render(scene, t1, T1, K, height, width, renderer)
+    attempts = max_attempts if min_moving_share > 0 and config.kind == "dynamic" else 1
+    best = None
+    for attempt in range(attempts):
+        scene = random_scene(seed if attempt == 0 else (seed, attempt), n_objects, config, style="pair",
+                             time_gap=time_gap)
+        K = scene.intrinsics(height, width)
+        T1 = scene.camera.pose(t1)
+        r1 = render(scene, t1, T1, K, height, width, renderer)
+        share = float((r1["labels"] > 0).mean())
+        if best is None or share > best[0]:
+            best = (share, attempt, scene, K, T1, r1)
+        if share >= min_moving_share:
+            break
+    _, attempt, scene, K, T1, r1 = best
+    T2 = scene.camera.pose(t2)
     r2 = render(scene, t2, T2, K, height, width, renderer)
     out = pair_from_renders(scene, K, t1, t2, T1, T2, r1, r2)
-    out.update(seed=int(seed), kind=config.kind)
+    out.update(seed=int(seed), kind=config.kind, attempt=attempt)
     return out
 
 

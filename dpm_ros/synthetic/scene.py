@@ -127,14 +127,14 @@ class Scene:
     camera: CameraRig
     fov_deg: float
     noise_std: float = 0.0      # sensor noise (grey levels)
-    seed: int = 0
+    seed: tuple[int, ...] = (0,)
     shadows: bool = True        # hard shadows of the directional light
 
     def add_noise(self, rgb: np.ndarray, t: float) -> np.ndarray:
         """``rgb`` with Gaussian sensor noise of ``noise_std`` grey levels, deterministic in (seed, t)."""
         if self.noise_std <= 0:
             return rgb
-        rng = np.random.default_rng([self.seed, int(round(t * 1e6)) & 0xFFFFFFFF, 17])
+        rng = np.random.default_rng([*self.seed, int(round(t * 1e6)) & 0xFFFFFFFF, 17])
         return np.clip(rgb + rng.normal(0.0, self.noise_std, rgb.shape), 0, 255).round().astype(np.uint8)
 
     def intrinsics(self, height: int, width: int) -> np.ndarray:
@@ -230,11 +230,12 @@ def _u(rng, rng_pair) -> float:
     return float(rng.uniform(*rng_pair))
 
 
-def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(), style: str = "pair",
+def random_scene(seed: int | tuple[int, ...], n_objects: int, config: SceneConfig = SceneConfig(), style: str = "pair",
                  time_gap: float = 0.1) -> Scene:
     """A random scene, deterministic in ``seed``. ``style="pair"``: linear motion from t=0 so that between t=0 and
     t=``time_gap`` objects and camera move by the per-pair magnitudes of ``config``; ``style="sequence"``: smooth
-    bounded oscillating motion (speeds from ``config`` per second) suitable for long sequences."""
+    bounded oscillating motion (speeds from ``config`` per second) suitable for long sequences. ``seed``: an int or
+    a tuple of ints (numpy SeedSequence entropy)."""
     if n_objects < 0:
         raise ValueError(f"n_objects must be >= 0, got {n_objects}")
     if style == "pair" and time_gap == 0:
@@ -314,4 +315,5 @@ def random_scene(seed: int, n_objects: int, config: SceneConfig = SceneConfig(),
                   _u(rng, config.light_ambient), rng.uniform(0.5, 0.9))
     fov = _u(rng, config.fov_deg)
     noise = _u(rng, config.image_noise) if config.image_noise[1] > 0 else 0.0   # drawn last: same scene either way
-    return Scene(prims, light, rig, fov, noise, int(seed), bool(config.shadows))
+    seeds = tuple(int(v) for v in np.atleast_1d(seed))
+    return Scene(prims, light, rig, fov, noise, seeds, bool(config.shadows))
