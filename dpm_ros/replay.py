@@ -88,7 +88,7 @@ def headless_node(params: dict, engine=None, log: logging.Logger | None = None):
 
     node = DpmNode.__new__(DpmNode)          # no Node.__init__: nothing touches rclpy or DDS
     logger = log or logging.getLogger("dpm_replay")
-    node.get_logger = lambda: _ThrottleFreeLogger(logger)
+    node.get_logger = lambda: _RclpyLikeLogger(logger)
     node.p = dict(params)
     node._Frame = Frame
     node.engine = engine if engine is not None else open_engine(params["engine"], params["backend"])
@@ -114,7 +114,7 @@ def headless_node(params: dict, engine=None, log: logging.Logger | None = None):
     return node
 
 
-class _ThrottleFreeLogger:
+class _RclpyLikeLogger:
     """rclpy-logger-shaped wrapper (accepts throttle_duration_sec) over a logging.Logger."""
 
     def __init__(self, logger: logging.Logger):
