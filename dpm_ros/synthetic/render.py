@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 
+from .gl import MAX_PRIMS
 from .raycast import render_raycast
 from .scene import Scene
 
@@ -37,6 +38,8 @@ def render(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, height: int
     ``renderer``: "auto" (GL if available, else numpy), "gl" (raise if unavailable) or "numpy"."""
     if renderer not in ("auto", "gl", "numpy"):
         raise ValueError(f"renderer must be 'auto', 'gl' or 'numpy', got {renderer!r}")
+    if renderer == "auto" and len(scene.primitives) > MAX_PRIMS:     # beyond the GL uniform block
+        renderer = "numpy"
     if renderer == "numpy" or (renderer == "auto" and not gl_available()):
         out = render_raycast(scene, t, T_w_c, K, height, width)
     elif renderer == "gl" and not gl_available():
