@@ -13,7 +13,7 @@ import numpy as np
 
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
 from dpm_ros.engine.base import Engine, check_image
-from dpm_ros.geometry import (EGO_METHODS, ego_motion, estimate_focal, intrinsics, motion_mask, object_flow,
+from dpm_ros.geometry import (EGO_METHODS, displacement_mask, ego_motion, estimate_focal, intrinsics, object_flow,
                               scale_intrinsics, scene_flow, split_objects, to_matrix, umeyama)
 
 
@@ -132,10 +132,11 @@ class DPMPipeline:
                                stride=min(self.focal_stride, max(1, min(h, w) // 8)))
         return (intrinsics(focal, h, w) if K is None else K), focal
 
-    def _mask(self, maps: dict, a: str, b: str, prob: str) -> np.ndarray:
+    def _mask(self, maps: dict, flow: np.ndarray, ref: str, prob: str) -> np.ndarray:
+        """Motion mask from the learned probability (when asked and present) or ``‖flow‖ > ε`` (ε of ``ref``)."""
         if self.use_learned_mask and prob in maps:
             return np.asarray(maps[prob]) > 0.5
-        return motion_mask(maps[a], maps[b], eps_rel=self.eps_rel, eps_abs=self.eps_abs)
+        return displacement_mask(flow, maps[ref], eps_rel=self.eps_rel, eps_abs=self.eps_abs)
 
     def _objects(self, maps: dict, mask1: np.ndarray) -> tuple[np.ndarray, list]:
         """Objects of image 1: split the motion mask, then object_motion (confidence-weighted SE(3) Umeyama of
@@ -202,8 +203,11 @@ class DPMPipeline:
             maps = self._apply_conf_threshold(maps)
         K, focal = self._intrinsics(maps, frame1)
         lap("intrinsics")
-        mask1 = self._mask(maps, "p1_t1_pi1", "p1_t2_pi1", "motion_prob_1")
-        mask2 = self._mask(maps, "p2_t1_pi1", "p2_t2_pi1", "motion_prob_2")
+        flows = {f"object_{k}": v for k, v in object_flow(maps).items()}
+        lap("object_flows")
+        # M1 = M(P1(t1,π1), P1(t2,π1)) and M2 = M(P2(t1,π1), P2(t2,π1)) threshold exactly the object flows' norms
+        mask1 = self._mask(maps, flows["object_forward"], "p1_t1_pi1", "motion_prob_1")
+        mask2 = self._mask(maps, flows["object_backward"], "p2_t1_pi1", "motion_prob_2")
         lap("motion_masks")
         symmetric = all(n in maps for n in SWAPPED_POINT_MAP_NAMES)
         method = self.ego_method if symmetric else "pnp"
@@ -216,10 +220,9 @@ class DPMPipeline:
         lap("ego_motion")
         labels1, objects = self._objects(maps, mask1)
         lap("objects")
-        flows = {f"object_{k}": v for k, v in object_flow(maps).items()}
         if symmetric:
             flows.update({f"scene_{k}": v for k, v in scene_flow(maps, pass2_scale=s).items()})
-        lap("flows")
+        lap("scene_flows")
         timings["geometry"] = 1000.0 * (time.perf_counter() - t0)
         return DPMResult(maps=maps, K=K, focal=focal, motion_mask1=mask1, motion_mask2=mask2, labels1=labels1,
                          objects=objects, T_c1_c2=to_matrix(rot, t), pass2_scale=float(s), ego_method=method,

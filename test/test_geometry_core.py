@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-from dpm_ros.geometry import (estimate_focal, image_centre, motion_mask, nearest_neighbours, project,
-                              rotation_angle_deg, scale_intrinsics, umeyama, umeyama_ransac)
+from dpm_ros.geometry import (displacement_mask, estimate_focal, image_centre, motion_mask, nearest_neighbours,
+                              project, rotation_angle_deg, scale_intrinsics, umeyama, umeyama_ransac)
 from dpm_ros.synthetic import make_pair
 
 # ~30% of the pixels on moving objects; camera and objects move enough that 1e-5 relative is above float32 noise
@@ -81,6 +81,7 @@ def test_motion_mask_equals_definition_and_ground_truth(pair):
     np.testing.assert_array_equal(got, ref)                     # the sqrt-free form equals the equation
     m = motion_mask(a, b, eps_rel=1e-4)                         # ground truth: every moving pixel, no static one
     np.testing.assert_array_equal(m[pair["valid1"]], pair["moving1"][pair["valid1"]])
+    np.testing.assert_array_equal(displacement_mask(b - a, a, eps_rel=0.02), got)   # same test from a flow
     m2 = motion_mask(pair["p2_t1_pi1"], pair["p2_t2_pi1"], eps_abs=1e-3)
     np.testing.assert_array_equal(m2[pair["valid2"]], pair["moving2"][pair["valid2"]])
 

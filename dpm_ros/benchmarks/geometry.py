@@ -2,7 +2,8 @@
 
 The pair is synthetic ground truth (``make_pair``, ~30% moving pixels) standing in for engine outputs at the
 engine's output resolution. The default post-processing is what ``DPMPipeline`` runs after inference with its
-defaults: both motion masks, pixel-aligned ego-motion (stride 4), object split + per-object fits, four flows.
+defaults: the two object flows and the motion masks thresholded on them, pixel-aligned ego-motion (stride 4), object
+split + per-object fits, the two scene flows.
 Nearest-neighbour correspondences (only the seed form needs them) are reported separately.
 """
 from __future__ import annotations
@@ -45,19 +46,19 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
     f2 = Frame(p["img2"], float(p["t2"] - p["t1"]))
     few = max(1, min(repeats, 5))
     m1 = g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"])
+    of = g.object_flow(p)
 
     def masks():
         return (g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"], pipe.eps_rel),
                 g.motion_mask(p["p2_t1_pi1"], p["p2_t2_pi1"], pipe.eps_rel))
 
-    def flows():
-        return g.object_flow(p), g.scene_flow(p)
-
-    def default_post_processing():
-        mask1, _ = masks()
+    def default_post_processing():          # what DPMPipeline.derive runs after the intrinsics
+        of = g.object_flow(p)
+        mask1 = g.displacement_mask(of["forward"], p["p1_t1_pi1"], pipe.eps_rel)
+        g.displacement_mask(of["backward"], p["p2_t1_pi1"], pipe.eps_rel)
         g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride)
         pipe._objects(p, mask1)
-        flows()
+        g.scene_flow(p)
 
     steps = {
         "motion_mask_one": (lambda: g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"]), repeats),
@@ -68,6 +69,8 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
                                                   pipe.object_max_gap), repeats),
         "objects_split_and_fit": (lambda: pipe._objects(p, m1), repeats),
         "object_flow": (lambda: g.object_flow(p), repeats),
+        "motion_masks_from_object_flows": (lambda: (g.displacement_mask(of["forward"], p["p1_t1_pi1"]),
+                                                    g.displacement_mask(of["backward"], p["p2_t1_pi1"])), repeats),
         "scene_flow": (lambda: g.scene_flow(p), repeats),
         "default_post_processing": (default_post_processing, repeats),
         "focal_stride4": (lambda: g.estimate_focal(p["p1_t1_pi1"], stride=4), repeats),

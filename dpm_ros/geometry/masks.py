@@ -30,13 +30,28 @@ def motion_mask(a, b, eps_rel: float = 0.02, eps_abs: float | None = None) -> np
     a = as_points(a, "a")
     b = as_points(b, "b")
     same_shape(a, b, "a", "b")
-    lead = a.shape[:-1]
-    if a.size == 0:
-        return np.zeros(lead, dtype=bool)
     ai, bi = _as_image(a), _as_image(b)
     if ai.dtype != bi.dtype:
         ai, bi = ai.astype(np.float64), bi.astype(np.float64)
-    d2 = squared_norm(cv2.subtract(ai, bi))
+    return _threshold(cv2.subtract(ai, bi), ai, eps_rel, eps_abs).reshape(a.shape[:-1])
+
+
+def displacement_mask(d, a, eps_rel: float = 0.02, eps_abs: float | None = None) -> np.ndarray:
+    """:func:`motion_mask` from a displacement already at hand: ``d = b − a`` (or ``a − b``, e.g. an object flow
+    of ``dpm_ros.geometry.flow``) and the reference points ``a``; ``‖d‖ > ε`` with ε as in motion_mask."""
+    d = as_points(d, "d")
+    a = as_points(a, "a")
+    same_shape(d, a, "d", "a")
+    di, ai = _as_image(d), _as_image(a)
+    if ai.dtype != di.dtype:
+        ai, di = ai.astype(np.float64), di.astype(np.float64)
+    return _threshold(di, ai, eps_rel, eps_abs).reshape(a.shape[:-1])
+
+
+def _threshold(d: np.ndarray, a: np.ndarray, eps_rel: float, eps_abs: float | None) -> np.ndarray:
+    if d.size == 0:
+        return np.zeros(d.shape[:-1], dtype=bool)
+    d2 = squared_norm(d)
     if eps_abs is not None:
         if not (np.isfinite(eps_abs) and eps_abs >= 0):
             raise ValueError(f"motion_mask: eps_abs must be a finite distance >= 0, got {eps_abs}")
@@ -44,7 +59,7 @@ def motion_mask(a, b, eps_rel: float = 0.02, eps_abs: float | None = None) -> np
     else:
         if not (np.isfinite(eps_rel) and eps_rel >= 0):
             raise ValueError(f"motion_mask: eps_rel must be a finite fraction >= 0, got {eps_rel}")
-        out = d2 > squared_norm(ai, float(eps_rel) ** 2)
+        out = d2 > squared_norm(a, float(eps_rel) ** 2)
     # NaN compares False; an inf on one side only makes d2 = inf: exclude it too (invalid pixels never move).
     out &= d2 < np.inf
-    return out.reshape(lead)
+    return out
