@@ -135,3 +135,49 @@ def test_replay_failures_exit_non_zero_and_leave_no_output(synth_bag, tmp_path):
     rc, err = finish(dpm("replay", synth_bag, "--out", tmp_path / "x.mcap", "--engine", "/nonexistent.onnx"))
     assert rc == 1 and "engine file '/nonexistent.onnx' not found" in err
     assert not (tmp_path / "x.mcap").exists()
+
+
+def test_replay_uses_the_bags_tf_static_for_base_frame(synth_bag, tmp_path):
+    """With base_frame set, the node waits for /tf_static base → camera; replay feeds it from the bag, so odometry
+    and TF are for the base (odom → base_link), one per pair, with T_odom_base = T_bc · T_odom_cam · T_bc⁻¹."""
+    from geometry_msgs.msg import TransformStamped
+    from rclpy.serialization import serialize_message
+    from tf2_msgs.msg import TFMessage
+
+    from dpm_ros.ros.bag_player import open_reader
+    from dpm_ros.ros.bag_recorder import BagWriter
+    from dpm_ros.ros.messages import transform_to_matrix
+    with_static = tmp_path / "with_static.mcap"
+    source = read_bag(synth_bag)
+    ts = TransformStamped(child_frame_id="camera_optical_frame")
+    ts.header.frame_id = "base_link"
+    ts.transform.translation.x, ts.transform.translation.z = 0.2, 0.5
+    ts.transform.rotation.x, ts.transform.rotation.y, ts.transform.rotation.z, ts.transform.rotation.w = \
+        -0.5, 0.5, -0.5, 0.5                          # REP 103 body (x fwd, z up) → optical (z fwd, y down)
+    T_bc = transform_to_matrix(ts.transform)
+    reader = open_reader(synth_bag)
+    types = {c.topic: c.msgtype for c in reader.connections}
+    reader.close()
+    with BagWriter(with_static) as writer:
+        writer.add_topic("/tf_static", "tf2_msgs/msg/TFMessage")
+        writer.write("/tf_static", source[0][1], serialize_message(TFMessage(transforms=[ts])))
+        for topic, ns, data in source:
+            writer.add_topic(topic, types[topic])
+            writer.write(topic, ns, data)
+    out = tmp_path / "base.mcap"
+    rc, err = finish(dpm("replay", with_static, "--out", out, "--engine", f"oracle:{synth_bag}",
+                         "-p", "base_frame:=base_link", "--no-progress"), timeout=120)
+    assert rc == 0, err
+    got = read_bag(out)
+    tfs = _deserialise([d for t, _, d in got if t == "/tf"], "tf2_msgs/msg/TFMessage")
+    odom = _deserialise([d for t, _, d in got if t == "/dpm/odometry"], "nav_msgs/msg/Odometry")
+    assert len(tfs) == len(odom) == FRAMES - 1
+    assert {(m.transforms[0].header.frame_id, m.transforms[0].child_frame_id) for m in tfs} == {("odom", "base_link")}
+    assert {o.child_frame_id for o in odom} == {"base_link"}
+    # the camera's own trajectory (ground truth relative to frame 0) seen through the extrinsic
+    gt = [transform_to_matrix(m.transforms[0].transform)
+          for m in _deserialise([d for t, _, d in source if t == "/tf"], "tf2_msgs/msg/TFMessage")]
+    for k, m in enumerate(tfs, start=1):
+        T_odom_cam = np.linalg.inv(gt[0]) @ gt[k]
+        expected = T_bc @ T_odom_cam @ np.linalg.inv(T_bc)
+        np.testing.assert_allclose(transform_to_matrix(m.transforms[0].transform), expected, atol=1e-4)
