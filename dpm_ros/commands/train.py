@@ -73,6 +73,10 @@ def run(args) -> int:
     trainer = Trainer(cfg, resume=not args.no_resume, device=args.device, progress=not args.no_progress)
     Path(cfg.out, "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     history = trainer.run(max_steps=args.max_steps)
+    if trainer.world > 1:
+        import torch.distributed as dist
+        dist.barrier()
+        dist.destroy_process_group()
     if trainer.rank == 0:
         final = trainer.export(Path(args.export) if args.export else Path(cfg.out) / "model.safetensors")
         last = history[-1] if history else {}
