@@ -157,6 +157,10 @@ def test_split_objects_splits_by_depth_and_drops_small():
     assert one.max() == 1
     with pytest.raises(ValueError, match="max_gap"):
         split_objects(mask, pts, max_gap=0)
+    for shape in ((1, 6), (6, 1), (1, 1)):                            # single rows/columns have pairs one way only
+        flat = np.dstack([np.zeros(shape), np.zeros(shape), np.ones(shape)])
+        assert split_objects(np.ones(shape, bool), flat, min_size=1).max() == 1
+    assert split_objects(np.zeros((h, w), bool), pts).max() == 0
 
 
 # --- §6 flow --------------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ def _cut_edges(points: np.ndarray, m: np.ndarray, max_gap: float, relative: bool
     out_a, out_b = [], []
     for sa, sb, step in (((slice(None), slice(0, -1)), (slice(None), slice(1, None)), 1),
                          ((slice(0, -1), slice(None)), (slice(1, None), slice(None)), w)):
+        if (step == 1 and w < 2) or (step == w and h < 2):
+            continue                                     # a single column/row has no pairs in that direction
         gap2 = squared_norm(cv2.subtract(points[sa], points[sb]))
         limit = max_gap ** 2 * np.minimum(r2[sa], r2[sb]) if relative else max_gap ** 2
         idx = np.flatnonzero(m[sa] & m[sb] & (gap2 > limit))
@@ -24,7 +26,8 @@ def _cut_edges(points: np.ndarray, m: np.ndarray, max_gap: float, relative: bool
             idx = idx + idx // (w - 1)                   # (row, col) of the (H, W-1) grid -> flat index in (H, W)
         out_a.append(idx)
         out_b.append(idx + step)
-    return np.concatenate(out_a), np.concatenate(out_b)
+    empty = np.zeros(0, dtype=np.int64)
+    return np.concatenate(out_a or [empty]), np.concatenate(out_b or [empty])
 
 
 def _close(flat_pts: np.ndarray, a: np.ndarray, b: np.ndarray, max_gap: float, relative: bool) -> np.ndarray:
