@@ -8,6 +8,7 @@ Nearest-neighbour correspondences (only the seed form needs them) are reported s
 """
 from __future__ import annotations
 
+import os
 import platform
 
 TARGET_MS = 5.0
@@ -87,7 +88,8 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
         "moving_fraction": round(float(p["moving1"][p["valid1"]].mean()), 3),
         "objects": int(len(pipe._objects(p, m1)[1])),
         "threads": 1, "thread_limits": threads, "keep_heap": heap,
-        "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "load_average_1min": round(os.getloadavg()[0], 2), "python": platform.python_version(),
                     "numpy": np.__version__},
         "default_post_processing_ms": total, "target_ms": TARGET_MS, "meets_target": bool(total <= TARGET_MS),
         "nearest_neighbours_ms": results["nearest_neighbours"]["median_ms"],
