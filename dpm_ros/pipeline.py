@@ -144,6 +144,9 @@ class DPMPipeline:
         labels = split_objects(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels,
                                max_gap=self.object_max_gap)
         n = int(labels.max())
+        if n > 65535:                        # uint16 output: keep the 65535 largest (labels are ordered by size)
+            labels[labels > 65535] = 0
+            n = 65535
         if n == 0:
             return labels.astype(np.uint16), []
         p1, p2 = maps["p1_t1_pi1"].reshape(-1, 3), maps["p1_t2_pi1"].reshape(-1, 3)
