@@ -17,7 +17,7 @@ from scipy.spatial.transform import Rotation
 pytest.importorskip("dpm_ros.pipeline", reason="dpm_ros.pipeline (geometry engineer) not present yet")
 pytest.importorskip("dpm_ros.engine.oracle", reason="dpm_ros.engine.oracle (synthetic engineer) not present yet")
 
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
 from dpm_ros.pointcloud import cloud_from_bytes  # noqa: E402

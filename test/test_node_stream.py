@@ -24,7 +24,7 @@ FPS = 15.0
 N_FRAMES = 45          # 3 s of camera
 
 
-def _frames(tmp: Path, oracle: bool):
+def _frames(tmp: Path):
     from dpm_ros.bag import read_images, write_sequence
     from dpm_ros.synthetic import SyntheticSequence
 
@@ -48,7 +48,7 @@ def _shipped_model() -> str:
 
 @pytest.mark.parametrize("engine", ["oracle", "onnx"])
 def test_stream_faster_than_inference(engine, tmp_path):
-    bag, frames = _frames(tmp_path, engine == "oracle")
+    bag, frames = _frames(tmp_path)
     if engine == "onnx":
         model = _shipped_model()
         if not model:
