@@ -89,3 +89,15 @@ def test_bad_arguments_are_reported(tiny_run, capsys):
     assert main(["eval", "--weights", str(root / "missing.safetensors"), "--no-progress"]) == 1
     assert "not found" in capsys.readouterr().err
     assert main(["eval", "--methods", "model,best", "--weights", str(weights)]) == 1
+
+
+def test_real_data_depth_table_goes_into_the_json(tiny_run, shared_data, capsys):
+    from dpm_ros.cli import main
+    root, weights = tiny_run
+    out = root / "real.json"
+    assert main(["eval", "--weights", str(weights), "--pairs", "2", "--methods", "model", "--cache-dir",
+                 str(root / "cache2"), "--real-data", str(shared_data), "--json", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["real_depth"]["datasets"]) == {"flyingthings", "middlebury"}
+    assert 0 < doc["real_depth"]["datasets"]["middlebury"]["model"]["abs_rel"] < 10
+    assert "AbsRel" in capsys.readouterr().out

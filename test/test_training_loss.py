@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from dpm_ros import ALL_POINT_MAP_NAMES, POINT_MAP_NAMES, SWAPPED_POINT_MAP_NAMES
+from dpm_ros import ALL_POINT_MAP_NAMES, POINT_MAP_NAMES
 from dpm_ros.training.loss import (KIND_DYNAMIC, KIND_SAME_TIME, KIND_STATIC, LossWeights, dpm_loss, pair_scale,
                                    supervision_matrix)
 

@@ -66,11 +66,9 @@ def run(args) -> int:
     print(ev.format_tables(results))
     real = None
     if args.real_data and net is not None:
-        from dpm_ros.training.real_depth import evaluate_real
-        real = evaluate_real(net, Path(args.real_data))
-        print(f"\n{'real pair (depth of P1(t1,pi1))':<32}{'AbsRel':>12}{'d<1.25':>12}{'pixels':>12}")
-        for name, r in real.items():
-            print(f"{name:<32}{r['abs_rel']:>12.4f}{r['delta_1.25']:>12.4f}{r['n_pixels']:>12d}")
+        from dpm_ros.training.real_eval import evaluate_real_depth, format_table
+        real = evaluate_real_depth(net, Path(args.real_data))
+        print("\nscale-aligned depth of P1(t1,pi1) on real pairs\n" + format_table(real))
     if args.json:
         ev.write_json(results, Path(args.json), real)
         print(f"wrote {args.json}", file=sys.stderr)

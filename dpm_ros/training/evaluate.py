@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpm_ros import ALL_POINT_MAP_NAMES, POINT_MAP_NAMES, SWAPPED_POINT_MAP_NAMES
+from dpm_ros import ALL_POINT_MAP_NAMES, POINT_MAP_NAMES
 from dpm_ros.training.data import TRAIN_SEED_BASE, DataConfig, generate_sample
 from dpm_ros.training.loss import KIND_DYNAMIC
 
@@ -253,7 +253,7 @@ def format_tables(results: dict) -> str:
 
 
 def write_json(results: dict, path: Path, real: dict | None = None) -> None:
-    """``{"methods": {method: {metric: value}}}`` (+ ``"real_depth": {pair: errors}`` when given)."""
+    """``{"methods": {method: {metric: value}}}`` (+ ``"real_depth"``: real_eval.evaluate_real_depth's result)."""
     doc = {"methods": results}
     if real is not None:
         doc["real_depth"] = real
