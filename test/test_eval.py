@@ -99,5 +99,5 @@ def test_real_data_depth_table_goes_into_the_json(tiny_run, shared_data, capsys)
                  str(root / "cache2"), "--real-data", str(shared_data), "--json", str(out), "--no-progress"]) == 0
     doc = json.loads(out.read_text())
     assert set(doc["real_depth"]["datasets"]) == {"flyingthings", "middlebury"}
-    assert 0 < doc["real_depth"]["datasets"]["middlebury"]["model"]["abs_rel"] < 10
+    assert np.isfinite(doc["real_depth"]["datasets"]["middlebury"]["model"]["abs_rel"])  # random weights: any value
     assert "AbsRel" in capsys.readouterr().out
