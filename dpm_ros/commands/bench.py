@@ -18,7 +18,13 @@ def _geometry(args) -> dict:
                         keep_heap_memory=not args.no_keep_heap)
 
 
-TARGETS = {"geometry": _geometry}
+def _engine(args) -> dict:
+    from dpm_ros.benchmarks.engine import engine_target
+
+    return engine_target(args)
+
+
+TARGETS = {"geometry": _geometry, "engine": _engine}
 
 
 def add_arguments(parser) -> None:
@@ -30,6 +36,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the JSON here")
     parser.add_argument("--no-keep-heap", action="store_true",
                         help="leave glibc's malloc defaults (large temporaries page-fault on every call)")
+    from dpm_ros.benchmarks.engine import add_engine_arguments
+
+    add_engine_arguments(parser)  # engine target: --preset --weights --resolution --backend --warmup --threads
 
 
 def run(args) -> int:
