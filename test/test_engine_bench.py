@@ -45,3 +45,14 @@ def test_engine_benchmark_report(tmp_path):
 def test_flop_count_of_the_dust3r_size_model_matches_the_issue_estimate():
     """3.4 TFLOP per symmetric 512x384 pair (counted on the meta device: no weights, no compute)."""
     assert network_flops("dust3r_vitl_512_dpt", 384, 512) == pytest.approx(3.4e12, rel=0.02)
+
+
+def test_dpm_bench_engine_command_writes_json(tmp_path, capsys):
+    from dpm_ros.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "engine", "--preset", "dpm_tiny", "--resolution", "48x32", "--backend", "onnxruntime",
+                 "--repeats", "2", "--warmup", "1", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == report
+    assert [(r["backend"], r["resolution"]) for r in report["results"]] == [("onnxruntime", "48x32")]
