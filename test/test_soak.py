@@ -1,0 +1,78 @@
+"""`dpm soak`: a short real run against dpm_node (oracle engine, DDS loopback) writes the JSON the 60-minute run
+writes; the summary arithmetic and the RSS reader are checked on their own."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dpm_ros.soak import SoakConfig, percentile, rss_mb, summarise
+
+pytest.importorskip("dpm_ros.engine.oracle", reason="dpm_ros.engine.oracle not present yet")
+
+RATE = 30.0
+MINUTES = 0.25
+
+
+def test_rss_reader_matches_proc_status():
+    text = open(f"/proc/{os.getpid()}/status").read()
+    kb = int(next(line for line in text.splitlines() if line.startswith("VmRSS:")).split()[1])
+    assert rss_mb(os.getpid()) == pytest.approx(kb / 1024, rel=0.05)
+
+
+def test_summary_growth_latency_and_drops_from_samples():
+    samples = [dict(t_s=t, rss_mb=r, outputs=o, latency_ms_p95=l, diag=dict(frames_in=str(f), pairs_dropped=str(d),
+                                                                           errors_total="2"))
+               for t, r, o, l, f, d in [(5, 300.0, 10, 90.0, 150, 5), (10, 400.0, 20, 100.0, 300, 9),
+                                        (20, 404.0, 40, 110.0, 600, 20), (30, 410.0, 60, 120.0, 895, 31)]]
+    s = summarise(samples, [10.0, 20.0, 30.0, 40.0, 1000.0], warmup=10.0, published=900)
+    assert s["rss_mb_start_after_warmup"] == 400.0 and s["rss_mb_end"] == 410.0
+    assert s["growth_pct"] == pytest.approx(2.5)
+    assert s["rss_mb_max_after_warmup"] == 410.0
+    assert s["pairs_per_s"] == pytest.approx((60 - 20) / (30 - 10))
+    assert s["latency_ms_p50"] == 30.0 and s["latency_ms_p95"] == pytest.approx(808.0)
+    assert (s["drops"], s["errors"], s["frames_in"], s["frames_lost_in_transport"]) == (31, 2, 895, 5)
+
+
+def test_percentile_and_config_errors():
+    assert percentile([], 50) is None and percentile([1, 2, 3], 50) == 2.0
+    for bad in (dict(minutes=0), dict(rate=-1), dict(frames=1), dict(sample_s=0)):
+        with pytest.raises(ValueError):
+            SoakConfig(**bad).check()
+    assert SoakConfig(minutes=60).warmup == 120.0 and SoakConfig(minutes=0.25).warmup == 5.0
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("soak") / "soak.json"
+    cmd = [sys.executable, "-m", "dpm_ros.cli", "soak", "--minutes", str(MINUTES), "--rate", str(RATE),
+           "--engine", "oracle", "--width", "128", "--height", "96", "--frames", "10", "--sample-s", "2",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ))
+    return proc, out
+
+
+def test_short_soak_writes_samples_and_summary(short_run):
+    proc, out = short_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["complete"] is True and doc["config"]["engine_param"].startswith("oracle:")
+    samples, s = doc["samples"], doc["summary"]
+    t = [x["t_s"] for x in samples]
+    assert len(samples) >= 6 and all(b > a for a, b in zip(t, t[1:]))
+    assert all(50.0 < x["rss_mb"] < 4000.0 for x in samples)
+    # the publisher kept the rate, and (loopback, shared memory) the node received every frame
+    assert s["frames_published"] == pytest.approx(RATE * 60 * MINUTES, rel=0.1)
+    assert s["frames_in"] >= 0.95 * s["frames_published"]
+    assert s["errors"] == 0 and s["node_alive_at_end"] and s["node_exit_code"] == 0
+    assert s["pairs_per_s"] > 0.5 and s["outputs"] >= 5
+    assert 0.0 < s["latency_ms_p50"] <= s["latency_ms_p95"] < 5000.0
+    assert np.isfinite(s["growth_pct"]) and abs(s["growth_pct"]) < 50.0
+    # latest wins: every frame is either paired and processed, dropped, or had no partner (the first one)
+    diag = samples[-1]["diag"]
+    assert int(diag["pairs_out"]) + s["drops"] <= s["frames_in"]
+    assert "RSS after warm-up" in proc.stdout and "pairs/s" in proc.stdout
