@@ -121,6 +121,7 @@ def test_export_at_another_resolution_and_with_external_data(tiny, tmp_path):
     info = export_onnx(model, path, height=24, width=32, external_data=True)
     assert (info.height, info.width) == (24, 32)
     data = tmp_path / "ext.onnx.data"
+    assert info.external_files == (data,)
     assert data.is_file() and data.stat().st_size > path.stat().st_size  # the weights live in the .data file
     img1, img2 = synthetic_images(6)
     got = load_engine(path).infer(img1, img2)

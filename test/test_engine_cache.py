@@ -21,10 +21,15 @@ def key(**changes):
     return cache.engine_cache_key(**fields)
 
 
-def test_file_sha256_matches_hashlib_across_chunks(tmp_path):
+def test_file_sha256_matches_hashlib_across_chunks_and_covers_external_data(tmp_path):
     data = os.urandom(3 * 1024 + 17)
     (tmp_path / "m.onnx").write_bytes(data)
     assert cache.file_sha256(tmp_path / "m.onnx", chunk_bytes=1024) == hashlib.sha256(data).hexdigest()
+    (tmp_path / "m.onnx.data").write_bytes(b"weights v1")
+    v1 = cache.file_sha256(tmp_path / "m.onnx", extra_files=(tmp_path / "m.onnx.data",))
+    assert v1 == hashlib.sha256(data + b"weights v1").hexdigest()
+    (tmp_path / "m.onnx.data").write_bytes(b"weights v2")   # same graph file, new weights: a new key
+    assert cache.file_sha256(tmp_path / "m.onnx", extra_files=(tmp_path / "m.onnx.data",)) != v1
 
 
 @pytest.mark.parametrize("field,value", [

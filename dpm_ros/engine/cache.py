@@ -18,12 +18,14 @@ KEY_FIELDS = ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability
 CACHE_FORMAT = 1
 
 
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks (ONNX files can be GBs)."""
+def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20, extra_files: tuple = ()) -> str:
+    """Hex sha256 of a file's bytes, read in chunks (ONNX files can be GBs), followed by the bytes of
+    ``extra_files`` (an ONNX model's external-data files: the weights are part of what an engine was built from)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk_bytes):
-            digest.update(block)
+    for name in (path, *extra_files):
+        with open(name, "rb") as f:
+            while block := f.read(chunk_bytes):
+                digest.update(block)
     return digest.hexdigest()
 
 

@@ -35,6 +35,7 @@ class OnnxModelInfo:
     outputs: tuple[str, ...]
     opset: int
     extra: dict = field(default_factory=dict)
+    external_files: tuple[Path, ...] = ()   # ONNX external-data files (weights above 2 GB), beside ``path``
 
     def metadata_props(self) -> dict[str, str]:
         return metadata_props(self.preset, self.height, self.width, self.symmetric, self.outputs, **self.extra)
@@ -102,8 +103,14 @@ def read_onnx_info(path: str | Path) -> OnnxModelInfo:
         if dims != (1, 3, height, width):
             raise ValueError(f"{path}: input {inp.name} has shape {dims}, metadata says (1, 3, {height}, {width})")
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    locations = sorted({entry.value for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+                        for entry in t.external_data if entry.key == "location"})
+    external = tuple(path.parent / loc for loc in locations)
+    missing_data = [str(p) for p in external if not p.is_file()]
+    if missing_data:
+        raise ValueError(f"{path}: its external weight file(s) {missing_data} are missing (copy them beside it)")
     known = {"preset", "height", "width", "symmetric", "normalisation", "inputs", "outputs"}
     return OnnxModelInfo(path=path, preset=props["preset"], height=height, width=width,
                          symmetric=props["symmetric"] == "true", normalisation=normalisation, inputs=graph_inputs,
                          outputs=graph_outputs, opset=opset,
-                         extra={k: v for k, v in props.items() if k not in known})
+                         extra={k: v for k, v in props.items() if k not in known}, external_files=external)

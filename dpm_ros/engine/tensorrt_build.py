@@ -193,7 +193,8 @@ def current_key(onnx_path: str | Path, precision: str, device_index: int = 0) ->
     info = read_onnx_info(onnx_path)
     gpu_name, capability = device_identity(device_index)
     shapes = {name: (1, 3, info.height, info.width) for name in info.inputs}
-    return cache.engine_cache_key(cache.file_sha256(onnx_path), trt.__version__, gpu_name, capability, precision,
+    onnx_sha = cache.file_sha256(onnx_path, extra_files=info.external_files)
+    return cache.engine_cache_key(onnx_sha, trt.__version__, gpu_name, capability, precision,
                                   shapes)
 
 
