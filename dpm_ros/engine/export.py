@@ -64,7 +64,8 @@ def export_onnx(model: torch.nn.Module, out: str | Path, height: int | None = No
                 symmetric: bool = True, opset: int = DEFAULT_OPSET, weights_sha256: str = "",
                 external_data: bool | None = None) -> OnnxModelInfo:
     """Write ``model`` (a DPMNet) to ``out`` as ONNX at a fixed ``height`` x ``width`` (pixels; default: the
-    model's config). ``external_data`` None = automatic (above ~2 GB of weights). Returns the file's metadata."""
+    model's config). ``external_data`` None = automatic (above ~2 GB of weights). The model is put in eval mode,
+    float32, on the CPU (in place). Returns the written file's metadata."""
     import onnx
 
     if opset < 17:
