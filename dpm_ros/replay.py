@@ -1,21 +1,18 @@
 """Offline replay: a rosbag2 with a camera topic in, a bag with dpm_node's outputs out, without DDS.
 
-The very code of ``dpm_node`` runs: a ``DpmNode`` object is assembled without starting ROS (no rclpy context, no
-DDS participant) and its own callbacks (``_enqueue``/``_on_image``, ``_on_camera_info``) and per-pair step
-(``_process``: pipeline, tracking, odometry, ``outputs.pair_messages``, ``messages.odometry_msg``/``tf_msg``) are
-called with the bag's messages in bag order. Its publishers are replaced by a capture, and every captured message is
-serialised with ``rclpy.serialization`` (the bytes rclpy would send), its alignment padding zeroed (rclpy leaves it
-uninitialised, see ``canonical_cdr``; so the same bag always replays to the same bytes) and written with its schema,
-stamped with I1's header stamp. Unlike the live node, no pair is dropped (inference never falls behind a bag) and /diagnostics (wall
-clock rates) is not written. The input bag is only read.
+The very code of ``dpm_node`` runs, without ROS (no rclpy context, no DDS participant): the bag's images go
+through the node's conversion and pairing (``image_to_rgb`` / ``compressed_to_rgb``, ``FrameRing``), and each pair
+through the node's per-pair step, ``ros.pair_step.PairProcessor`` (pipeline, metric scale, odometry, tracking, output
+messages), fed with the bag's CameraInfo, depth (``scale_source: depth``) and /tf_static in bag order. Every message
+it returns is serialised with ``rclpy.serialization`` (the bytes rclpy would send), its alignment padding zeroed
+(rclpy leaves it uninitialised, see ``canonical_cdr``; so the same bag always replays to the same bytes) and written
+with its schema, stamped with I1's header stamp. Unlike the live node, no pair is dropped (inference never falls
+behind a bag) and /diagnostics (wall clock rates) is not written. The input bag is only read.
 """
 from __future__ import annotations
 
-import logging
 import sys
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,74 +61,6 @@ def load_params(params_file: str | Path | None = None, overrides: dict | None = 
     return p
 
 
-class _Capture:
-    """Stands in for a publisher: keeps (topic, message) in publication order."""
-
-    def __init__(self, topic: str, sink: list):
-        self.topic, self.sink = topic, sink
-
-    def publish(self, msg) -> None:
-        self.sink.append((self.topic, msg))
-
-
-def headless_node(params: dict, engine=None, log: logging.Logger | None = None):
-    """A ``DpmNode`` with the node's state but no ROS context: publishers capture into ``node.captured``.
-    ``engine``: an Engine, or None to open ``params['engine']`` like the node does."""
-    from dpm_ros.pairing import FrameRing, LatestSlot
-    from dpm_ros.pipeline import DPMPipeline, Frame
-    from dpm_ros.ros.diagnostics import NodeHealth
-    from dpm_ros.ros.engine_select import open_engine
-    from dpm_ros.ros.node import OUTPUT_TYPES, DpmNode, pipeline_params
-    from dpm_ros.ros.odometry import EgoOdometry
-    from dpm_ros.ros.static_tf import StaticTransforms
-    from dpm_ros.tracking import ObjectTracker
-
-    node = DpmNode.__new__(DpmNode)          # no Node.__init__: nothing touches rclpy or DDS
-    logger = log or logging.getLogger("dpm_replay")
-    node.get_logger = lambda: _RclpyLikeLogger(logger)
-    node.p = dict(params)
-    node._Frame = Frame
-    node.engine = engine if engine is not None else open_engine(params["engine"], params["backend"])
-    node.engine_info = node.engine.info()
-    node._make_pipeline = lambda: DPMPipeline(node.engine, **pipeline_params(node.p))
-    node.pipeline = node._make_pipeline()
-    node._pipeline_dirty = False
-    node.health = NodeHealth()
-    node.ring = FrameRing(params["pair_interval"], params["max_pair_gap"], params["buffer_size"])
-    node._ring_lock = threading.Lock()
-    node.slot = LatestSlot()
-    node.tracker = ObjectTracker(params["track_gate_abs"], params["track_gate_rel"], params["track_max_age"])
-    node.odometry = EgoOdometry()
-    node._extrinsic_ok = not params["base_frame"]
-    node.static_tf = StaticTransforms()
-    node._camera_infos = deque(maxlen=200)
-    node._info_lock = threading.Lock()
-    node._camera_info_misses = 0
-    node.captured = []
-    node.pubs = {topic: _Capture("/" + topic, node.captured) for topic in OUTPUT_TYPES}
-    node.odom_pub = _Capture("/dpm/odometry", node.captured)
-    node.tf_pub = _Capture("/tf", node.captured)
-    return node
-
-
-class _RclpyLikeLogger:
-    """rclpy-logger-shaped wrapper (accepts throttle_duration_sec) over a logging.Logger."""
-
-    def __init__(self, logger: logging.Logger):
-        self._l = logger
-
-    def info(self, text, **_):
-        self._l.info(text)
-
-    def warning(self, text, **_):
-        self._l.warning(text)
-
-    warn = warning
-
-    def error(self, text, **_):
-        self._l.error(text)
-
-
 def msgtype_of(msg) -> str:
     """'pkg/msg/Name' of an rclpy message object."""
     return f"{type(msg).__module__.split('.')[0]}/msg/{type(msg).__name__}"
@@ -139,6 +68,9 @@ def msgtype_of(msg) -> str:
 
 @dataclass
 class ReplayStats:
+    """Counts of one replay. ``counters``: the per-pair step's /diagnostics numbers (scale, odometry, CameraInfo);
+    ``scales``: each written pair's factor (metres per model unit; 1.0 for scale_source none); ``skipped_images``:
+    unusable input images by kind."""
     images: int = 0
     pairs: int = 0
     messages_written: int = 0
@@ -146,7 +78,9 @@ class ReplayStats:
     per_topic: dict = field(default_factory=dict)
     failed_pairs: int = 0
     first_error: str | None = None
-    health: object = None
+    counters: dict = field(default_factory=dict)
+    scales: list = field(default_factory=list)
+    skipped_images: dict = field(default_factory=dict)
 
     @property
     def pairs_per_s(self) -> float:
@@ -179,33 +113,64 @@ def pick_camera_topics(connections, image_topic: str | None, info_topic: str | N
     return image_topic, info_topic
 
 
+def pick_depth_topic(connections, params: dict, path) -> str | None:
+    """The depth Image topic for ``scale_source: depth`` (``depth_topic``, made absolute), else None."""
+    if params["scale_source"] != "depth":
+        return None
+    topic = "/" + params["depth_topic"].lstrip("/")
+    images = sorted({c.topic for c in connections if c.msgtype == "sensor_msgs/msg/Image"})
+    if topic not in images:
+        raise ValueError(f"scale_source 'depth' needs depth images on {topic}, which '{path}' does not have; set "
+                         f"-p depth_topic:=TOPIC (Image topics in the bag: {', '.join(images) or 'none'})")
+    return topic
+
+
 def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | None = None,
                info_topic: str | None = None, copy_input: bool = False, progress: bool = True,
                overwrite: bool = False) -> ReplayStats:
-    """Run the bag at ``in_path`` through dpm_node's code and write its outputs to ``out_path`` (see module doc)."""
+    """Run the bag at ``in_path`` through dpm_node's code and write its outputs to ``out_path`` (see module doc).
+    ``engine``: an Engine, or None to open ``params['engine']`` like the node does."""
     from rclpy.serialization import deserialize_message, serialize_message
     from tqdm import tqdm
+
+    from dpm_ros.pairing import FrameRing, StampedFrame
+    from dpm_ros.ros.engine_select import open_engine
+    from dpm_ros.ros.image_convert import ImageFormatError, compressed_to_rgb, image_to_rgb
+    from dpm_ros.ros.messages import stamp_to_sec
+    from dpm_ros.ros.pair_step import PairProcessor
+    from dpm_ros.ros.static_tf import StaticTransforms
 
     reader = open_reader(in_path)
     try:
         image_topic, info_topic = pick_camera_topics(reader.connections, image_topic, info_topic, in_path)
+        depth_topic = pick_depth_topic(reader.connections, params, in_path)
         image_conn = next(c for c in reader.connections if c.topic == image_topic)
         compressed = image_conn.msgtype == CAMERA_TYPES[1]
         params = dict(params, image_transport="compressed" if compressed else "raw")
-        node = headless_node(params, engine)
-        wanted = {image_topic, info_topic, "/tf_static"} - {None}
+        engine = engine if engine is not None else open_engine(params["engine"], params["backend"])
+        static_tf = StaticTransforms()
+        told: set = set()
+
+        def notify(level: str, kind: str, text: str) -> None:   # once per kind, like the node's throttled log
+            if level != "info" and kind not in told:
+                told.add(kind)
+                print(f"dpm replay: warning: {text}", file=sys.stderr, flush=True)
+
+        step = PairProcessor(params, engine, lambda cam: static_tf.lookup(params["base_frame"], cam), notify)
+        ring = FrameRing(params["pair_interval"], params["max_pair_gap"], params["buffer_size"])
+        pending: list = []
+        wanted = {image_topic, info_topic, depth_topic, "/tf_static"} - {None}
         conns = reader.connections if copy_input else [c for c in reader.connections if c.topic in wanted]
         classes = {c.topic: resolve_msg_class(c.msgtype) for c in conns if c.topic in wanted}
         stats = ReplayStats()
         with BagWriter(out_path, overwrite=overwrite, keep_partial=False) as writer:
             def flush_pair() -> None:
-                pair = node.slot.take(timeout=0)
-                if pair is None:
+                if not pending:
                     return
+                pair = pending.pop()
                 try:
-                    node._process(pair)
+                    out = step.process(pair)
                 except Exception as exc:  # like the node's worker: count, tell once, go on with the next pair
-                    node.captured.clear()
                     stats.failed_pairs += 1
                     if stats.first_error is None:
                         stats.first_error = f"{type(exc).__name__}: {exc}"
@@ -214,13 +179,25 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                     return
                 stamp = pair.newest.header.stamp
                 stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
-                for topic, msg in node.captured:
-                    msgtype = msgtype_of(msg)
+                for key, msg in out.messages:
+                    topic, msgtype = "/" + key, msgtype_of(msg)
                     writer.add_topic(topic, msgtype)
                     writer.write(topic, stamp_ns, canonical_cdr(serialize_message(msg), msgtype))
                     stats.messages_written += 1
-                node.captured.clear()
                 stats.pairs += 1
+                stats.scales.append(out.scale)
+
+            def take_image(msg) -> None:
+                try:
+                    rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+                except ImageFormatError as exc:
+                    stats.skipped_images[exc.kind] = stats.skipped_images.get(exc.kind, 0) + 1
+                    notify("warn", exc.kind, f"skipped input image: {exc}")
+                    return
+                pair = ring.push(StampedFrame(stamp_to_sec(msg.header.stamp), rgb, None, msg.header,
+                                              time.monotonic()))
+                if pair is not None:
+                    pending[:] = [pair]
 
             start = time.perf_counter()
             total = next(c.msgcount for c in reader.connections if c.topic == image_topic)
@@ -231,19 +208,23 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                         writer.add_topic(conn.topic, conn.msgtype, [])
                         writer.write(conn.topic, stamp_ns, data)
                     if conn.topic == image_topic:
-                        flush_pair()  # the previous pair, once CameraInfo sent with its image has been read
-                        msg = deserialize_message(data, classes[image_topic])
-                        (node._on_compressed if compressed else node._on_image)(msg)
+                        flush_pair()  # the previous pair, once CameraInfo/depth sent with its image have been read
+                        take_image(deserialize_message(data, classes[image_topic]))
                         stats.images += 1
                         bar.update(1)
                     elif conn.topic == info_topic:
-                        node._on_camera_info(deserialize_message(data, classes[info_topic]))
+                        step.add_camera_info(deserialize_message(data, classes[info_topic]))
+                    elif conn.topic == depth_topic:
+                        try:
+                            step.add_depth(deserialize_message(data, classes[depth_topic]))
+                        except ValueError as exc:
+                            notify("warn", "depth_image", f"skipped depth image on {depth_topic}: {exc}")
                     elif conn.topic == "/tf_static" and classes.get("/tf_static") is not None:
-                        node.static_tf.add_message(deserialize_message(data, classes["/tf_static"]))
+                        static_tf.add_message(deserialize_message(data, classes["/tf_static"]))
                 flush_pair()
             stats.wall_s = time.perf_counter() - start
             stats.per_topic = dict(writer.counts)
-        stats.health = node.health
+        stats.counters = step.counters()
         if stats.failed_pairs and not stats.pairs:
             raise ValueError(f"every pair of '{in_path}' failed in the pipeline; first error: {stats.first_error}")
         return stats

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections import deque
 from typing import Optional
 
 import numpy as np
@@ -26,11 +25,9 @@ from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth
 from dpm_ros.ros.engine_select import open_engine
 from dpm_ros.ros.image_convert import ImageFormatError, compressed_to_rgb, image_to_rgb
-from dpm_ros.ros.odometry import EgoOdometry
-from dpm_ros.ros.outputs import OutputOptions, pair_messages
+from dpm_ros.ros.pair_step import PairProcessor
 from dpm_ros.ros.params import PARAMS, check_choice, descriptor
 from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static, tf2_lookup
-from dpm_ros.tracking import Detection, ObjectTracker
 
 try:  # rclpy ≥ Humble; the class moved between releases
     from rclpy._rclpy_pybind11 import RCLError
@@ -50,13 +47,6 @@ def _input_qos(p: dict) -> QoSProfile:
                       else DurabilityPolicy.VOLATILE)
 
 
-def pipeline_params(p: dict) -> dict:
-    """DPMPipeline keyword arguments from node parameters (eps_abs 0 = off, use eps_rel)."""
-    return dict(eps_rel=p["eps_rel"], eps_abs=p["eps_abs"] or None, conf_threshold=p["conf_threshold"],
-                min_object_pixels=p["min_object_pixels"], object_max_gap=p["object_max_gap"],
-                ego_method=p["ego_method"], use_learned_mask=p["use_learned_mask"])
-
-
 class DpmNode(Node):
     """The DPM perception node (see module docstring and config/dpm.yaml for parameters)."""
 
@@ -73,31 +63,21 @@ class DpmNode(Node):
                              f"({self.p['pair_interval']} s)")
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        from dpm_ros.pipeline import DPMPipeline, Frame  # torch and geometry: imported when the node starts
-
-        self._Frame = Frame
         self.engine = open_engine(self.p["engine"], self.p["backend"])
         self.engine_info = self.engine.info()
-        self._make_pipeline = lambda: DPMPipeline(self.engine, **pipeline_params(self.p))
-        self.pipeline = self._make_pipeline()
-        self._pipeline_dirty = False
 
         self.health = NodeHealth()
         self.ring = FrameRing(self.p["pair_interval"], self.p["max_pair_gap"], self.p["buffer_size"])
         self._ring_lock = threading.Lock()
         self.slot: LatestSlot[FramePair] = LatestSlot()
-        self.tracker = ObjectTracker(self.p["track_gate_abs"], self.p["track_gate_rel"], self.p["track_max_age"])
-        self.odometry = EgoOdometry()
-        self._extrinsic_ok = not self.p["base_frame"]
         self.static_tf = StaticTransforms()
         self._tf2_lookup = None
         if self.p["base_frame"]:
             self._tf2_lookup = tf2_lookup(self, self.p["base_frame"])   # tf2_ros where importable
             if self._tf2_lookup is None:
                 subscribe_tf_static(self, self.static_tf)
-        self._camera_infos: deque = deque(maxlen=200)
-        self._info_lock = threading.Lock()
-        self._camera_info_misses = 0
+        # the per-pair work, shared with `dpm replay` (pipeline, scale, odometry, tracking, output messages)
+        self.step = PairProcessor(self.p, self.engine, self._extrinsic, self._on_step_notice)
 
         self._make_publishers()
         qos = _input_qos(self.p)
@@ -110,6 +90,9 @@ class DpmNode(Node):
             self.create_subscription(Image, "image", self._on_image, qos)
         if self.p["use_camera_info"]:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
+        if self.p["scale_source"] == "depth":
+            self.depth_topic = self.resolve_topic_name(self.p["depth_topic"])
+            self.create_subscription(Image, self.p["depth_topic"], self._on_depth, qos)
         self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
 
         self._worker = threading.Thread(target=self._work, name="dpm_worker", daemon=True)
@@ -143,7 +126,7 @@ class DpmNode(Node):
                 return SetParametersResult(successful=False, reason=err)
         for prm in params:
             self.p[prm.name] = prm.value
-        self._pipeline_dirty = True
+        self.step.params_changed()
         return SetParametersResult(successful=True)
 
     # --- callbacks (never block) ----------------------------------------------------------------------------------
@@ -180,33 +163,28 @@ class DpmNode(Node):
             (self.get_logger().error if error else self.get_logger().warning)(text)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        K = np.asarray(msg.k, float).reshape(3, 3)
-        if K[0, 0] <= 0 or K[1, 1] <= 0:
+        if not self.step.add_camera_info(msg):
             self.health.error("camera_info", "CameraInfo with zero focal length ignored")
-            return
-        with self._info_lock:
-            self._camera_infos.append((M.stamp_to_sec(msg.header.stamp), K, int(msg.height), int(msg.width)))
+
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            self.step.add_depth(msg)
+        except ImageFormatError as exc:
+            self.health.error(exc.kind, str(exc))
+            self._warn_throttled(exc.kind, f"skipped depth image on {self.depth_topic}: {exc}")
+
+    def _extrinsic(self, camera_frame: str) -> Optional[np.ndarray]:
+        """Pose of the camera optical frame in base_frame from /tf_static (tf2_ros where importable), or None."""
+        tf2 = self._tf2_lookup
+        return tf2(camera_frame) if tf2 is not None else self.static_tf.lookup(self.p["base_frame"], camera_frame)
+
+    def _on_step_notice(self, level: str, kind: str, text: str) -> None:
+        if level == "info":
+            self.get_logger().info(text)
+        else:
+            self._warn_throttled(kind, text)
 
     # --- worker ---------------------------------------------------------------------------------------------------
-
-    def _camera_k(self, frame: StampedFrame) -> Optional[np.ndarray]:
-        """K (pixels) at the frame's resolution from CameraInfo (exact stamp or latest), or None (estimate)."""
-        if not self.p["use_camera_info"]:
-            return None
-        with self._info_lock:
-            infos = list(self._camera_infos)
-        if self.p["camera_info_sync"] == "latest":
-            match = infos[-1] if infos else None
-        else:
-            match = next((i for i in reversed(infos) if abs(i[0] - frame.stamp) < 1e-6), None)
-        if match is None:
-            self._camera_info_misses += 1
-            return None
-        _, K, h, w = match
-        H, W = frame.image.shape[:2]
-        if h and w and (h, w) != (H, W):
-            K = np.diag([W / w, H / h, 1.0]) @ K
-        return K
 
     def _work(self) -> None:
         while not self.slot.closed:
@@ -223,68 +201,29 @@ class DpmNode(Node):
                                      error=True)
 
     def _process(self, pair: FramePair) -> None:
-        if self._pipeline_dirty:
-            self._pipeline_dirty = False
-            self.pipeline = self._make_pipeline()
-            self.tracker.gate_abs, self.tracker.gate_rel = self.p["track_gate_abs"], self.p["track_gate_rel"]
-            self.tracker.max_age = self.p["track_max_age"]
-        new, old = pair.newest, pair.older
-        queue_ms = 1000.0 * (time.monotonic() - new.received)
-        f1 = self._Frame(image=new.image, stamp=new.stamp, K=self._camera_k(new))
-        f2 = self._Frame(image=old.image, stamp=old.stamp, K=self._camera_k(old))
+        queue_ms = 1000.0 * (time.monotonic() - pair.newest.received)
         t0 = time.perf_counter()
-        result = self.pipeline.process(f1, f2)
-        inference_ms = 1000.0 * (time.perf_counter() - t0)
-        t_pub = time.perf_counter()
+        out = self.step.process(pair, depth_wait=self.p["depth_wait"])
+        for topic, msg in out.messages:
+            self._publisher(topic).publish(msg)
+        output_ms = 1000.0 * (time.perf_counter() - t0) - out.inference_ms   # scale, tracking, messages, publish
+        self.health.pair_done(out.inference_ms, 1000.0 * (time.monotonic() - pair.newest.received), queue_ms,
+                              output_ms)
+        self._last_timings = out.timings
 
-        camera_frame = self.p["camera_frame"] or new.header.frame_id
-        header = M.copy_header(new.header, frame_id=camera_frame)
-        state = self._update_odometry(camera_frame, new.stamp, old.stamp, np.asarray(result.T_c1_c2, float))
-        ids = self._track(new.stamp, result, state.T_odom_camera)
-        opts = OutputOptions(self.p["cloud_stride"], self.p["cloud_min_confidence"], self.p["metric"])
-        for topic, msg in pair_messages(result, header, new.image, ids, opts).items():
-            self.pubs[topic].publish(msg)
-        if self._extrinsic_ok:
-            child = self.p["base_frame"] or camera_frame
-            self.odom_pub.publish(M.odometry_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child,
-                                                 state.linear, state.angular))
-            if self.p["publish_tf"]:
-                self.tf_pub.publish(M.tf_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child))
-        self.health.pair_done(inference_ms, 1000.0 * (time.monotonic() - new.received), queue_ms,
-                              1000.0 * (time.perf_counter() - t_pub))
-        self._last_timings = dict(getattr(result, "timings", {}) or {})
-
-    def _update_odometry(self, camera_frame: str, t1: float, t2: float, T_c1_c2: np.ndarray):
-        if not self._extrinsic_ok:
-            tf2 = getattr(self, "_tf2_lookup", None)
-            T = tf2(camera_frame) if tf2 is not None else self.static_tf.lookup(self.p["base_frame"], camera_frame)
-            if T is not None:
-                self.odometry.set_extrinsic(T)
-                self._extrinsic_ok = True
-                self.get_logger().info(f"extrinsic {self.p['base_frame']} → {camera_frame} from /tf_static")
-            else:
-                self._warn_throttled("extrinsic", f"waiting for /tf_static {self.p['base_frame']} → {camera_frame}; "
-                                     "odometry and TF are not published until it arrives")
-        return self.odometry.update(t1, t2, T_c1_c2)
-
-    def _track(self, stamp: float, result, T_odom_camera: np.ndarray) -> list[int]:
-        """Stable object ids: centroids and velocities moved into odom so camera motion does not break tracks."""
-        R, t = T_odom_camera[:3, :3], T_odom_camera[:3, 3]
-        dets = []
-        for o in result.objects:
-            c = np.asarray(o.centroid, float)
-            lin = M.ObjectReport(0, o.R, o.t, c, o.extent, 0.0, 0).velocities(result.dt)[0]
-            dets.append(Detection(R @ c + t, R @ lin, np.asarray(o.extent, float)))
-        return self.tracker.update(stamp, dets)
+    def _publisher(self, topic: str):
+        if topic == "tf":
+            return self.tf_pub
+        if topic == "dpm/odometry":
+            return self.odom_pub
+        return self.pubs[topic]
 
     # --- diagnostics and shutdown ---------------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
         with self._ring_lock:
             counters = {f"pairing_{k}": v for k, v in self.ring.counters.as_dict().items()}
-        counters.update(odometry_approximate_chains=self.odometry.approximate_chains,
-                        odometry_resets=self.odometry.resets, camera_info_misses=self._camera_info_misses,
-                        waiting_for_extrinsic=not self._extrinsic_ok)
+        counters.update(self.step.counters())
         level, text, values = self.health.report(counters, self.slot.replaced)
         if values["frames_in"] == 0:
             level, text = "warn", (f"no images received on {getattr(self, 'input_topic', 'image')} yet (check the "

@@ -62,6 +62,17 @@ PARAMS: tuple[ParamSpec, ...] = (
               "engine, else pnp is used)", choices=("pixel_aligned", "matched", "seed", "pnp")),
     ParamSpec("use_learned_mask", False, "-", "use the network's motion probability instead of ε thresholds"),
     ParamSpec("metric", False, "-", "positions are metres (engine or scale source is metric)"),
+    # --- metric scale (dpm_ros/scale.py)
+    ParamSpec("scale_source", "none", "-", "metric scale: 'none' model units; 'fixed' × fixed_scale; 'depth' median "
+              "ratio to the depth image of I1 on depth_topic (metres); 'chain' one consistent scale along the "
+              "sequence from the frame consecutive pairs share (starts at fixed_scale; metres only if that is)",
+              choices=("none", "fixed", "depth", "chain")),
+    ParamSpec("fixed_scale", 1.0, "m/unit", "metres per model unit for 'fixed'; the first pair's factor for 'chain'",
+              range=(1e-6, 1e6)),
+    ParamSpec("depth_topic", "depth", "topic", "metric depth image for 'depth' (sensor_msgs/Image 32FC1 metres or "
+              "16UC1 millimetres), matched to the camera image by stamp"),
+    ParamSpec("depth_wait", 0.1, "s", "how long a pair waits for its depth image before falling back to the chain",
+              range=(0.0, 5.0)),
     # --- outputs
     ParamSpec("cloud_stride", 1, "pixels", "keep every n-th row/column in /dpm/points", range=(1, 64)),
     ParamSpec("cloud_min_confidence", 0.0, "-", "points with lower confidence are NaN in /dpm/points",

@@ -1,0 +1,257 @@
+"""One frame pair → every per-pair output message of ``dpm_node``: pipeline → metric scale → odometry → object
+tracking → messages. No rclpy node inside (only message objects from ``messages``/``outputs``), so the live node
+(its worker thread) and ``dpm replay`` run this very code and publish/write the same bytes by construction.
+
+Side inputs the step keeps: CameraInfo (K by stamp, or the latest), metric depth images (``depth_topic``, matched to
+I1 by stamp; 32FC1 metres or 16UC1 millimetres) and the base → camera extrinsic (a lookup callable).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from dpm_ros.pairing import FramePair
+from dpm_ros.ros import messages as M
+from dpm_ros.ros.image_convert import ImageFormatError
+from dpm_ros.ros.odometry import EgoOdometry
+from dpm_ros.ros.outputs import OutputOptions, pair_messages
+from dpm_ros.scale import ScaleEstimator, scale_result
+from dpm_ros.tracking import Detection, ObjectTracker
+
+METRIC_SOURCES = ("fixed", "depth")   # scale sources whose output is metres; "chain" is metric only with `metric`
+STAMP_TOL = 1e-6                       # seconds: "same stamp"
+
+
+def pipeline_params(p: dict) -> dict:
+    """DPMPipeline keyword arguments from node parameters (eps_abs 0 = off, use eps_rel)."""
+    return dict(eps_rel=p["eps_rel"], eps_abs=p["eps_abs"] or None, conf_threshold=p["conf_threshold"],
+                min_object_pixels=p["min_object_pixels"], object_max_gap=p["object_max_gap"],
+                ego_method=p["ego_method"], use_learned_mask=p["use_learned_mask"])
+
+
+def depth_to_metres(msg) -> np.ndarray:
+    """sensor_msgs/Image depth → float64 (H, W) metres, NaN where invalid. 32FC1: metres (REP 118; NaN/±inf/0
+    invalid); 16UC1 / mono16: millimetres (0 invalid). Anything else raises ImageFormatError("depth_encoding")."""
+    enc = str(msg.encoding).upper()
+    dtypes = {"32FC1": np.float32, "16UC1": np.uint16, "MONO16": np.uint16}
+    if enc not in dtypes:
+        raise ImageFormatError("depth_encoding", f"depth image encoding '{msg.encoding}' not supported "
+                                                 "(use 32FC1 in metres or 16UC1 in millimetres)")
+    dt = np.dtype(dtypes[enc]).newbyteorder(">" if msg.is_bigendian else "<")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h < 1 or w < 1 or step < w * dt.itemsize or len(msg.data) < step * h:
+        raise ImageFormatError("depth_size", f"depth image {w}×{h}, step {step}: data has {len(msg.data)} bytes, "
+                                             f"expected at least step×height = {step * h}")
+    rows = np.frombuffer(bytes(msg.data[:step * h]), np.uint8).reshape(h, step)[:, :w * dt.itemsize]
+    z = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(np.float64)
+    if dt.kind == "u":
+        z = z / 1000.0
+    z[~np.isfinite(z) | (z <= 0)] = np.nan
+    return z
+
+
+class DepthBuffer:
+    """Recent metric depth images by stamp; ``get`` waits (bounded) for one that has not arrived yet. Thread-safe."""
+
+    def __init__(self, size: int = 64):
+        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._size = int(size)
+        self._cond = threading.Condition()
+
+    def add(self, stamp: float, depth: np.ndarray) -> None:
+        with self._cond:
+            self._items[int(round(stamp * 1e9))] = depth
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+            self._cond.notify_all()
+
+    def get(self, stamp: float, timeout: float = 0.0) -> Optional[np.ndarray]:
+        """The depth image stamped ``stamp`` (±1 µs), waiting up to ``timeout`` seconds for it; None if absent."""
+        key = int(round(stamp * 1e9))
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                hit = next((v for k, v in reversed(self._items.items()) if abs(k - key) <= 1000), None)
+                left = deadline - time.monotonic()
+                if hit is not None or left <= 0:
+                    return hit
+                self._cond.wait(left)
+
+
+@dataclass
+class StepOutput:
+    """What one pair produced. ``messages``: (topic key, message) in publication order; keys are the node's
+    relative topics (``dpm/points`` … ``dpm/odometry``) and ``tf`` for /tf. ``inference_ms``: pipeline time."""
+    messages: list
+    inference_ms: float
+    scale: float
+    scale_source: str
+    timings: dict = field(default_factory=dict)
+
+
+class PairProcessor:
+    """The node's per-pair work. ``params``: the node's parameter dict (kept by reference: runtime changes take
+    effect after ``params_changed()``); ``engine``: an Engine; ``extrinsic_lookup(camera_frame)``: 4×4 pose of the
+    camera optical frame in ``base_frame`` or None (used only when ``base_frame`` is set); ``notify(level, kind,
+    text)``: level "info" or "warn" (the caller throttles and counts)."""
+
+    def __init__(self, params: dict, engine, extrinsic_lookup: Callable[[str], Optional[np.ndarray]] | None = None,
+                 notify: Callable[[str, str, str], None] | None = None):
+        from dpm_ros.pipeline import DPMPipeline, Frame  # torch and geometry: imported when the node starts
+
+        self.p = params
+        self._Frame, self._DPMPipeline = Frame, DPMPipeline
+        self.engine = engine
+        self.pipeline = DPMPipeline(engine, **pipeline_params(params))
+        self._dirty = False
+        self.tracker = ObjectTracker(params["track_gate_abs"], params["track_gate_rel"], params["track_max_age"])
+        self.odometry = EgoOdometry()
+        self.scale = ScaleEstimator(params["scale_source"], fixed_scale=params["fixed_scale"],
+                                    initial_scale=params["fixed_scale"])
+        self.metric = bool(params["metric"]) or params["scale_source"] in METRIC_SOURCES
+        self.depth = DepthBuffer()
+        self.extrinsic_ok = not params["base_frame"]
+        self._extrinsic_lookup = extrinsic_lookup
+        self._notify = notify or (lambda level, kind, text: None)
+        self._camera_infos: deque = deque(maxlen=200)
+        self._info_lock = threading.Lock()
+        self.camera_info_misses = 0
+        self.depth_errors = 0
+        self.scale_resets = 0
+        self._last_t1: Optional[float] = None
+        self.last_scale: Optional[float] = None
+
+    # --- side inputs (any thread) ---------------------------------------------------------------------------------
+
+    def add_camera_info(self, msg) -> bool:
+        """Keep a CameraInfo; False (ignored) when its focal length is not positive."""
+        K = np.asarray(msg.k, float).reshape(3, 3)
+        if K[0, 0] <= 0 or K[1, 1] <= 0:
+            return False
+        with self._info_lock:
+            self._camera_infos.append((M.stamp_to_sec(msg.header.stamp), K, int(msg.height), int(msg.width)))
+        return True
+
+    def add_depth(self, msg) -> None:
+        """Keep a depth image (for scale_source 'depth'); raises ImageFormatError for an unusable one."""
+        try:
+            depth = depth_to_metres(msg)
+        except ImageFormatError:
+            self.depth_errors += 1
+            raise
+        self.depth.add(M.stamp_to_sec(msg.header.stamp), depth)
+
+    def params_changed(self) -> None:
+        """Rebuild the pipeline and retune the tracker from ``params`` before the next pair."""
+        self._dirty = True
+
+    def counters(self) -> dict:
+        """Numbers for /diagnostics."""
+        return dict(odometry_approximate_chains=self.odometry.approximate_chains,
+                    odometry_resets=self.odometry.resets, camera_info_misses=self.camera_info_misses,
+                    waiting_for_extrinsic=not self.extrinsic_ok, scale_source=self.p["scale_source"],
+                    scale_last=float(self.last_scale) if self.last_scale is not None else float("nan"),
+                    scale_chain_breaks=self.scale.chain_breaks, scale_depth_misses=self.scale.depth_misses,
+                    scale_depth_errors=self.depth_errors, scale_resets=self.scale_resets)
+
+    # --- the step (one thread) ------------------------------------------------------------------------------------
+
+    def camera_k(self, frame) -> Optional[np.ndarray]:
+        """K (pixels) at the frame's resolution from CameraInfo (exact stamp or latest), or None (estimate)."""
+        if not self.p["use_camera_info"]:
+            return None
+        with self._info_lock:
+            infos = list(self._camera_infos)
+        if self.p["camera_info_sync"] == "latest":
+            match = infos[-1] if infos else None
+        else:
+            match = next((i for i in reversed(infos) if abs(i[0] - frame.stamp) < STAMP_TOL), None)
+        if match is None:
+            self.camera_info_misses += 1
+            return None
+        _, K, h, w = match
+        H, W = frame.image.shape[:2]
+        if h and w and (h, w) != (H, W):
+            K = np.diag([W / w, H / h, 1.0]) @ K
+        return K
+
+    def process(self, pair: FramePair, depth_wait: float = 0.0) -> StepOutput:
+        """Run one pair (I1 = ``pair.newest``). ``depth_wait``: seconds to wait for I1's depth image (live node)."""
+        if self._dirty:
+            self._dirty = False
+            self.pipeline = self._DPMPipeline(self.engine, **pipeline_params(self.p))
+            self.tracker.gate_abs, self.tracker.gate_rel = self.p["track_gate_abs"], self.p["track_gate_rel"]
+            self.tracker.max_age = self.p["track_max_age"]
+        new, old = pair.newest, pair.older
+        f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new))
+        f2 = self._Frame(image=old.image, stamp=old.stamp, K=self.camera_k(old))
+        t0 = time.perf_counter()
+        result = self.pipeline.process(f1, f2)
+        inference_ms = 1000.0 * (time.perf_counter() - t0)
+        result, estimate = self._metric(new.stamp, old.stamp, result, depth_wait)
+
+        camera_frame = self.p["camera_frame"] or new.header.frame_id
+        header = M.copy_header(new.header, frame_id=camera_frame)
+        state = self._update_odometry(camera_frame, new.stamp, old.stamp, np.asarray(result.T_c1_c2, float))
+        ids = self._track(new.stamp, result, state.T_odom_camera)
+        opts = OutputOptions(self.p["cloud_stride"], self.p["cloud_min_confidence"], self.metric)
+        messages = list(pair_messages(result, header, new.image, ids, opts).items())
+        if self.extrinsic_ok:
+            child = self.p["base_frame"] or camera_frame
+            messages.append(("dpm/odometry", M.odometry_msg(header.stamp, self.p["odom_frame"], child,
+                                                            state.T_odom_child, state.linear, state.angular)))
+            if self.p["publish_tf"]:
+                messages.append(("tf", M.tf_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child)))
+        return StepOutput(messages, inference_ms, estimate.scale, estimate.source,
+                          dict(getattr(result, "timings", {}) or {}))
+
+    def _metric(self, t1: float, t2: float, result, depth_wait: float):
+        """The pair scaled to metres (or kept in model units for 'none'); resets the chain when stamps go back."""
+        if self._last_t1 is not None and t1 < self._last_t1:
+            self.scale.reset()
+            self.scale_resets += 1
+        self._last_t1 = t1
+        depth1 = None
+        if self.scale.source == "depth":
+            depth1 = self.depth.get(t1, depth_wait)
+        breaks, misses = self.scale.chain_breaks, self.scale.depth_misses
+        estimate = self.scale.update(t1, t2, result.maps, result.T_c1_c2, depth1=depth1)
+        if self.scale.depth_misses != misses:
+            why = "no depth image with I1's stamp" if depth1 is None else "too few valid depth pixels"
+            self._notify("warn", "scale_depth", f"scale: {why} on '{self.p['depth_topic']}' at t = {t1:.6f} s; "
+                                                f"scale from the chain ({estimate.source}, {estimate.scale:.4g})")
+        elif self.scale.chain_breaks != breaks:
+            self._notify("warn", "scale_chain", f"scale chain broken at t = {t1:.6f} s (the pair shares no frame "
+                                                f"with earlier pairs): holding scale {estimate.scale:.4g}")
+        self.last_scale = estimate.scale
+        if estimate.source == "none" or estimate.scale == 1.0:
+            return result, estimate
+        return scale_result(result, estimate.scale), estimate
+
+    def _update_odometry(self, camera_frame: str, t1: float, t2: float, T_c1_c2: np.ndarray):
+        if not self.extrinsic_ok:
+            lookup = self._extrinsic_lookup
+            T = lookup(camera_frame) if lookup is not None else None
+            if T is not None:
+                self.odometry.set_extrinsic(T)
+                self.extrinsic_ok = True
+                self._notify("info", "extrinsic", f"extrinsic {self.p['base_frame']} → {camera_frame} from /tf_static")
+            else:
+                self._notify("warn", "extrinsic", f"waiting for /tf_static {self.p['base_frame']} → {camera_frame}; "
+                                                  "odometry and TF are not published until it arrives")
+        return self.odometry.update(t1, t2, T_c1_c2)
+
+    def _track(self, stamp: float, result, T_odom_camera: np.ndarray) -> list[int]:
+        """Stable object ids: centroids and velocities moved into odom so camera motion does not break tracks."""
+        R, t = T_odom_camera[:3, :3], T_odom_camera[:3, 3]
+        dets = []
+        for o in result.objects:
+            c = np.asarray(o.centroid, float)
+            lin = M.ObjectReport(0, o.R, o.t, c, o.extent, 0.0, 0).velocities(result.dt)[0]
+            dets.append(Detection(R @ c + t, R @ lin, np.asarray(o.extent, float)))
+        return self.tracker.update(stamp, dets)
