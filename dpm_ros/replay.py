@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from dpm_ros.ros.bag_player import (CAMERA_TYPES, camera_topics, iterate_messages, no_camera_message,
@@ -225,6 +226,12 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
             stats.wall_s = time.perf_counter() - start
             stats.per_topic = dict(writer.counts)
         stats.counters = step.counters()
+        if params["scale_source"] != "none" and stats.scales:
+            c = stats.counters
+            print(f"dpm replay: scale ({params['scale_source']}): {min(stats.scales):.4g}..{max(stats.scales):.4g} "
+                  f"(median {float(np.median(stats.scales)):.4g}) per model unit over {len(stats.scales)} pairs; "
+                  f"chain breaks {c['scale_chain_breaks']}, depth misses {c['scale_depth_misses']}, "
+                  f"bad depth images {c['scale_depth_errors']}", file=sys.stderr, flush=True)
         if stats.failed_pairs and not stats.pairs:
             raise ValueError(f"every pair of '{in_path}' failed in the pipeline; first error: {stats.first_error}")
         return stats
