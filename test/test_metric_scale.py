@@ -55,13 +55,18 @@ def replay(bag, out, engine, **overrides):
     return stats, tf_poses(out)
 
 
-def tf_poses(bag, first_only=True) -> dict:
+def tf_poses(bag) -> dict:
+    """{header stamp ns: 4×4} of the first transform of each /tf message in ``bag``."""
     from rclpy.serialization import deserialize_message
     from tf2_msgs.msg import TFMessage
 
     from dpm_ros.ros.messages import transform_to_matrix
-    return {ns: transform_to_matrix(deserialize_message(d, TFMessage).transforms[0].transform)
-            for t, ns, d in read_bag(bag) if t == "/tf"}
+    out = {}
+    for t, _, d in read_bag(bag):
+        if t == "/tf":
+            tf = deserialize_message(d, TFMessage).transforms[0]
+            out[tf.header.stamp.sec * 1_000_000_000 + tf.header.stamp.nanosec] = transform_to_matrix(tf.transform)
+    return out
 
 
 def pair_length_ratios(est: dict, gt: dict, gap: int = 2) -> np.ndarray:

@@ -129,9 +129,9 @@ class PairProcessor:
     # --- side inputs (any thread) ---------------------------------------------------------------------------------
 
     def add_camera_info(self, msg) -> bool:
-        """Keep a CameraInfo; False (ignored) when its focal length is not positive."""
+        """Keep a CameraInfo; False (ignored) when K is not finite or its focal length is not positive."""
         K = np.asarray(msg.k, float).reshape(3, 3)
-        if K[0, 0] <= 0 or K[1, 1] <= 0:
+        if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
             return False
         with self._info_lock:
             self._camera_infos.append((M.stamp_to_sec(msg.header.stamp), K, int(msg.height), int(msg.width)))
@@ -240,7 +240,8 @@ class PairProcessor:
             if T is not None:
                 self.odometry.set_extrinsic(T)
                 self.extrinsic_ok = True
-                self._notify("info", "extrinsic", f"extrinsic {self.p['base_frame']} → {camera_frame} from /tf_static")
+                self._notify("info", "extrinsic",
+                             f"extrinsic {self.p['base_frame']} → {camera_frame} from /tf_static")
             else:
                 self._notify("warn", "extrinsic", f"waiting for /tf_static {self.p['base_frame']} → {camera_frame}; "
                                                   "odometry and TF are not published until it arrives")
