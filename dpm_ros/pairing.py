@@ -2,6 +2,7 @@
 
 ``FrameRing`` keeps recent frames; each new frame becomes I1 (the newest, t1 = now) and is paired with the buffered
 frame I2 whose stamp is closest to ``t1 − pair_interval``, provided ``0 < t1 − t2 ≤ max_pair_gap``.
+Stamps going backwards or a change of image size restart the buffer (counted; frames of two sizes never pair).
 ``LatestSlot`` hands pairs to one worker thread: a newer pair replaces one the worker has not taken yet (latest wins),
 so callbacks never block and latency stays bounded; every replaced pair is counted.
 """
@@ -45,6 +46,7 @@ class PairingCounters:
     no_partner: int = 0       # frame had no buffered frame within (0, max_pair_gap]
     duplicates: int = 0       # stamp equal to the newest buffered one: ignored
     stamp_jumps_back: int = 0  # stamp went backwards (bag loop, clock reset): buffer cleared
+    resolution_changes: int = 0  # image size differs from the buffered frames': buffer cleared (never paired)
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -87,6 +89,9 @@ class FrameRing:
                 return None
             if frame.stamp < last:
                 c.stamp_jumps_back += 1
+                self._frames.clear()
+            elif np.shape(self._frames[-1].image) != np.shape(frame.image):
+                c.resolution_changes += 1
                 self._frames.clear()
         t1 = frame.stamp
         while self._frames and t1 - self._frames[0].stamp > self.max_pair_gap:

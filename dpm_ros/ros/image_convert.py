@@ -9,6 +9,7 @@ import numpy as np
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
+MAX_PIXELS = 40_000_000  # larger than 8K UHD (33 MP); checked on the header, before the data is touched
 
 
 class ImageFormatError(ValueError):
@@ -28,6 +29,9 @@ def image_to_rgb(msg) -> np.ndarray:
     h, w, step, ch = int(msg.height), int(msg.width), int(msg.step), _CHANNELS[enc]
     if h < 1 or w < 1:
         raise ImageFormatError("size", f"image is {w}×{h} pixels: nothing to process")
+    if h * w > MAX_PIXELS:
+        raise ImageFormatError("size", f"image is {w}×{h} = {h * w / 1e6:.0f} MP, more than the {MAX_PIXELS / 1e6:.0f} MP "
+                                       "this node accepts (downscale in the camera driver)")
     if step < w * ch:
         raise ImageFormatError("size", f"image step {step} bytes is shorter than width×channels = {w * ch} ({enc})")
     buf = np.frombuffer(msg.data, dtype=np.uint8)
@@ -47,7 +51,10 @@ def image_to_rgb(msg) -> np.ndarray:
 def compressed_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg, png, ...) → uint8 (H, W, 3) RGB."""
     import cv2
+    from cv2.utils import logging as cv_log
 
+    if cv_log.getLogLevel() > cv_log.LOG_LEVEL_ERROR:  # OpenCV's own warning per corrupt PNG would flood the log
+        cv_log.setLogLevel(cv_log.LOG_LEVEL_ERROR)     # (the node logs its own message, throttled)
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR) if buf.size else None
     if img is None:

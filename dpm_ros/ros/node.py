@@ -150,7 +150,8 @@ class DpmNode(Node):
             jumps = self.ring.counters.stamp_jumps_back
             pair = self.ring.push(frame)
             if self.ring.counters.stamp_jumps_back != jumps:
-                self.get_logger().warning("image stamp went backwards (bag loop or clock reset): pairing restarted")
+                self._warn_throttled("stamp_back", "image stamp went backwards (bag loop or clock reset): pairing "
+                                     "restarted (counted in /diagnostics pairing_stamp_jumps_back)")
         if pair is not None:
             self.slot.put(pair)
 
@@ -160,11 +161,18 @@ class DpmNode(Node):
         last = self.__dict__.setdefault("_last_warning", {})  # (also set up when replay builds a headless node)
         if now - last.get(kind, -1e9) >= period:
             last[kind] = now
-            (self.get_logger().error if error else self.get_logger().warning)(text)
+            # two call sites: rclpy refuses a second severity from the same line ("Logger severity cannot be
+            # changed between calls"), which killed the worker thread on its first pipeline error
+            if error:
+                self.get_logger().error(text)
+            else:
+                self.get_logger().warning(text)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         if not self.step.add_camera_info(msg):
             self.health.error("camera_info", "CameraInfo with zero focal length ignored")
+            self._warn_throttled("camera_info", "ignored CameraInfo whose K is not finite or has a focal length ≤ 0 "
+                                 f"(fx {msg.k[0]}, fy {msg.k[4]}); K is estimated until a valid one arrives")
 
     def _on_depth(self, msg: Image) -> None:
         try:
