@@ -147,11 +147,14 @@ class DpmNode(Node):
             return
         frame = StampedFrame(M.stamp_to_sec(header.stamp), rgb, None, header, time.monotonic())
         with self._ring_lock:
-            jumps = self.ring.counters.stamp_jumps_back
+            jumps, resized = self.ring.counters.stamp_jumps_back, self.ring.counters.resolution_changes
             pair = self.ring.push(frame)
             if self.ring.counters.stamp_jumps_back != jumps:
                 self._warn_throttled("stamp_back", "image stamp went backwards (bag loop or clock reset): pairing "
                                      "restarted (counted in /diagnostics pairing_stamp_jumps_back)")
+            if self.ring.counters.resolution_changes != resized:
+                self._warn_throttled("resolution", f"image size changed to {rgb.shape[1]}×{rgb.shape[0]}: pairing "
+                                     "restarted (counted in /diagnostics pairing_resolution_changes)")
         if pair is not None:
             self.slot.put(pair)
 
