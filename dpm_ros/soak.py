@@ -351,5 +351,38 @@ def format_summary(summary: dict) -> str:
             f"{summary.get('drops')}; errors {summary.get('errors')}")
 
 
+def plot_soak(doc: dict, png: str | Path) -> Path:
+    """RSS (MiB), latency p50/p95 (ms) and pairs/s over time from a soak JSON document → PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    s = doc["samples"]
+    if len(s) < 2:
+        raise ValueError("a soak plot needs at least two samples")
+    t = np.array([x["t_s"] for x in s]) / 60.0
+    fig, ax = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
+    ax[0].plot(t, [x["rss_mb"] for x in s])
+    ax[0].axvline(doc["summary"]["warmup_s"] / 60.0, color="grey", ls=":", label="end of warm-up")
+    ax[0].set_ylabel("node RSS [MiB]")
+    ax[0].legend(loc="lower right")
+    for key in ("latency_ms_p50", "latency_ms_p95"):
+        ax[1].plot(t, [np.nan if x[key] is None else x[key] for x in s], label=key.split("_")[-1])
+    ax[1].set_ylabel("end-to-end latency [ms]")
+    ax[1].legend(loc="upper right")
+    dt = np.diff([x["t_s"] for x in s])
+    ax[2].plot(t[1:], np.diff([x["outputs"] for x in s]) / dt, label="pairs out")
+    ax[2].set_ylabel("pairs / s")
+    ax[2].set_xlabel("time [min]")
+    cfg = doc["config"]
+    fig.suptitle(f"dpm soak: {cfg['minutes']:g} min at {cfg['rate']:g} Hz, {cfg['width']}×{cfg['height']}, "
+                 f"engine {cfg['engine_param']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+    plt.close(fig)
+    return Path(png)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit("use `dpm soak`")

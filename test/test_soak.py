@@ -51,7 +51,7 @@ def short_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("soak") / "soak.json"
     cmd = [sys.executable, "-m", "dpm_ros.cli", "soak", "--minutes", str(MINUTES), "--rate", str(RATE),
            "--engine", "oracle", "--width", "128", "--height", "96", "--frames", "10", "--sample-s", "2",
-           "--out", str(out)]
+           "--out", str(out), "--plot", str(out.with_suffix(".png"))]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ))
     return proc, out
 
@@ -76,3 +76,4 @@ def test_short_soak_writes_samples_and_summary(short_run):
     diag = samples[-1]["diag"]
     assert int(diag["pairs_out"]) + s["drops"] <= s["frames_in"]
     assert "RSS after warm-up" in proc.stdout and "pairs/s" in proc.stdout
+    assert out.with_suffix(".png").stat().st_size > 10_000

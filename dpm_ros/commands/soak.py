@@ -18,6 +18,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup-s", type=float, default=None,
                         help="seconds before the memory reference sample (default 20%% of the run, 5..120 s)")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: 101..200 from the pid)")
+    parser.add_argument("--plot", default=None, metavar="PNG", help="also plot RSS, latency and pairs/s over time")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter (repeatable), e.g. --param pair_interval:=0.1")
 
@@ -25,7 +26,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from dpm_ros.soak import SoakConfig, format_summary, run_soak
+    from dpm_ros.soak import SoakConfig, format_summary, plot_soak, run_soak
 
     node_args = []
     for p in args.param:
@@ -41,5 +42,7 @@ def run(args) -> int:
         print(f"dpm soak: error: {exc}", file=sys.stderr)
         return 1
     print(format_summary(doc["summary"]))
+    if args.plot:
+        print(f"plot: {plot_soak(doc, args.plot)}")
     ok = doc["summary"].get("node_alive_at_end") and doc["summary"].get("outputs", 0) > 0
     return 0 if ok else 1
