@@ -25,7 +25,6 @@ from dpm_ros.tracking import Detection, ObjectTracker
 
 METRIC_SOURCES = ("fixed", "depth")   # scale sources whose output is metres; "chain" is metric only with `metric`
 STAMP_TOL = 1e-6                       # seconds: "same stamp"
-PASS2_SCALE_METHODS = ("pixel_aligned", "matched", "seed")   # ego-motion forms that fit the Sim(3) scale of pass 2
 
 
 def pipeline_params(p: dict) -> dict:
@@ -223,8 +222,7 @@ class PairProcessor:
         if self.scale.source == "depth":
             depth1 = self.depth.get(t1, depth_wait)
         breaks, misses = self.scale.chain_breaks, self.scale.depth_misses
-        s2 = result.pass2_scale if result.ego_method in PASS2_SCALE_METHODS else None
-        estimate = self.scale.update(t1, t2, result.maps, result.T_c1_c2, depth1=depth1, pass2_scale=s2)
+        estimate = self.scale.update(t1, t2, result.maps, result.T_c1_c2, depth1=depth1)
         if self.scale.depth_misses != misses:
             why = "no depth image with I1's stamp" if depth1 is None else "too few valid depth pixels"
             self._notify("warn", "scale_depth", f"scale: {why} on '{self.p['depth_topic']}' at t = {t1:.6f} s; "
