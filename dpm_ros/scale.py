@@ -7,13 +7,17 @@ Point maps are up to scale: every pair is in its own model units. ``ScaleEstimat
 - ``fixed``: s = a known factor;
 - ``depth``: s = median over valid pixels of ``depth(I1) / z(P1(t1,π1))`` against a metric depth image of I1
   (the RGB-D case); pairs without a usable depth image fall back to the chain below, then to the last factor;
-- ``chain``: one consistent scale along the sequence. Each pair's frames are remembered as metric depth (z in their
-  own optical frame, at output resolution). A new pair that holds a remembered frame f gets
-  ``s = median(z_metric(f) / z_model(f))`` over pixels valid in both; the first pair gets ``initial_scale``.
-  A pair sharing no frame with the memory keeps the previous factor (counted in ``chain_breaks``).
+- ``chain``: one consistent scale along the sequence. Each pair's frames are remembered as metric 3-D shapes (the
+  frame's points at its own time, per output pixel). A new pair that holds a remembered frame f gets
+  ``s = median(‖X_metric(f) − c‖ / ‖X_model(f) − c'‖)`` over pixels valid in both, c and c' the centroids of those
+  pixels: distances to the centroid do not change under the rigid motion between the two pairs' camera frames, so
+  the ratio needs no ego-motion estimate (whose errors would otherwise leak into the scale). The first pair gets
+  ``initial_scale``; a pair sharing no frame with the memory keeps the previous factor (counted in
+  ``chain_breaks``).
 
-Frame f's z in the pair's units: f = I1 → ``p1_t1_pi1[..., 2]``; f = I2 → ``P2(t2,π1)`` moved into camera 2 with
-``T_c1_c2`` (camera 2 → camera 1): ``X_c2 = Rᵀ (X_c1 − t)``. Frames are matched by stamp (seconds).
+Frame f's shape in the pair's units: f = I1 → ``P1(t1,π1)``; f = I2 → ``P2(t2,π1)`` (both in camera 1's frame).
+``frame_depths`` gives each frame's z in its own optical frame (I2 through ``T_c1_c2``). Frames are matched by
+stamp (seconds).
 """
 from __future__ import annotations
 
@@ -80,6 +84,32 @@ def frame_depths(maps: dict, T_c1_c2: np.ndarray | None) -> tuple[np.ndarray, np
     return z1, z2
 
 
+def shape_ratio(reference: np.ndarray, points: np.ndarray, mask: np.ndarray | None = None,
+                near_centroid: float = 0.2) -> tuple[float, int]:
+    """Scale of ``reference`` over ``points`` ((h, w, 3), the same pixels, any rigid frames): median over pixels
+    valid in both (finite, z > 0, ``mask``) of ‖reference − c_ref‖ / ‖points − c_pts‖, the c's the centroids of
+    those pixels; pixels closer to their centroid than ``near_centroid`` × the median distance are left out (their
+    ratio is noise-dominated). Returns (ratio, pixel count); NaN, 0 when no pixel is valid."""
+    a = np.asarray(reference, dtype=np.float64)
+    b = np.asarray(points, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"scale: point maps must be (h, w, 3) of one shape, got {a.shape} and {b.shape}")
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(a).all(-1) & np.isfinite(b).all(-1) & (a[..., 2] > 0) & (b[..., 2] > 0)
+    if mask is not None:
+        valid &= mask
+    if not valid.any():
+        return float("nan"), 0
+    a, b = a[valid], b[valid]
+    da = np.linalg.norm(a - a.mean(0), axis=1)
+    db = np.linalg.norm(b - b.mean(0), axis=1)
+    keep = db > near_centroid * np.median(db)
+    n = int(keep.sum())
+    if n == 0:
+        return float("nan"), 0
+    return float(np.median(da[keep] / db[keep])), n
+
+
 def _key(stamp: float) -> int:
     """Frames are matched by stamp to the nanosecond."""
     return int(round(float(stamp) * 1e9))
@@ -109,7 +139,7 @@ class ScaleEstimator:
         self.history = int(history)
         self.chain_breaks = 0
         self.depth_misses = 0
-        self._memory: OrderedDict[int, np.ndarray] = OrderedDict()   # stamp (ns) -> metric z (h, w)
+        self._memory: OrderedDict[int, np.ndarray] = OrderedDict()   # stamp (ns) -> metric points (h, w, 3)
         self._last: float | None = None
 
     def reset(self) -> None:
@@ -125,12 +155,14 @@ class ScaleEstimator:
                depth1: np.ndarray | None = None) -> ScaleEstimate:
         """Scale for the pair (I1 at ``stamp1``, I2 at ``stamp2``, seconds). ``maps``: engine outputs (model units,
         optical frames; ``conf_*`` used when ``conf_threshold`` > 0). ``T_c1_c2``: 4×4 camera 2 → camera 1 in model
-        units. ``depth1``: metric depth of I1 (metres, any resolution, 0/NaN invalid), used by source "depth"."""
+        units (checked; the chain does not need it). ``depth1``: metric depth of I1 (metres, any resolution, 0/NaN invalid), used by source "depth"."""
         if self.source == "none":
             return ScaleEstimate(1.0, "none")
         if self.source == "fixed":
             return ScaleEstimate(self.fixed_scale, "fixed")
-        z1, z2 = frame_depths(maps, T_c1_c2)
+        z1, _ = frame_depths(maps, T_c1_c2)
+        x1 = np.asarray(maps["p1_t1_pi1"], dtype=np.float32)
+        x2 = np.asarray(maps["p2_t2_pi1"], dtype=np.float32) if "p2_t2_pi1" in maps else None
         conf1 = self._conf_mask(maps, "conf_p1_t1_pi1", z1.shape)
         conf2 = self._conf_mask(maps, "conf_p2_t2_pi1", z1.shape)
         estimate = None
@@ -144,19 +176,19 @@ class ScaleEstimator:
         if estimate is None and self.source == "depth":
             self.depth_misses += 1
         if estimate is None:
-            estimate = self._chain(((stamp1, z1, conf1), (stamp2, z2, conf2)))
-        self._remember(stamp1, z1 * estimate.scale)
-        if z2 is not None:
-            self._remember(stamp2, z2 * estimate.scale)
+            estimate = self._chain(((stamp1, x1, conf1), (stamp2, x2, conf2)))
+        self._remember(stamp1, x1 * np.float32(estimate.scale))
+        if x2 is not None:
+            self._remember(stamp2, x2 * np.float32(estimate.scale))
         self._last = estimate.scale
         return estimate
 
     def _chain(self, frames) -> ScaleEstimate:
         best = None
-        for stamp, z, conf in frames:
-            if z is None or _key(stamp) not in self._memory:
+        for stamp, points, conf in frames:
+            if points is None or _key(stamp) not in self._memory:
                 continue
-            ratio, n = median_ratio(self._memory[_key(stamp)], z, conf)
+            ratio, n = shape_ratio(self._memory[_key(stamp)], points, conf)
             if n >= self.min_pixels and (best is None or n > best.n_pixels):
                 best = ScaleEstimate(ratio, "chain", n, stamp)
         if best is not None:
@@ -174,8 +206,8 @@ class ScaleEstimator:
             raise ValueError(f"scale: {name} has shape {conf.shape}, expected {shape}")
         return conf >= self.conf_threshold
 
-    def _remember(self, stamp: float, z_metric: np.ndarray) -> None:
-        self._memory[_key(stamp)] = z_metric
+    def _remember(self, stamp: float, points_metric: np.ndarray) -> None:
+        self._memory[_key(stamp)] = points_metric
         self._memory.move_to_end(_key(stamp))
         while len(self._memory) > self.history:
             self._memory.popitem(last=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dpm_ros.scale import ScaleEstimator, frame_depths, median_ratio, resize_nearest
+from dpm_ros.scale import ScaleEstimator, frame_depths, median_ratio, resize_nearest, shape_ratio
 
 H, W = 24, 32
 K = np.array([[30.0, 0, (W - 1) / 2], [0, 30.0, (H - 1) / 2], [0, 0, 1]])
@@ -249,3 +249,32 @@ def test_pipeline_with_depth_scale_gives_metric_ego_motion_and_objects(synthetic
             np.testing.assert_allclose(a.extent, b.extent, rtol=1e-5)
     with pytest.raises(ValueError, match="scale must be"):
         scale_result(raw, float("nan"))
+
+
+def test_shape_ratio_is_the_scale_between_two_rigidly_moved_copies():
+    """‖X − c‖ ratios do not change under rotation and translation: the factor between a frame's shape in two
+    frames of reference is exact; NaN / z ≤ 0 pixels are left out; no valid pixel gives NaN."""
+    X = _backproject(np.random.default_rng(1).uniform(2.0, 8.0, (H, W)))
+    moved = (X @ _rot([1, 2, 3], 0.7).T + [3.0, -1.0, 20.0]) / 2.5
+    moved[0, :5] = np.nan
+    ratio, n = shape_ratio(X, moved)
+    assert ratio == pytest.approx(2.5, rel=1e-9) and 0.7 * H * W < n < H * W - 5
+    assert np.isnan(shape_ratio(X, np.full_like(X, np.nan))[0])
+    with pytest.raises(ValueError, match="point maps"):
+        shape_ratio(X, X[..., :2])
+
+
+def test_chain_does_not_depend_on_the_ego_motion_estimate():
+    """The chain compares each shared frame's shape, never its pose: a pair whose T_c1_c2 translation is 70× off
+    (a poor network's ego-motion) still gets the exact factor."""
+    seq = Sequence(8, seed=7)
+    est = ScaleEstimator("chain")
+    for i in range(2, 8, 2):
+        lam = float(seq.rng.uniform(0.3, 3.0))
+        maps, T = seq.pair(i, i - 2, lam)
+        T[:3, 3] *= 70.0
+        e = est.update(seq.stamps[i], seq.stamps[i - 2], maps, T)
+        if i == 2:
+            first = lam
+        else:
+            assert e.source == "chain" and e.scale == pytest.approx(lam / first, rel=1e-5)
