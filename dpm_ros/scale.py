@@ -110,6 +110,23 @@ def shape_ratio(reference: np.ndarray, points: np.ndarray, mask: np.ndarray | No
     return float(np.median(da[keep] / db[keep])), n
 
 
+def frame_shapes(maps: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """Each frame's 3-D shape in the pair's pass-1 units, (h, w, 3) float32, as the chain compares them.
+
+    Image 1: ``P1(t1,π1)``. Image 2, with a symmetric engine: ``ρ · P2(t2,π2)``, its shape as the *first* image of
+    the second pass, brought into pass-1 units by ``ρ = sqrt(r(P1(t1,π1), P1(t1,π2)) · r(P2(t2,π1), P2(t2,π2)))``
+    (r = ``shape_ratio``): each frame's size as first over as second image, in the two passes, so a network bias
+    between the two roles cancels in ρ, and the chain always compares frames in the same role (a bias would
+    otherwise compound pair after pair). Without the second pass: ``P2(t2,π1)``; None when that is missing too."""
+    x1 = np.asarray(maps["p1_t1_pi1"], dtype=np.float32)
+    if all(n in maps for n in ("p2_t2_pi1", "p2_t2_pi2", "p1_t1_pi2")):
+        r1, n1 = shape_ratio(x1, maps["p1_t1_pi2"])
+        r2, n2 = shape_ratio(maps["p2_t2_pi1"], maps["p2_t2_pi2"])
+        if n1 and n2:
+            return x1, np.asarray(maps["p2_t2_pi2"], dtype=np.float32) * np.float32(np.sqrt(r1 * r2))
+    return x1, (np.asarray(maps["p2_t2_pi1"], dtype=np.float32) if "p2_t2_pi1" in maps else None)
+
+
 def _key(stamp: float) -> int:
     """Frames are matched by stamp to the nanosecond."""
     return int(round(float(stamp) * 1e9))
@@ -161,8 +178,7 @@ class ScaleEstimator:
         if self.source == "fixed":
             return ScaleEstimate(self.fixed_scale, "fixed")
         z1, _ = frame_depths(maps, T_c1_c2)
-        x1 = np.asarray(maps["p1_t1_pi1"], dtype=np.float32)
-        x2 = np.asarray(maps["p2_t2_pi1"], dtype=np.float32) if "p2_t2_pi1" in maps else None
+        x1, x2 = frame_shapes(maps)
         conf1 = self._conf_mask(maps, "conf_p1_t1_pi1", z1.shape)
         conf2 = self._conf_mask(maps, "conf_p2_t2_pi1", z1.shape)
         estimate = None
