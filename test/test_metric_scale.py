@@ -259,3 +259,15 @@ def test_depth_buffer_waits_for_a_late_depth_image():
     assert buf.get(3.0, timeout=0.05) is None and time.monotonic() - t >= 0.05
     buf.add(3.0, np.zeros((1, 1)))
     assert buf.get(1.0) is None                                # size 2: the oldest is forgotten
+
+
+def test_eps_abs_is_metres_under_a_fixed_scale(synth_bag, oracle, tmp_path):
+    """eps_abs is a distance in metres: under fixed_scale 4 (metres per unit) eps_abs 0.4 m gives the motion masks
+    that eps_abs 0.1 gives in the engine's own units — and not those of 0.4 in model units."""
+    def masks(name, **overrides):
+        replay(synth_bag, tmp_path / f"{name}.mcap", oracle, **overrides)
+        return [d for t, _, d in read_bag(tmp_path / f"{name}.mcap") if t == "/dpm/motion_mask"]
+
+    metres = masks("metres", scale_source="fixed", fixed_scale=4.0, eps_abs=0.4)
+    assert metres == masks("units", eps_abs=0.1)
+    assert metres != masks("units_04", eps_abs=0.4)

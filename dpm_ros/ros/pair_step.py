@@ -190,6 +190,8 @@ class PairProcessor:
             self.tracker.gate_abs, self.tracker.gate_rel = self.p["track_gate_abs"], self.p["track_gate_rel"]
             self.tracker.max_age = self.p["track_max_age"]
         new, old = pair.newest, pair.older
+        if self.p["eps_abs"] > 0:   # metres → this pair's model units, with the best factor known before inference
+            self.pipeline.eps_abs = self.p["eps_abs"] / self._scale_guess()
         f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new))
         f2 = self._Frame(image=old.image, stamp=old.stamp, K=self.camera_k(old))
         t0 = time.perf_counter()
@@ -211,6 +213,15 @@ class PairProcessor:
                 messages.append(("tf", M.tf_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child)))
         return StepOutput(messages, inference_ms, estimate.scale, estimate.source,
                           dict(getattr(result, "timings", {}) or {}))
+
+    def _scale_guess(self) -> float:
+        """Metres per model unit before the pair is seen: the fixed factor, else the previous pair's (or the chain's
+        initial factor); 1 for 'none'."""
+        if self.scale.source == "none":
+            return 1.0
+        if self.scale.source == "fixed" or self.scale.last_scale is None:
+            return self.scale.fixed_scale if self.scale.source == "fixed" else self.scale.initial_scale
+        return self.scale.last_scale
 
     def _metric(self, t1: float, t2: float, result, depth_wait: float):
         """The pair scaled to metres (or kept in model units for 'none'); resets the chain when stamps go back."""

@@ -52,7 +52,8 @@ PARAMS: tuple[ParamSpec, ...] = (
               runtime=True, range=(0.0, 1e6)),
     ParamSpec("eps_rel", 0.02, "-", "motion threshold relative to the point's distance", runtime=True,
               range=(0.0, 1.0)),
-    ParamSpec("eps_abs", 0.0, "m", "absolute motion threshold in metres when metric; 0 = use eps_rel",
+    ParamSpec("eps_abs", 0.0, "m", "absolute motion threshold in metres (with a scale_source: converted by the fixed "
+              "factor or the previous pair's); 0 = use eps_rel",
               runtime=True, range=(0.0, 100.0)),
     ParamSpec("min_object_pixels", 50, "pixels", "smaller moving components are not objects", runtime=True,
               range=(1, 10_000_000)),
