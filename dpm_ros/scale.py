@@ -172,7 +172,8 @@ class ScaleEstimator:
                depth1: np.ndarray | None = None) -> ScaleEstimate:
         """Scale for the pair (I1 at ``stamp1``, I2 at ``stamp2``, seconds). ``maps``: engine outputs (model units,
         optical frames; ``conf_*`` used when ``conf_threshold`` > 0). ``T_c1_c2``: 4×4 camera 2 → camera 1 in model
-        units (checked; the chain does not need it). ``depth1``: metric depth of I1 (metres, any resolution, 0/NaN invalid), used by source "depth"."""
+        units (checked; the chain does not need it). ``depth1``: metric depth of I1 (metres, any resolution, 0/NaN
+        invalid), used by source "depth"."""
         if self.source == "none":
             return ScaleEstimate(1.0, "none")
         if self.source == "fixed":

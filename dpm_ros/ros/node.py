@@ -98,9 +98,10 @@ class DpmNode(Node):
         self._worker = threading.Thread(target=self._work, name="dpm_worker", daemon=True)
         self._worker.start()
         info = self.engine_info
-        self.get_logger().info(f"dpm_node ready: {self.input_topic} → {self.get_namespace().rstrip('/')}/dpm/*, engine {info.backend} on {info.device} ({info.precision}, "
+        self.get_logger().info(f"dpm_node ready: {self.input_topic} → {self.get_namespace().rstrip('/')}/dpm/*, "
+                               f"engine {info.backend} on {info.device} ({info.precision}, "
                                f"{info.width}×{info.height}), pair_interval {self.p['pair_interval']} s, "
-                               f"input QoS {self.p['qos_reliability']}")
+                               f"input QoS {self.p['qos_reliability']}, scale {self.p['scale_source']}")
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
