@@ -3,6 +3,8 @@ diagnostics out. Thin glue: conversions live in ``messages``/``outputs``, pairin
 ``dpm_ros.pipeline``. Callbacks only convert and enqueue; one worker thread runs the pipeline (latest pair wins).
 
 Run: ``dpm_node --ros-args -r image:=/camera/image_raw -r camera_info:=/camera/camera_info -p engine:=...``
+Metric outputs from an RGB-D camera: ``-p scale_source:=depth -r depth:=/camera/depth/image_raw`` (32FC1 m or 16UC1
+mm, same stamps as the images); ``scale_source`` fixed / chain need no extra topic (see config/dpm.yaml).
 """
 from __future__ import annotations
 

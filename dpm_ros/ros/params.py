@@ -62,7 +62,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("ego_method", "pixel_aligned", "-", "ego-motion estimator (pixel_aligned and matched need a symmetric "
               "engine, else pnp is used)", choices=("pixel_aligned", "matched", "seed", "pnp")),
     ParamSpec("use_learned_mask", False, "-", "use the network's motion probability instead of ε thresholds"),
-    ParamSpec("metric", False, "-", "positions are metres (engine or scale source is metric)"),
+    ParamSpec("metric", False, "-", "outputs are metres although scale_source is none or chain (a metric engine, or "
+              "a chain started at a known fixed_scale); fixed and depth are metric anyway"),
     # --- metric scale (dpm_ros/scale.py)
     ParamSpec("scale_source", "none", "-", "metric scale: 'none' model units; 'fixed' × fixed_scale; 'depth' median "
               "ratio to the depth image of I1 on depth_topic (metres); 'chain' one consistent scale along the "
