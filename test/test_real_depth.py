@@ -13,7 +13,7 @@ from dpm_ros.model import build_model, save_model
 from dpm_ros.training import real_eval
 from dpm_ros.training.real_eval import (aligned_depth_errors, centre_crop_box, constant_baseline_errors,
                                         crop_to_network, depth_errors, evaluate_real_depth, load_flyingthings,
-                                        load_middlebury, median_align, read_pfm)
+                                        load_middlebury, median_align, rank_correlation, read_pfm)
 
 GT = np.array([[1.0, 2.0, 4.0]])
 
@@ -48,6 +48,13 @@ def test_constant_prediction_known_value():
         assert r["abs_rel"] == pytest.approx(0.5) and r["delta1"] == pytest.approx(1 / 3)
     base = constant_baseline_errors(GT)
     assert base["abs_rel"] == pytest.approx(0.5) and base["delta1"] == pytest.approx(1 / 3)
+
+
+def test_rank_correlation_is_scale_free():
+    gt = np.linspace(1.0, 5.0, 50).reshape(5, 10)
+    assert rank_correlation(3.0 * gt**2, gt) == pytest.approx(1.0)
+    assert rank_correlation(1.0 / gt, gt) == pytest.approx(-1.0)
+    assert rank_correlation(np.ones_like(gt), gt) == 0.0
 
 
 def test_valid_mask_and_invalid_ground_truth_are_excluded():
@@ -159,6 +166,7 @@ def test_evaluation_end_to_end_on_a_random_tiny_model(shared_data):
     assert ft["crop_hw"] == [540, 810] and mb["crop_hw"] == [494, 741]
     # the constant baseline on this data (what a depth-blind model scores at 48 x 32)
     assert 0.1 < mb["constant"]["abs_rel"] < 0.3 and 0.4 < mb["constant"]["delta1"] < 0.8
+    assert -1 <= ft["model"]["rank_corr"] <= 1 and -1 <= mb["model"]["rank_corr"] <= 1
     assert 2.1 <= mb["gt_depth_range"][0] and mb["gt_depth_range"][1] <= 5.02
 
 

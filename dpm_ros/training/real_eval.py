@@ -190,6 +190,16 @@ def aligned_depth_errors(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | N
     return {**depth_errors(aligned, gt, valid), "scale": scale, "nonpositive_share": float(np.mean(p <= 0))}
 
 
+def rank_correlation(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """Spearman rank correlation of predicted and true depth over valid pixels (scale-free: 1 = same depth order,
+    0 = none, −1 = reversed); shows whether a model orders depth at all when its AbsRel loses to a constant."""
+    from scipy.stats import spearmanr
+    p, g = _valid_pixels(pred, gt, valid)
+    if np.ptp(p) == 0 or np.ptp(g) == 0:
+        return 0.0
+    return float(spearmanr(p, g).statistic)
+
+
 def constant_baseline_errors(gt: np.ndarray, valid: np.ndarray | None = None) -> dict:
     """Errors of a constant depth (= median of the ground truth, what any constant scores after alignment)."""
     _, g = _valid_pixels(np.zeros_like(gt, np.float64), gt, valid)
@@ -222,7 +232,8 @@ def evaluate_pair(engine, pair: RealPair) -> dict:
     if z.shape != gt.shape:
         raise ValueError(f"engine returned p1_t1_pi1 of {z.shape[1]}x{z.shape[0]}, expected its info() resolution "
                          f"{info.width}x{info.height}")
-    return {"model": aligned_depth_errors(z, gt, valid), "constant": constant_baseline_errors(gt, valid),
+    return {"model": {**aligned_depth_errors(z, gt, valid), "rank_corr": rank_correlation(z, gt, valid)},
+            "constant": constant_baseline_errors(gt, valid),
             "gt_depth_range": [float(gt[valid].min()), float(gt[valid].max())], "gt_unit": pair.unit,
             "crop_hw": list(img1.shape[:2]), "network_hw": [info.height, info.width]}
 
@@ -230,7 +241,7 @@ def evaluate_pair(engine, pair: RealPair) -> dict:
 def evaluate_real_depth(engine_or_model, data_root: str | Path = DEFAULT_DATA_ROOT) -> dict:
     """``{"datasets": {"flyingthings": {...}, "middlebury": {...}}, "engine": {...}}``; each dataset holds
     ``model`` and ``constant`` with ``abs_rel``, ``delta1``, ``n_pixels`` (and the model's ``scale``,
-    ``nonpositive_share``). ``engine_or_model``: an Engine, a DPMNet or a .onnx / .safetensors path."""
+    ``nonpositive_share``, ``rank_corr``). ``engine_or_model``: an Engine, a DPMNet or a .onnx / .safetensors path."""
     engine = as_engine(engine_or_model)
     info = engine.info()
     datasets = {name: evaluate_pair(engine, load(data_root)) for name, load in LOADERS.items()}
@@ -241,11 +252,12 @@ def evaluate_real_depth(engine_or_model, data_root: str | Path = DEFAULT_DATA_RO
 
 def format_table(result: dict) -> str:
     """A Markdown table: one row per dataset and method."""
-    lines = ["| data | method | AbsRel ↓ | δ<1.25 ↑ | pixels |", "|---|---|---|---|---|"]
+    lines = ["| data | method | AbsRel ↓ | δ<1.25 ↑ | Spearman ↑ | pixels |", "|---|---|---|---|---|---|"]
     for name, r in result["datasets"].items():
         for method in ("model", "constant"):
             m = r[method]
-            lines.append(f"| {name} | {method} | {m['abs_rel']:.3f} | {m['delta1']:.3f} | {m['n_pixels']} |")
+            rank = f"{m['rank_corr']:.3f}" if "rank_corr" in m else "–"
+            lines.append(f"| {name} | {method} | {m['abs_rel']:.3f} | {m['delta1']:.3f} | {rank} | {m['n_pixels']} |")
     return "\n".join(lines)
 
 
