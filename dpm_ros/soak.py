@@ -22,6 +22,8 @@ from typing import Optional
 
 import numpy as np
 
+from dpm_ros.dds_env import loopback_env
+
 FRAME_ID = "camera_optical"
 IMAGE_TOPIC, INFO_TOPIC = "/camera/image_raw", "/camera/camera_info"
 DIAG_KEYS = ("frames_in", "pairs_out", "pairs_dropped", "errors_total", "pairing_no_partner", "input_rate_hz",
@@ -61,29 +63,6 @@ class SoakConfig:
         if self.warmup_s is not None:
             return float(self.warmup_s)
         return min(120.0, max(5.0, 0.2 * 60.0 * self.minutes))
-
-
-def loopback_env(domain_id: Optional[int] = None) -> None:
-    """Keep DDS on this machine (as scripts/ros_env.sh); call before rclpy starts. The node subprocess inherits it."""
-    root = Path(__file__).resolve().parents[1]
-    profile = root / "config" / "fastdds_localhost.xml"
-    if not profile.is_file():
-        try:
-            from ament_index_python.packages import get_package_share_directory
-
-            profile = Path(get_package_share_directory("dpm_ros")) / "config" / "fastdds_localhost.xml"
-        except Exception:
-            pass
-    if not profile.is_file():
-        raise ValueError(f"Fast DDS loopback profile not found ({profile}); the soak will not run DDS on the network")
-    os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
-    os.environ.setdefault("RMW_IMPLEMENTATION", "rmw_fastrtps_cpp")
-    # default domain 101..200: away from the 1..100 that test runs draw from (a shared domain would cross streams)
-    os.environ["ROS_DOMAIN_ID"] = str(domain_id if domain_id is not None else os.getpid() % 100 + 101)
-    # the node runs the same dpm_ros as this process (a source checkout first, generated messages from the venv)
-    paths = [str(root)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(root)]
-    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
 
 
 def rss_mb(pid: int) -> float:
@@ -255,8 +234,8 @@ def _git_state(root: Path) -> dict:
 def run_soak(cfg: SoakConfig, log=print) -> dict:
     """Run the soak; returns the JSON document (also written to ``cfg.out`` after every sample)."""
     cfg.check()
-    loopback_env(cfg.domain_id)
-    from sensor_msgs.msg import CameraInfo, Image
+    loopback_env(domain_id=cfg.domain_id, domain_base=101)
+    from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
     from dpm_ros.ros import messages as M

@@ -31,22 +31,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--offline", action="store_true", help="run the node's code on the bag without DDS")
 
 
-def _ros_env() -> dict:
-    """The environment of scripts/ros_env.sh: DDS on loopback, a domain id of our own."""
-    from dpm_ros.ros.engine_select import SOURCE_ROOT
-
-    env = dict(os.environ)
-    profile = SOURCE_ROOT / "config" / "fastdds_localhost.xml"
-    if not profile.is_file():
-        from ament_index_python.packages import get_package_share_directory
-        profile = Path(get_package_share_directory("dpm_ros")) / "config" / "fastdds_localhost.xml"
-    env["FASTDDS_DEFAULT_PROFILES_FILE"] = str(profile)
-    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "SYSTEM_DEFAULT"
-    env.setdefault("ROS_DOMAIN_ID", str(os.getpid() % 100 + 1))
-    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
-    return env
-
-
 def _tool(name: str) -> list[str]:
     exe = Path(sys.executable).with_name(name)
     if exe.is_file():
@@ -66,7 +50,10 @@ def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
 
 def run_live(input_bag: Path, output_bag: Path, engine: str, rate: float, out: Path) -> None:
     """dpm_node + dpm record + dpm play as three processes over DDS (loopback)."""
-    env = _ros_env()
+    from dpm_ros.dds_env import loopback_env
+
+    env = loopback_env(dict(os.environ))
+    env.setdefault("AMENT_PREFIX_PATH", sys.prefix)
     logs = {name: open(out / f"{name}.log", "w") for name in ("node", "record")}
     node = subprocess.Popen(_tool("dpm_node") + [
         "--ros-args", "-p", f"engine:={engine}", "-p", "use_sim_time:=true",
