@@ -29,6 +29,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=7, help="scene seed (default 7)")
     parser.add_argument("--rate", type=float, default=0.5, help="playback speed factor of the live run (default 0.5)")
     parser.add_argument("--offline", action="store_true", help="run the node's code on the bag without DDS")
+    parser.add_argument("--eps-mask", action="store_true", help="motion mask from the ε threshold of dpm_theory.md "
+                        "even for a network (default for networks: the learned gate m > 0.5, use_learned_mask)")
 
 
 def _tool(name: str) -> list[str]:
@@ -48,7 +50,7 @@ def _stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
             proc.wait()
 
 
-def run_live(input_bag: Path, output_bag: Path, engine: str, rate: float, out: Path) -> None:
+def run_live(input_bag: Path, output_bag: Path, engine: str, rate: float, out: Path, params: dict) -> None:
     """dpm_node + dpm record + dpm play as three processes over DDS (loopback)."""
     from dpm_ros.dds_env import loopback_env
 
@@ -57,6 +59,7 @@ def run_live(input_bag: Path, output_bag: Path, engine: str, rate: float, out: P
     logs = {name: open(out / f"{name}.log", "w") for name in ("node", "record")}
     node = subprocess.Popen(_tool("dpm_node") + [
         "--ros-args", "-p", f"engine:={engine}", "-p", "use_sim_time:=true",
+        *[a for k, v in params.items() for a in ("-p", f"{k}:={str(v).lower() if isinstance(v, bool) else v}")],
         "-r", "image:=/camera/image_raw", "-r", "camera_info:=/camera/camera_info"],
         env=env, stdout=logs["node"], stderr=subprocess.STDOUT)
     record = subprocess.Popen(_tool("dpm") + ["record", str(output_bag), *RECORD_TOPICS, "--overwrite"],
@@ -105,14 +108,16 @@ def run(args) -> int:
     write_sequence(seq, input_bag, overwrite=True, progress=True)
     model_spec = f"oracle:{input_bag.resolve()}" if use_oracle else engine
     model_name = "oracle" if use_oracle else Path(engine).name
+    # the small shipped network's ε-mask is empty on realistic motion; its learned gate m is the better mask
+    node_params = {} if use_oracle or args.eps_mask else {"use_learned_mask": True}
     runs = {}
     output_bag = out / "output.mcap"
     if args.offline:
         print(f"[demo] dpm replay with {model_name} → {output_bag}")
-        replay_bag(input_bag, output_bag, load_params(None, {"engine": model_spec}), overwrite=True)
+        replay_bag(input_bag, output_bag, load_params(None, {"engine": model_spec, **node_params}), overwrite=True)
     else:
         print(f"[demo] live: dpm_node ({model_name}) + dpm record + dpm play --clock over DDS (loopback) → {output_bag}")
-        run_live(input_bag, output_bag, model_spec, args.rate, out)
+        run_live(input_bag, output_bag, model_spec, args.rate, out, node_params)
     runs[model_name + (" (live)" if not args.offline else "")] = read_outputs(output_bag)
     if not use_oracle:
         ref_bag = out / "oracle.mcap"
