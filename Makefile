@@ -12,7 +12,7 @@ test: setup
 	@scripts/test.sh
 
 bench: setup
-	@bash -c '. scripts/ros_env.sh && $(VENV)/bin/dpm bench geometry'
+	@bash -c '. scripts/ros_env.sh && $(VENV)/bin/dpm bench geometry && $(VENV)/bin/dpm bench engine'
 
 clean:
 	rm -rf build demo_out .pytest_cache

