@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_ENGINE = "dpm_small.onnx"
@@ -10,7 +11,8 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
 def default_engine_path() -> Path:
-    """engines/dpm_small.onnx from the installed share/dpm_ros (ament index), else from the source tree."""
+    """engines/dpm_small.onnx from the installed share/dpm_ros (ament index, or this interpreter's prefix, e.g. the
+    venv), else from the source tree."""
     candidates = []
     try:
         from ament_index_python.packages import get_package_share_directory
@@ -18,6 +20,7 @@ def default_engine_path() -> Path:
         candidates.append(Path(get_package_share_directory("dpm_ros")) / "engines" / DEFAULT_ENGINE)
     except Exception:  # package not in AMENT_PREFIX_PATH, or ament_index missing: fall back to the checkout
         pass
+    candidates.append(Path(sys.prefix) / "share" / "dpm_ros" / "engines" / DEFAULT_ENGINE)  # venv install
     candidates.append(SOURCE_ROOT / "engines" / DEFAULT_ENGINE)
     for c in candidates:
         if c.is_file():
