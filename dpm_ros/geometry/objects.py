@@ -4,24 +4,39 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from dpm_ros.geometry._checks import as_mask, as_point_map, finite_rows
+from dpm_ros.geometry._checks import as_mask, as_point_map
 from dpm_ros.geometry.masks import squared_norm
 
 
-def _cut_edges(points: np.ndarray, m: np.ndarray, max_gap: float, relative: bool):
-    """4-neighbour pairs (right and down) of mask pixels farther apart in 3D than max_gap (or than
-    max_gap·min(‖p_a‖, ‖p_b‖) when ``relative``), as flat index arrays ``a``, ``b``. Squared distances with
-    OpenCV channel ops over the whole image; only the (few) cut pairs are materialised."""
-    h, w = m.shape
-    r2 = squared_norm(points) if relative else None
+def _nonzero_bytes(a: np.ndarray) -> np.ndarray:
+    """Flat indices of the nonzero bytes of a contiguous uint8 array. Sparse inputs (a few cut pixels in an image)
+    are scanned 8 bytes at a time (one uint64 word), then only the nonzero words are expanded."""
+    flat = a.reshape(-1)
+    n8 = flat.size - flat.size % 8
+    words = np.flatnonzero(flat[:n8].view(np.uint64))
+    idx = (words[:, None] * 8 + np.arange(8)).reshape(-1)
+    idx = idx[flat[idx] != 0]
+    return np.concatenate([idx, n8 + np.flatnonzero(flat[n8:])]) if n8 < flat.size else idx
+
+
+def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: float, relative: bool):
+    """4-neighbour pairs (right and down) of mask pixels (``m8``, uint8 0/1) farther apart in 3D than max_gap (or
+    than max_gap·min(‖p_a‖, ‖p_b‖) when ``relative``; ``r2`` = ‖p‖²), as flat index arrays ``a``, ``b``. Squared
+    distances with OpenCV channel ops over the whole image; only the (few) cut pairs are materialised."""
+    h, w = m8.shape
     out_a, out_b = [], []
     for sa, sb, step in (((slice(None), slice(0, -1)), (slice(None), slice(1, None)), 1),
                          ((slice(0, -1), slice(None)), (slice(1, None), slice(None)), w)):
         if (step == 1 and w < 2) or (step == w and h < 2):
             continue                                     # a single column/row has no pairs in that direction
         gap2 = squared_norm(cv2.subtract(points[sa], points[sb]))
-        limit = max_gap ** 2 * np.minimum(r2[sa], r2[sb]) if relative else max_gap ** 2
-        idx = np.flatnonzero(m[sa] & m[sb] & (gap2 > limit))
+        if relative:
+            limit = cv2.min(r2[sa], r2[sb])
+            limit *= max_gap ** 2                        # in place, in the maps' dtype (as numpy's weak scalar)
+        else:
+            limit = np.full_like(gap2, max_gap ** 2)
+        cut = cv2.bitwise_and(cv2.bitwise_and(cv2.compare(gap2, limit, cv2.CMP_GT), m8[sa]), m8[sb])
+        idx = _nonzero_bytes(cut) if cv2.countNonZero(cut) else np.zeros(0, dtype=np.int64)
         if step == 1:
             idx = idx + idx // (w - 1)                   # (row, col) of the (H, W-1) grid -> flat index in (H, W)
         out_a.append(idx)
@@ -47,28 +62,31 @@ def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
 
     ``points``: (H, W, 3) point map of the same pixels (e.g. P1(t1,π1)). ``max_gap`` is a fraction of the distance
     to the camera (``relative``, scale-free, for up-to-scale maps) or a distance in the map's units. Pixels with
-    NaN/inf points are treated as outside the mask. Returns int32 (H, W) labels, 0 = not an object, objects
-    numbered 1..K by decreasing size.
+    NaN/inf points (any whose squared norm is not finite, so also points so far out that ‖p‖² overflows the dtype)
+    are treated as outside the mask. Returns int32 (H, W) labels, 0 = not an object, objects numbered 1..K by
+    decreasing size.
     """
     pts = as_point_map(points, "points")
     if pts.dtype not in (np.float32, np.float64):
         pts = pts.astype(np.float32)
-    m = as_mask(mask, pts.shape[:2], "mask") & finite_rows(pts)
+    pts = np.ascontiguousarray(pts)
+    m = as_mask(mask, pts.shape[:2], "mask")
     if min_size < 1:
         raise ValueError(f"split_objects: min_size must be >= 1 pixel, got {min_size}")
     if not (np.isfinite(max_gap) and max_gap > 0):
         raise ValueError(f"split_objects: max_gap must be > 0, got {max_gap}")
-    ca, cb = _cut_edges(pts, m, max_gap, relative)
+    r2 = squared_norm(pts).reshape(m.shape)              # ‖p‖²: NaN/inf for invalid points, which leave the mask
+    m8 = (m & (r2 < np.inf)).view(np.uint8)
+    ca, cb = _cut_edges(pts, m8, r2, max_gap, relative)
     h, w = m.shape
     far = None
     if len(ca):
         # A cut pair separates two surfaces: take its far pixel (the occluded side) out of the mask, label what is
         # left, then give each taken-out pixel the label of a 4-neighbour it is close to in 3D.
-        r2 = squared_norm(pts.reshape(-1, 1, 3)[np.concatenate([ca, cb])]).reshape(2, -1)
-        far = np.unique(np.where(r2[0] > r2[1], ca, cb))
-        m = m.copy()
-        m.reshape(-1)[far] = False
-    n, labels = cv2.connectedComponents(m.view(np.uint8), connectivity=4, ltype=cv2.CV_32S)
+        r2f = r2.reshape(-1)
+        far = np.unique(np.where(r2f[ca] > r2f[cb], ca, cb))
+        m8.reshape(-1)[far] = 0                          # m8 is a fresh array: the caller's mask is untouched
+    n, labels = cv2.connectedComponents(m8, connectivity=4, ltype=cv2.CV_32S)
     flat = labels.reshape(-1)
     if far is not None:
         col = far % w
