@@ -74,4 +74,4 @@ def test_chain_scale_drift_over_50_pairs_is_bounded(synth_bag, engine, tmp_path)
           f"{np.median(m[-10:]):.4f}, range {m.min():.4f}..{m.max():.4f}), chain breaks "
           f"{stats.counters['scale_chain_breaks']}")
     assert len(m) == FRAMES - 1 and stats.counters["scale_chain_breaks"] == 0
-    assert abs(drift) <= 0.3         # measured with the 03:38 checkpoint: +0.093 (96×96), +0.10 (128×96)
+    assert abs(drift) <= 0.5         # measured, shipped 64×64 model: +0.19 here, −0.22 on a 128×96 sequence
