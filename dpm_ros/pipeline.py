@@ -14,7 +14,8 @@ import numpy as np
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
 from dpm_ros.engine.base import Engine, check_image
 from dpm_ros.geometry import (EGO_METHODS, displacement_mask, ego_motion, estimate_focal, intrinsics, object_flow,
-                              scale_intrinsics, scene_flow, split_objects, to_matrix, umeyama)
+                              scale_intrinsics, scene_flow, to_matrix, umeyama)
+from dpm_ros.geometry.objects import object_pixels
 
 
 @dataclass
@@ -141,9 +142,9 @@ class DPMPipeline:
     def _objects(self, maps: dict, mask1: np.ndarray) -> tuple[np.ndarray, list]:
         """Objects of image 1: split the motion mask, then object_motion (confidence-weighted SE(3) Umeyama of
         P1(t1,π1) → P1(t2,π1)) per label on its gathered pixels."""
-        labels = split_objects(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels,
-                               max_gap=self.object_max_gap)
-        n = int(labels.max())
+        labels, groups = object_pixels(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels,
+                                       max_gap=self.object_max_gap)        # split_objects + each label's pixels
+        n = len(groups)
         if n > 65535:                        # uint16 output: keep the 65535 largest (labels are ordered by size)
             labels[labels > 65535] = 0
             n = 65535
@@ -152,12 +153,8 @@ class DPMPipeline:
         p1, p2 = maps["p1_t1_pi1"].reshape(-1, 3), maps["p1_t2_pi1"].reshape(-1, 3)
         conf = maps.get("conf_p1_t1_pi1")
         conf = None if conf is None else np.asarray(conf).reshape(-1)
-        flat = labels.reshape(-1)
-        pix = np.flatnonzero(flat)
-        lab = flat[pix]
         objects, dropped = [], []
-        for k in range(1, n + 1):
-            sel = pix[lab == k]
+        for k, sel in enumerate(groups[:n], start=1):
             a = np.take(p1, sel, axis=0)                                   # np.take: several times faster than a[sel]
             fit = sel[::-(-len(sel) // self.object_fit_points)] if self.object_fit_points else sel
             c = None if conf is None else np.take(conf, sel)
