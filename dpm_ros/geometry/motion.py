@@ -37,6 +37,21 @@ def _conf(maps: dict, name: str, shape, use_conf: bool, sub=(slice(None), slice(
     return as_weights(c[sub], shape, key)
 
 
+def _conf_clipped(maps: dict, name: str, shape, use_conf: bool, sub):
+    """Confidence of map ``name`` at pixels ``sub`` with NaN and negative values set to 0 (np.fmax; inf is kept),
+    in its own dtype, or None when absent or unused. Same checks as :func:`_conf`."""
+    key = "conf_" + name
+    if not use_conf or key not in maps:
+        return None
+    c = np.asarray(maps[key])
+    if c.ndim != 2 or not np.issubdtype(c.dtype, np.number):
+        raise ValueError(f"{key}: expected an (H, W) numeric confidence map, got shape {c.shape}, dtype {c.dtype}")
+    c = c[sub]
+    if c.shape != tuple(shape):
+        raise ValueError(f"{key}: expected shape {tuple(shape)} (one weight per point), got {c.shape}")
+    return np.fmax(c, 0)
+
+
 def _fit(src, dst, w, with_scale, ransac_threshold):
     if ransac_threshold is None:
         return umeyama(src, dst, w, with_scale=with_scale)
@@ -54,17 +69,31 @@ def ego_motion_pixel_aligned(maps: dict, use_conf: bool = True, with_scale: bool
     """
     if not (isinstance(stride, int) and stride >= 1):
         raise ValueError(f"ego_motion_pixel_aligned: stride must be a positive integer, got {stride}")
-    src, dst, w = [], [], []
+    sub = (slice(None, None, stride), slice(None, None, stride))
+    pairs = []
     for a, b in (("p2_t2_pi2", "p2_t2_pi1"), ("p1_t1_pi2", "p1_t1_pi1")):
         pa, pb = _map(maps, a), _map(maps, b)
         same_shape(pa, pb, a, b)
-        sub = (slice(None, None, stride), slice(None, None, stride))
-        pa, pb = pa[sub], pb[sub]
-        ca, cb = _conf(maps, a, pa.shape[:2], use_conf, sub), _conf(maps, b, pb.shape[:2], use_conf, sub)
-        src.append(pa.reshape(-1, 3))
-        dst.append(pb.reshape(-1, 3))
-        w.append(np.sqrt(ca * cb).reshape(-1))
-    return _fit(np.concatenate(src), np.concatenate(dst), np.concatenate(w), with_scale, ransac_threshold)
+        pairs.append((a, b, pa[sub], pb[sub]))
+    # Both sets straight into one (N, 3) array each (one strided copy per map, no per-set copies to concatenate).
+    sizes = [pa.shape[0] * pa.shape[1] for _, _, pa, _ in pairs]
+    src = np.empty((sum(sizes), 3), dtype=np.result_type(*(pa for _, _, pa, _ in pairs)))
+    dst = np.empty((sum(sizes), 3), dtype=np.result_type(*(pb for _, _, _, pb in pairs)))
+    w = np.empty(sum(sizes))
+    start = 0
+    for (a, b, pa, pb), n in zip(pairs, sizes):
+        rows = slice(start, start + n)
+        src[rows].reshape(pa.shape)[...] = pa
+        dst[rows].reshape(pb.shape)[...] = pb
+        ca, cb = _conf_clipped(maps, a, pa.shape[:2], use_conf, sub), _conf_clipped(maps, b, pb.shape[:2], use_conf, sub)
+        out = w[rows].reshape(pa.shape[:2])
+        if ca is None or cb is None:
+            out[...] = 1.0 if ca is None and cb is None else (cb if ca is None else ca)
+        else:
+            np.multiply(ca, cb, out=out, dtype=np.float64)
+        start += n
+    # Non-finite products (an inf confidence) are excluded by the fit, as as_weights' zero would be.
+    return _fit(src, dst, np.sqrt(w, out=w), with_scale, ransac_threshold)
 
 
 def sampling_step(points) -> float:
