@@ -45,9 +45,11 @@ def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: floa
     return np.concatenate(out_a or [empty]), np.concatenate(out_b or [empty])
 
 
-def _close(flat_pts: np.ndarray, a: np.ndarray, b: np.ndarray, max_gap: float, relative: bool) -> np.ndarray:
-    """For index pairs a, b: True where the two points are within the split distance (the uncut test)."""
-    pa, pb = flat_pts[a].astype(np.float64), flat_pts[b].astype(np.float64)
+def _close(pts: np.ndarray, a: np.ndarray, b: np.ndarray, max_gap: float, relative: bool) -> np.ndarray:
+    """For flat index pairs a, b of the (h, w, 3) points (a view is not copied): True where the two points are
+    within the split distance (the uncut test)."""
+    w = pts.shape[1]
+    pa, pb = pts[a // w, a % w].astype(np.float64), pts[b // w, b % w].astype(np.float64)
     gap2 = ((pa - pb) ** 2).sum(axis=-1)
     if not relative:
         return gap2 <= max_gap ** 2
@@ -81,17 +83,26 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
         raise ValueError(f"split_objects: min_size must be >= 1 pixel, got {min_size}")
     if not (np.isfinite(max_gap) and max_gap > 0):
         raise ValueError(f"split_objects: max_gap must be > 0, got {max_gap}")
-    r2 = squared_norm(pts).reshape(m.shape)              # ‖p‖²: NaN/inf for invalid points, which leave the mask
-    m8 = (m & (r2 < np.inf)).view(np.uint8)
-    ca, cb = _cut_edges(pts, m8, r2, max_gap, relative)
+    H, W = m.shape
+    # Work on the bounding box of the mask only: nothing outside it can be labelled or cut.
+    rows = np.flatnonzero(m.any(axis=1))
+    if len(rows) == 0:
+        return np.zeros((H, W), dtype=np.int32), []
+    y0, y1 = int(rows[0]), int(rows[-1]) + 1
+    cols = np.flatnonzero(m[y0:y1].any(axis=0))
+    x0, x1 = int(cols[0]), int(cols[-1]) + 1
+    pts, m = pts[y0:y1, x0:x1], m[y0:y1, x0:x1]
     h, w = m.shape
+    r2 = squared_norm(pts).reshape(m.shape)              # ‖p‖²: NaN/inf for invalid points, which leave the mask
+    m8 = (m & (r2 < np.inf)).view(np.uint8)              # a fresh array: the caller's mask is never modified
+    ca, cb = _cut_edges(pts, m8, r2, max_gap, relative)
     far = None
     if len(ca):
         # A cut pair separates two surfaces: take its far pixel (the occluded side) out of the mask, label what is
         # left, then give each taken-out pixel the label of a 4-neighbour it is close to in 3D.
         r2f = r2.reshape(-1)
         far = np.unique(np.where(r2f[ca] > r2f[cb], ca, cb))
-        m8.reshape(-1)[far] = 0                          # m8 is a fresh array: the caller's mask is untouched
+        m8.reshape(-1)[far] = 0
     n, labels = cv2.connectedComponents(m8, connectivity=4, ltype=cv2.CV_32S)
     flat = labels.reshape(-1)
     if far is not None:
@@ -99,8 +110,7 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
         nb = np.stack([far - 1, far + 1, far - w, far + w], axis=1)
         inside = np.stack([col > 0, col < w - 1, far >= w, far < (h - 1) * w], axis=1)
         nb = np.where(inside, nb, far[:, None])
-        fp = pts.reshape(-1, 3)
-        near = inside & _close(fp, np.repeat(far, 4), nb.reshape(-1), max_gap, relative).reshape(-1, 4)
+        near = inside & _close(pts, np.repeat(far, 4), nb.reshape(-1), max_gap, relative).reshape(-1, 4)
         for _ in range(2):                               # two sweeps: also pixels whose only link is another far one
             cand = np.where(near, flat[nb], 0)
             best = cand.max(axis=1)
@@ -117,7 +127,9 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     lut = np.zeros(len(sizes), dtype=np.int32)
     lut[keep_lab] = np.arange(1, len(keep_lab) + 1, dtype=np.int32)
     new = np.take(lut, lab)
-    out = np.zeros_like(labels)
+    if (h, w) != (H, W):                                 # box -> image flat indices (row-major order is kept)
+        pix = pix + (pix // w) * (W - w) + (y0 * W + x0)
+    out = np.zeros((H, W), dtype=np.int32)
     out.reshape(-1)[pix] = new
     if len(keep_lab) <= 8:                               # a few objects: one compare each
         groups = [pix[lab == k] for k in keep_lab]
