@@ -14,8 +14,8 @@ import numpy as np
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
 from dpm_ros.engine.base import Engine, check_image
 from dpm_ros.geometry import (EGO_METHODS, displacement_mask, ego_motion, estimate_focal, intrinsics, object_flow,
-                              scale_intrinsics, scene_flow, to_matrix, umeyama)
-from dpm_ros.geometry.objects import object_pixels
+                              scale_intrinsics, scene_flow, to_matrix)
+from dpm_ros.geometry.objects import object_fits, object_pixels
 
 
 @dataclass
@@ -150,24 +150,13 @@ class DPMPipeline:
             n = 65535
         if n == 0:
             return labels.astype(np.uint16), []
-        p1, p2 = maps["p1_t1_pi1"].reshape(-1, 3), maps["p1_t2_pi1"].reshape(-1, 3)
-        conf = maps.get("conf_p1_t1_pi1")
-        conf = None if conf is None else np.asarray(conf).reshape(-1)
-        objects, dropped = [], []
-        for k, sel in enumerate(groups[:n], start=1):
-            a = np.take(p1, sel, axis=0)                                   # np.take: several times faster than a[sel]
-            fit = sel[::-(-len(sel) // self.object_fit_points)] if self.object_fit_points else sel
-            c = None if conf is None else np.take(conf, sel)
-            try:
-                rot, t, _ = umeyama(np.take(p1, fit, axis=0), np.take(p2, fit, axis=0),
-                                    None if conf is None else np.take(conf, fit))
-            except ValueError:   # degenerate (e.g. all points on a line): not an object we can report
-                dropped.append(k)
-                continue
-            rows = np.array(a.T, dtype=np.float64, order="C")            # (3, n): fast contiguous reductions
-            objects.append(ObjectMotion(id=k, R=rot, t=t, centroid=rows.mean(axis=1),
-                                        extent=rows.max(axis=1) - rows.min(axis=1),
-                                        confidence=1.0 if c is None else float(np.mean(c)), n_points=len(sel)))
+        # All objects' fits (on at most object_fit_points pixels each) and statistics in one batched pass.
+        f = object_fits(maps["p1_t1_pi1"], maps["p1_t2_pi1"], groups[:n], maps.get("conf_p1_t1_pi1"),
+                        self.object_fit_points)
+        objects = [ObjectMotion(id=int(k) + 1, R=f["R"][k], t=f["t"][k], centroid=f["centroid"][k],
+                                extent=f["extent"][k], confidence=float(f["confidence"][k]), n_points=len(groups[k]))
+                   for k in np.flatnonzero(f["ok"])]
+        dropped = (np.flatnonzero(~f["ok"]) + 1).tolist()   # undetermined fits (e.g. collinear): not reported
         if dropped:
             labels[np.isin(labels, dropped)] = 0
         return labels.astype(np.uint16), objects

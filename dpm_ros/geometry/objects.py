@@ -1,4 +1,5 @@
-"""Object masks from a motion mask (dpm_theory.md §5): connected components, split where the 3D surface jumps."""
+"""Objects (dpm_theory.md §5): masks from a motion mask (connected components, split where the 3D surface jumps),
+then every object's rigid motion and extent in one batched pass."""
 from __future__ import annotations
 
 import cv2
@@ -6,6 +7,7 @@ import numpy as np
 
 from dpm_ros.geometry._checks import as_mask, as_point_map
 from dpm_ros.geometry.masks import squared_norm
+from dpm_ros.geometry.procrustes import _DEGENERATE_RATIO
 
 
 def _nonzero_bytes(a: np.ndarray) -> np.ndarray:
@@ -138,3 +140,65 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
         bounds = np.cumsum(sizes[keep_lab])
         groups = np.split(pix[srt[len(pix) - int(bounds[-1]):]], bounds[:-1])
     return out, groups
+
+
+def object_fits(p_t1, p_t2, groups, conf=None, fit_points: int = 4096) -> dict:
+    """Rigid motion and extent of every object at once (dpm_theory.md §5), from :func:`object_pixels`' ``groups``.
+
+    ``p_t1``, ``p_t2``: (H, W, 3) positions of the same pixels at t1 and t2 in one camera frame (e.g. P1(t1,π1),
+    P1(t2,π1)); ``groups``: flat pixel indices per object; ``conf``: optional (H, W) weights. Object k's motion is
+    the confidence-weighted SE(3) Umeyama fit ``argmin Σ w‖p_t2 − R·p_t1 − t‖²`` (as ``procrustes.umeyama``: rows
+    with NaN/inf or weight ≤ 0 excluded) over every ``ceil(n_k / fit_points)``-th of its pixels (all when
+    ``fit_points`` is 0); all objects' moments are summed in one pass and their 3×3 SVDs batched. Returns arrays over
+    objects: ``R`` (K, 3, 3), ``t`` (K, 3), ``ok`` (K,) False where the fit is undetermined (< 3 usable points,
+    collinear or coincident), and over all pixels of each object ``centroid`` (K, 3), ``extent`` (K, 3, max − min)
+    of p_t1 and ``confidence`` (K,, mean of ``conf``; 1 without it). Units of the maps.
+    """
+    p1, p2 = np.asarray(p_t1).reshape(-1, 3), np.asarray(p_t2).reshape(-1, 3)
+    k = len(groups)
+    lens = np.array([len(g) for g in groups], dtype=np.int64)
+    if k == 0 or lens.min() == 0:
+        raise ValueError("object_fits: need at least one object and no empty pixel group")
+    c = None if conf is None else np.asarray(conf).reshape(-1)
+    # Statistics over all pixels: one gather, then segment reductions on contiguous float64 rows.
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    every = np.concatenate(groups)
+    rows = np.ascontiguousarray(np.take(p1, every, axis=0).T)         # (3, M) in the maps' dtype
+    centroid = (np.add.reduceat(rows, starts, axis=1, dtype=np.float64) / lens).T
+    extent = (np.maximum.reduceat(rows, starts, axis=1).astype(np.float64)
+              - np.minimum.reduceat(rows, starts, axis=1)).T
+    confidence = np.ones(k) if c is None else np.add.reduceat(np.take(c, every), starts, dtype=np.float64) / lens
+    # Weighted Umeyama (SE(3)) per object on its evenly spread fit pixels.
+    fits = [g[::-(-len(g) // fit_points)] for g in groups] if fit_points else list(groups)
+    nfit = np.array([len(f) for f in fits], dtype=np.int64)
+    fit = np.concatenate(fits)
+    fstarts = np.concatenate([[0], np.cumsum(nfit)[:-1]])
+    seg = np.repeat(np.arange(k), nfit)
+    # Coordinates as rows (3, N) float64: every step below is a long contiguous loop.
+    src = np.array(np.take(p1, fit, axis=0).T, dtype=np.float64, order="C")
+    dst = np.array(np.take(p2, fit, axis=0).T, dtype=np.float64, order="C")
+    w = np.ones(len(fit)) if c is None else np.take(c, fit).astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        use = np.isfinite(src[0] + src[1] + src[2] + dst[0] + dst[1] + dst[2] + w) & (w > 0)
+    if not use.all():
+        w[~use] = 0.0
+        src[:, ~use] = 0.0
+        dst[:, ~use] = 0.0
+    count = np.add.reduceat(use.astype(np.int64), fstarts)
+    wsum = np.add.reduceat(w, fstarts)
+    wn = w / np.where(wsum > 0, wsum, 1.0)[seg]                       # weights normalised per object
+    mu_s = np.add.reduceat(src * wn, fstarts, axis=1)                 # (3, K)
+    mu_d = np.add.reduceat(dst * wn, fstarts, axis=1)
+    src -= mu_s[:, seg]
+    dst -= mu_d[:, seg]
+    dst *= wn
+    cov = np.add.reduceat((dst[:, None, :] * src[None, :, :]).reshape(9, -1), fstarts, axis=1)
+    cov = cov.T.reshape(k, 3, 3)                                      # Σ w (d − μd)(s − μs)ᵀ per object
+    mu_s, mu_d = mu_s.T, mu_d.T
+    u, d, vt = np.linalg.svd(cov)
+    ok = (count >= 3) & (d[:, 0] > 0) & (d[:, 1] > _DEGENERATE_RATIO * d[:, 0])
+    e = np.ones((k, 3))
+    e[:, 2] = np.where(np.linalg.det(u) * np.linalg.det(vt) < 0, -1.0, 1.0)
+    rot = (u * e[:, None, :]) @ vt
+    t = mu_d - np.einsum("kij,kj->ki", rot, mu_s)
+    return {"R": rot, "t": t, "ok": ok, "centroid": centroid, "extent": extent, "confidence": confidence}
