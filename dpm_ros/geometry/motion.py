@@ -85,12 +85,14 @@ def ego_motion_pixel_aligned(maps: dict, use_conf: bool = True, with_scale: bool
         rows = slice(start, start + n)
         src[rows].reshape(pa.shape)[...] = pa
         dst[rows].reshape(pb.shape)[...] = pb
-        ca, cb = _conf_clipped(maps, a, pa.shape[:2], use_conf, sub), _conf_clipped(maps, b, pb.shape[:2], use_conf, sub)
+        ca = _conf_clipped(maps, a, pa.shape[:2], use_conf, sub)
+        cb = _conf_clipped(maps, b, pb.shape[:2], use_conf, sub)
         out = w[rows].reshape(pa.shape[:2])
         if ca is None or cb is None:
             out[...] = 1.0 if ca is None and cb is None else (cb if ca is None else ca)
         else:
-            np.multiply(ca, cb, out=out, dtype=np.float64)
+            with np.errstate(invalid="ignore"):                  # inf·0 = NaN: excluded by the fit like a 0
+                np.multiply(ca, cb, out=out, dtype=np.float64)
         start += n
     # Non-finite products (an inf confidence) are excluded by the fit, as as_weights' zero would be.
     return _fit(src, dst, np.sqrt(w, out=w), with_scale, ransac_threshold)

@@ -1,0 +1,95 @@
+"""The fast paths of the default post-processing equal the plain equations (dpm_theory.md §4, §5): object pixel
+groups, batched object fits, pixel-aligned ego-motion weights, the sparse nonzero scan of split_objects."""
+import numpy as np
+import pytest
+
+from dpm_ros.geometry import ego_motion_pixel_aligned, split_objects, umeyama
+from dpm_ros.geometry._checks import as_weights
+from dpm_ros.geometry.objects import _nonzero_bytes, object_fits, object_pixels
+from dpm_ros.synthetic import make_pair
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    return [make_pair(seed, 64, 96, 4, object_radius=(0.5, 1.5)) for seed in range(4)]
+
+
+def test_nonzero_bytes_is_flatnonzero():
+    rng = np.random.default_rng(0)
+    for n in list(range(1, 40)) + [511, 4096, 196224]:
+        a = (rng.random(n) < 0.05).astype(np.uint8)
+        np.testing.assert_array_equal(_nonzero_bytes(a), np.flatnonzero(a))
+
+
+def test_object_pixels_groups_are_the_labels_pixels(pairs):
+    rng = np.random.default_rng(1)
+    for p in pairs:
+        pts = p["p1_t1_pi1"].copy()
+        pts[rng.random(pts.shape[:2]) < 0.02] = np.nan
+        for mask in (p["moving1"], rng.random(pts.shape[:2]) < 0.5):       # few objects, then many (sorted path)
+            for min_size in (1, 20):
+                labels, groups = object_pixels(mask, pts, min_size, 0.05)
+                np.testing.assert_array_equal(labels, split_objects(mask, pts, min_size, 0.05))
+                assert len(groups) == labels.max()
+                sizes = [len(g) for g in groups]
+                assert sizes == sorted(sizes, reverse=True)
+                for k, g in enumerate(groups, start=1):
+                    np.testing.assert_array_equal(g, np.flatnonzero(labels.reshape(-1) == k))
+    labels, groups = object_pixels(np.zeros((5, 7), bool), np.ones((5, 7, 3)))
+    assert labels.shape == (5, 7) and labels.max() == 0 and groups == []
+
+
+def test_object_fits_equal_umeyama_per_object(pairs):
+    rng = np.random.default_rng(2)
+    n_fits = 0
+    for p in pairs:
+        _, groups = object_pixels(p["moving1"], p["p1_t1_pi1"], 5, 0.05)
+        p1 = p["p1_t1_pi1"]
+        p2 = p["p1_t2_pi1"] + rng.normal(scale=1e-3, size=p1.shape).astype(np.float32)
+        p2[rng.random(p1.shape[:2]) < 0.02] = np.nan
+        conf = rng.random(p1.shape[:2]).astype(np.float32)
+        conf[rng.random(conf.shape) < 0.05] = np.nan
+        conf[rng.random(conf.shape) < 0.05] = -1.0
+        for c in (None, conf):
+            for fit_points in (0, 64):
+                f = object_fits(p1, p2, groups, c, fit_points)
+                for k, g in enumerate(groups):
+                    fit = g[::-(-len(g) // fit_points)] if fit_points else g
+                    rot, t, _ = umeyama(p1.reshape(-1, 3)[fit], p2.reshape(-1, 3)[fit],
+                                        None if c is None else c.reshape(-1)[fit])
+                    assert f["ok"][k]
+                    np.testing.assert_allclose(f["R"][k], rot, atol=1e-12)
+                    np.testing.assert_allclose(f["t"][k], t, atol=1e-12)
+                    a = p1.reshape(-1, 3)[g].astype(np.float64)
+                    np.testing.assert_allclose(f["centroid"][k], a.mean(axis=0), rtol=1e-12)
+                    np.testing.assert_array_equal(f["extent"][k], a.max(axis=0) - a.min(axis=0))
+                    expect = 1.0 if c is None else np.mean(c.reshape(-1)[g].astype(np.float64))
+                    np.testing.assert_allclose(f["confidence"][k], expect, rtol=1e-12)
+                    n_fits += 1
+    assert n_fits >= 20
+    line = np.zeros((4, 5, 3), np.float32)
+    line[..., 0], line[..., 2] = np.arange(5), 5.0                        # collinear / too few points: not ok
+    assert not object_fits(line, line + 1, [np.arange(5)])["ok"][0]
+    assert not object_fits(line, line + 1, [np.arange(2)])["ok"][0]
+
+
+def test_pixel_aligned_weights_match_as_weights(pairs):
+    p = dict(pairs[0])
+    rng = np.random.default_rng(3)
+    for name in ("p2_t2_pi2", "p2_t2_pi1", "p1_t1_pi2", "p1_t1_pi1"):
+        c = rng.random(p[name].shape[:2]).astype(np.float32) + 0.1
+        for bad in (np.nan, -2.0, np.inf):
+            c[rng.random(c.shape) < 0.03] = bad
+        p["conf_" + name] = c
+    for stride in (1, 3):
+        sub = (slice(None, None, stride), slice(None, None, stride))
+        src, dst, w = [], [], []
+        for a, b in (("p2_t2_pi2", "p2_t2_pi1"), ("p1_t1_pi2", "p1_t1_pi1")):
+            src.append(p[a][sub].reshape(-1, 3))
+            dst.append(p[b][sub].reshape(-1, 3))
+            ca, cb = (as_weights(p["conf_" + n][sub], p[n][sub].shape[:2]) for n in (a, b))
+            w.append(np.sqrt(ca * cb).reshape(-1))
+        expect = umeyama(np.concatenate(src), np.concatenate(dst), np.concatenate(w), with_scale=True)
+        got = ego_motion_pixel_aligned(p, stride=stride)
+        for x, y in zip(got, expect):
+            np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
