@@ -57,9 +57,9 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
         of = g.object_flow(p)
         mask1 = g.displacement_mask(of["forward"], p["p1_t1_pi1"], pipe.eps_rel)
         g.displacement_mask(of["backward"], p["p2_t1_pi1"], pipe.eps_rel)
-        g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride)
+        _, _, s = g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride)
         pipe._objects(p, mask1)
-        g.scene_flow(p)
+        g.scene_flow(p, pass2_scale=s)                   # derive scales the π2 maps by the fitted s (≠ 1 in floats)
 
     steps = {
         "motion_mask_one": (lambda: g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"]), repeats),
