@@ -142,14 +142,12 @@ class DPMPipeline:
     def _objects(self, maps: dict, mask1: np.ndarray) -> tuple[np.ndarray, list]:
         """Objects of image 1: split the motion mask, then object_motion (confidence-weighted SE(3) Umeyama of
         P1(t1,π1) → P1(t2,π1)) per label on its gathered pixels."""
+        # split_objects + each label's pixels; uint16 output: at most the 65535 largest objects
         labels, groups = object_pixels(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels,
-                                       max_gap=self.object_max_gap)        # split_objects + each label's pixels
+                                       max_gap=self.object_max_gap, max_objects=65535, dtype=np.uint16)
         n = len(groups)
-        if n > 65535:                        # uint16 output: keep the 65535 largest (labels are ordered by size)
-            labels[labels > 65535] = 0
-            n = 65535
         if n == 0:
-            return labels.astype(np.uint16), []
+            return labels, []
         # All objects' fits (on at most object_fit_points pixels each) and statistics in one batched pass.
         f = object_fits(maps["p1_t1_pi1"], maps["p1_t2_pi1"], groups[:n], maps.get("conf_p1_t1_pi1"),
                         self.object_fit_points)
@@ -159,7 +157,7 @@ class DPMPipeline:
         dropped = (np.flatnonzero(~f["ok"]) + 1).tolist()   # undetermined fits (e.g. collinear): not reported
         if dropped:
             labels[np.isin(labels, dropped)] = 0
-        return labels.astype(np.uint16), objects
+        return labels, objects
 
     # --- the pair ----------------------------------------------------------------------------------------------
     def process(self, frame1: Frame, frame2: Frame) -> DPMResult:

@@ -93,3 +93,13 @@ def test_pixel_aligned_weights_match_as_weights(pairs):
         got = ego_motion_pixel_aligned(p, stride=stride)
         for x, y in zip(got, expect):
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-12)
+
+
+def test_object_pixels_max_objects_and_dtype(pairs):
+    mask = np.random.default_rng(4).random((64, 96)) < 0.5                # many small components
+    full = split_objects(mask, pairs[0]["p1_t1_pi1"], 1, 0.05)
+    labels, groups = object_pixels(mask, pairs[0]["p1_t1_pi1"], 1, 0.05, max_objects=7, dtype=np.uint16)
+    assert labels.dtype == np.uint16 and len(groups) == 7 and full.max() > 7
+    np.testing.assert_array_equal(labels, np.where(full <= 7, full, 0))
+    with pytest.raises(ValueError, match="do not fit"):
+        object_pixels(mask, pairs[0]["p1_t1_pi1"], 1, 0.05, dtype=np.uint8)

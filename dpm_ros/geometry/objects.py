@@ -73,9 +73,14 @@ def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     return object_pixels(mask, points, min_size, max_gap, relative)[0]
 
 
-def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relative: bool = True):
+def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relative: bool = True,
+                  max_objects: int | None = None, dtype=np.int32):
     """:func:`split_objects` (same arguments, same labels) and, for each object k = 1..K, the flat row-major
-    indices of its pixels in ascending order (what per-object fits gather). Returns ``(labels, [idx_1..idx_K])``."""
+    indices of its pixels in ascending order (what per-object fits gather). Returns ``(labels, [idx_1..idx_K])``.
+    ``max_objects`` keeps only that many largest objects (the others labelled 0); ``dtype``: integer type of the
+    labels (e.g. np.uint16 with max_objects=65535)."""
+    if max_objects is not None and max_objects < 0:
+        raise ValueError(f"object_pixels: max_objects must be >= 0, got {max_objects}")
     pts = as_point_map(points, "points")
     if pts.dtype not in (np.float32, np.float64):
         pts = pts.astype(np.float32)
@@ -89,7 +94,7 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     # Work on the bounding box of the mask only: nothing outside it can be labelled or cut.
     rows = np.flatnonzero(m.any(axis=1))
     if len(rows) == 0:
-        return np.zeros((H, W), dtype=np.int32), []
+        return np.zeros((H, W), dtype=dtype), []
     y0, y1 = int(rows[0]), int(rows[-1]) + 1
     cols = np.flatnonzero(m[y0:y1].any(axis=0))
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
@@ -125,13 +130,16 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     sizes = np.bincount(lab, minlength=n)
     sizes[0] = 0
     order = np.argsort(-sizes, kind="stable")
-    keep_lab = order[sizes[order] >= min_size]
+    keep_lab = order[sizes[order] >= min_size][:max_objects]
+    if len(keep_lab) > np.iinfo(dtype).max:
+        raise ValueError(f"object_pixels: {len(keep_lab)} objects do not fit labels of type {np.dtype(dtype).name}; "
+                         f"pass max_objects")
     lut = np.zeros(len(sizes), dtype=np.int32)
     lut[keep_lab] = np.arange(1, len(keep_lab) + 1, dtype=np.int32)
     new = np.take(lut, lab)
     if (h, w) != (H, W):                                 # box -> image flat indices (row-major order is kept)
         pix = pix + (pix // w) * (W - w) + (y0 * W + x0)
-    out = np.zeros((H, W), dtype=np.int32)
+    out = np.zeros((H, W), dtype=dtype)
     out.reshape(-1)[pix] = new
     if len(keep_lab) <= 8:                               # a few objects: one compare each
         groups = [pix[lab == k] for k in keep_lab]
