@@ -134,8 +134,8 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     if len(keep_lab) > np.iinfo(dtype).max:
         raise ValueError(f"object_pixels: {len(keep_lab)} objects do not fit labels of type {np.dtype(dtype).name}; "
                          f"pass max_objects")
-    lut = np.zeros(len(sizes), dtype=np.int32)
-    lut[keep_lab] = np.arange(1, len(keep_lab) + 1, dtype=np.int32)
+    lut = np.zeros(len(sizes), dtype=dtype)                # in the output type: the scatter below then casts nothing
+    lut[keep_lab] = np.arange(1, len(keep_lab) + 1)
     new = np.take(lut, lab)
     if (h, w) != (H, W):                                 # box -> image flat indices (row-major order is kept)
         pix = pix + (pix // w) * (W - w) + (y0 * W + x0)
