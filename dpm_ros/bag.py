@@ -199,7 +199,7 @@ def stamp_ns(seconds: float) -> int:
 
 def open_bag(path: str | Path):
     """An opened rosbags Reader for a rosbag2 directory or a bare .mcap / .db3 file (close it when done).
-    Raises FileNotFoundError when missing, ValueError when it is not a readable bag."""
+    Raises FileNotFoundError when missing, ValueError naming the file when it is corrupt, truncated or not a bag."""
     from rosbags.rosbag2 import Reader
     from rosbags.rosbag2.errors import ReaderError
 
@@ -209,8 +209,10 @@ def open_bag(path: str | Path):
     try:
         reader = Reader(path)
         reader.open()
-    except (ReaderError, FileNotFoundError) as exc:
-        raise ValueError(f"'{path}' is not a readable rosbag2 (MCAP/sqlite3): {exc}") from exc
+    except ReaderError as exc:
+        raise ValueError(f"bag '{path}' cannot be read (corrupt, truncated or not a rosbag2): {exc}") from exc
+    except FileNotFoundError as exc:
+        raise ValueError(f"bag '{path}' is not a rosbag2 bag (no metadata.yaml, .mcap or .db3): {exc}") from exc
     return reader
 
 

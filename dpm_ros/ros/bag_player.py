@@ -13,26 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpm_ros.bag import open_bag as open_reader  # noqa: F401  (re-exported: one bag opener for the project)
+
 CAMERA_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-
-
-def open_reader(path: str | Path):
-    """An opened rosbags ``Reader`` for a rosbag2 directory, a bare .mcap file or a .db3 bag.
-    Raises FileNotFoundError / ValueError naming the file when it is missing, corrupt or truncated."""
-    from rosbags.rosbag2 import Reader
-    from rosbags.rosbag2.errors import ReaderError
-
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"bag '{path}' does not exist")
-    try:
-        reader = Reader(path)
-        reader.open()
-    except ReaderError as exc:
-        raise ValueError(f"bag '{path}' cannot be read (corrupt, truncated or not a rosbag2): {exc}") from exc
-    except FileNotFoundError as exc:
-        raise ValueError(f"bag '{path}' is not a rosbag2 bag (no metadata.yaml, .mcap or .db3): {exc}") from exc
-    return reader
 
 
 def iterate_messages(reader, connections):
