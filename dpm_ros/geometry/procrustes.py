@@ -31,16 +31,18 @@ def umeyama(src, dst, weights=None, with_scale: bool = False) -> tuple[np.ndarra
     need_points(n, "umeyama")
     if not ok.all():
         src, dst, w = src[ok], dst[ok], w[ok]
-    # Coordinates as rows (3, N) float64: the moments below are then contiguous dot products (fast on one core).
-    sr = np.array(src.T, dtype=np.float64, order="C")
-    dr = np.array(dst.T, dtype=np.float64, order="C")
+    # Coordinates as rows of one (6, N) float64 array (src x, y, z, dst x, y, z): the means are one matrix-vector
+    # product and all second moments one (6, N)·(N, 3) product (contiguous, fast on one core).
+    x = np.empty((6, n))
+    x[:3] = src.T
+    x[3:] = dst.T
     w = w / w.sum()
-    mu_s = sr @ w
-    mu_d = dr @ w
-    sr -= mu_s[:, None]
-    dr -= mu_d[:, None]
-    ws = sr * w
-    cov = np.array([[np.dot(dr[i], ws[j]) for j in range(3)] for i in range(3)])   # Σ w (d − μd)(s − μs)ᵀ
+    mu = x @ w
+    x -= mu[:, None]
+    mu_s, mu_d = mu[:3], mu[3:]
+    ws = x[:3] * w
+    m = x @ ws.T                              # rows 0-2: Σ w (s − μs)(s − μs)ᵀ; rows 3-5: Σ w (d − μd)(s − μs)ᵀ
+    cov = m[3:]
     u, d, vt = np.linalg.svd(cov)
     if not d[0] > 0 or d[1] <= _DEGENERATE_RATIO * d[0]:
         raise ValueError("umeyama: degenerate geometry (points are collinear or coincident); the rotation is not "
@@ -51,7 +53,7 @@ def umeyama(src, dst, weights=None, with_scale: bool = False) -> tuple[np.ndarra
     rot = (u * e) @ vt
     s = 1.0
     if with_scale:
-        var_s = float(sum(np.dot(ws[i], sr[i]) for i in range(3)))
+        var_s = float(np.trace(m[:3]))
         s = float((d * e).sum() / var_s)
     t = mu_d - s * rot @ mu_s
     return rot, t, s
