@@ -8,6 +8,7 @@ from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
 from dpm_ros.msg import ObjectMotionArray
+from dpm_ros.pipeline import ObjectMotion
 from dpm_ros.pointcloud import cloud_from_bytes
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.outputs import OutputOptions, pair_messages, relabel
@@ -26,10 +27,10 @@ def fake_result(h=12, w=16, dt=-0.2):
     p2 = p1.copy()
     m = labels == 1
     p2[m] = p1[m] @ R.T + t
-    obj = SimpleNamespace(id=1, R=R, t=t, centroid=p1[m].mean(0), extent=np.ptp(p1[m], 0), confidence=2.5,
-                          n_points=int(m.sum()))
-    obj2 = SimpleNamespace(id=2, R=np.eye(3), t=np.zeros(3), centroid=np.ones(3), extent=np.ones(3),
-                           confidence=1.0, n_points=12)
+    obj = ObjectMotion(id=1, R=R, t=t, centroid=p1[m].mean(0), extent=np.ptp(p1[m], 0), confidence=2.5,
+                       n_points=int(m.sum()))
+    obj2 = ObjectMotion(id=2, R=np.eye(3), t=np.zeros(3), centroid=np.ones(3), extent=np.ones(3),
+                        confidence=1.0, n_points=12)
     conf = np.full((h, w), 3.0, np.float32)
     conf[0, 0] = 0.5
     return SimpleNamespace(maps={"p1_t1_pi1": p1, "p1_t2_pi1": p2, "conf_p1_t1_pi1": conf}, K=np.diag([20, 20, 1.0]),

@@ -6,8 +6,6 @@ positions in metres when the scale is metric, else model units; velocities per s
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -107,34 +105,24 @@ def camera_info_msg(header: Header, K: np.ndarray, height: int, width: int) -> C
 # --- objects ----------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ObjectReport:
-    """One object of one pair, in camera 1's frame: motion t1→t2 ``R``, ``t``; ``centroid`` and ``extent`` at t1."""
-    id: int
-    R: np.ndarray
-    t: np.ndarray
-    centroid: np.ndarray
-    extent: np.ndarray
-    confidence: float
-    n_points: int
-
-    def velocities(self, dt: float) -> tuple[np.ndarray, np.ndarray]:
-        """(linear, angular) velocity of the centroid: ((R c + t) − c) / dt and rotvec(R) / dt, dt = t2 − t1 (s)."""
-        c = np.asarray(self.centroid, float)
-        if dt == 0:
-            return np.zeros(3), np.zeros(3)
-        lin = (np.asarray(self.R, float) @ c + np.asarray(self.t, float) - c) / dt
-        ang = Rotation.from_matrix(np.asarray(self.R, float)).as_rotvec() / dt
-        return lin, ang
+def object_velocities(o, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """(linear, angular) velocity of object ``o`` (a ``dpm_ros.pipeline.ObjectMotion``: motion t1→t2 ``R``, ``t``
+    and ``centroid`` at t1, camera 1's frame): ((R c + t) − c) / dt and rotvec(R) / dt, dt = t2 − t1 (s)."""
+    c = np.asarray(o.centroid, float)
+    if dt == 0:
+        return np.zeros(3), np.zeros(3)
+    lin = (np.asarray(o.R, float) @ c + np.asarray(o.t, float) - c) / dt
+    ang = Rotation.from_matrix(np.asarray(o.R, float)).as_rotvec() / dt
+    return lin, ang
 
 
-def objects_msg(header: Header, objects: list[ObjectReport], dt: float, metric: bool) -> ObjectMotionArray:
-    """ObjectMotionArray; ``dt`` = t2 − t1 in seconds (negative)."""
+def objects_msg(header: Header, objects: list, dt: float, metric: bool) -> ObjectMotionArray:
+    """ObjectMotionArray of ``dpm_ros.pipeline.ObjectMotion`` objects; ``dt`` = t2 − t1 in seconds (negative)."""
     out = []
     for o in objects:
         T = np.eye(4)
         T[:3, :3], T[:3, 3] = o.R, o.t
-        lin, ang = o.velocities(dt)
+        lin, ang = object_velocities(o, dt)
         c = np.asarray(o.centroid, float)
         out.append(ObjectMotion(id=int(o.id), motion=transform_msg(T), linear_velocity=vector3(lin),
                                 angular_velocity=vector3(ang), centroid=Point(x=c[0], y=c[1], z=c[2]),
@@ -149,12 +137,12 @@ def _colour(obj_id: int) -> ColorRGBA:
     return ColorRGBA(r=float(r), g=float(g), b=float(b), a=0.6)
 
 
-def markers_msg(header: Header, objects: list[ObjectReport], dt: float, ns: str = "dpm_objects") -> MarkerArray:
+def markers_msg(header: Header, objects: list, dt: float, ns: str = "dpm_objects") -> MarkerArray:
     """A DELETEALL, then per object a box (centroid, extent) and an arrow of 1 s of linear velocity."""
     markers = [Marker(header=header, ns=ns, action=Marker.DELETEALL)]
     for o in objects:
         c = np.asarray(o.centroid, float)
-        lin, _ = o.velocities(dt)
+        lin, _ = object_velocities(o, dt)
         colour = _colour(int(o.id))
         size = np.maximum(np.asarray(o.extent, float), 0.01)
         markers.append(Marker(header=header, ns=ns, id=2 * int(o.id), type=Marker.CUBE, action=Marker.ADD,

@@ -6,7 +6,7 @@ need the accumulated trajectory: see ``odometry.py`` and ``messages.odometry_msg
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,14 +24,11 @@ class OutputOptions:
     metric: bool = False
 
 
-def object_reports(result, ids: list[int] | None = None) -> list[M.ObjectReport]:
-    """ObjectReport per ``result.objects`` (pipeline ObjectMotion), with ``ids`` (stable ids) replacing theirs."""
-    reps = []
-    for k, o in enumerate(result.objects):
-        reps.append(M.ObjectReport(id=int(o.id if ids is None else ids[k]), R=np.asarray(o.R), t=np.asarray(o.t),
-                                   centroid=np.asarray(o.centroid), extent=np.asarray(o.extent),
-                                   confidence=float(o.confidence), n_points=int(o.n_points)))
-    return reps
+def object_reports(result, ids: list[int] | None = None) -> list:
+    """``result.objects`` (pipeline ObjectMotion) with ``ids`` (stable ids) replacing their per-pair ids."""
+    if ids is None:
+        return list(result.objects)
+    return [replace(o, id=int(new)) for o, new in zip(result.objects, ids)]
 
 
 def relabel(labels: np.ndarray, objects, ids: list[int] | None) -> np.ndarray:

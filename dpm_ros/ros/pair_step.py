@@ -266,6 +266,6 @@ class PairProcessor:
         dets = []
         for o in result.objects:
             c = np.asarray(o.centroid, float)
-            lin = M.ObjectReport(0, o.R, o.t, c, o.extent, 0.0, 0).velocities(result.dt)[0]
+            lin = M.object_velocities(o, result.dt)[0]
             dets.append(Detection(R @ c + t, R @ lin, np.asarray(o.extent, float)))
         return self.tracker.update(stamp, dets)
