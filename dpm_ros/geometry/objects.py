@@ -181,7 +181,6 @@ def object_fits(p_t1, p_t2, groups, conf=None, fit_points: int = 4096) -> dict:
     nfit = np.array([len(f) for f in fits], dtype=np.int64)
     fit = np.concatenate(fits)
     fstarts = np.concatenate([[0], np.cumsum(nfit)[:-1]])
-    seg = np.repeat(np.arange(k), nfit)
     # Coordinates as rows (3, N) float64: every step below is a long contiguous loop.
     src = np.array(np.take(p1, fit, axis=0).T, dtype=np.float64, order="C")
     dst = np.array(np.take(p2, fit, axis=0).T, dtype=np.float64, order="C")
@@ -194,11 +193,13 @@ def object_fits(p_t1, p_t2, groups, conf=None, fit_points: int = 4096) -> dict:
         dst[:, ~use] = 0.0
     count = np.add.reduceat(use.astype(np.int64), fstarts)
     wsum = np.add.reduceat(w, fstarts)
-    wn = w / np.where(wsum > 0, wsum, 1.0)[seg]                       # weights normalised per object
+    # Per-object values spread over the object's rows with np.repeat (contiguous blocks; several times faster than
+    # fancy indexing with a per-row object index).
+    wn = w / np.repeat(np.where(wsum > 0, wsum, 1.0), nfit)             # weights normalised per object
     mu_s = np.add.reduceat(src * wn, fstarts, axis=1)                 # (3, K)
     mu_d = np.add.reduceat(dst * wn, fstarts, axis=1)
-    src -= mu_s[:, seg]
-    dst -= mu_d[:, seg]
+    src -= np.repeat(mu_s, nfit, axis=1)
+    dst -= np.repeat(mu_d, nfit, axis=1)
     dst *= wn
     cov = np.add.reduceat((dst[:, None, :] * src[None, :, :]).reshape(9, -1), fstarts, axis=1)
     cov = cov.T.reshape(k, 3, 3)                                      # Σ w (d − μd)(s − μs)ᵀ per object
