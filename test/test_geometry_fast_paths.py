@@ -103,3 +103,42 @@ def test_object_pixels_max_objects_and_dtype(pairs):
     np.testing.assert_array_equal(labels, np.where(full <= 7, full, 0))
     with pytest.raises(ValueError, match="do not fit"):
         object_pixels(mask, pairs[0]["p1_t1_pi1"], 1, 0.05, dtype=np.uint8)
+
+
+def test_squared_norm_overwrite_equals_plain_sum_of_squares():
+    from dpm_ros.geometry.masks import squared_norm
+    rng = np.random.default_rng(5)
+    for dtype in (np.float32, np.float64):
+        a = (rng.normal(size=(37, 23, 3)) * 10).astype(dtype)
+        a[3, 4, 1] = np.nan
+        a[5, 6, 2] = np.inf
+        plain = squared_norm(a, 0.25)
+        tmp = a.copy()
+        fast = squared_norm(tmp, 0.25, overwrite=True)
+        np.testing.assert_array_equal(fast, plain)
+        assert np.array_equal(tmp, a * a, equal_nan=True)          # the input was squared in place
+        with np.errstate(invalid="ignore"):
+            ref = 0.25 * (a.astype(np.float64) ** 2).sum(axis=-1)
+        np.testing.assert_allclose(fast, ref, rtol=1e-6 if dtype == np.float32 else 1e-12)
+        assert np.isnan(fast[3, 4]) and np.isinf(fast[5, 6])
+
+
+def test_umeyama_equals_the_weighted_moment_equations():
+    rng = np.random.default_rng(6)
+    for with_scale in (False, True):
+        src = rng.normal(size=(500, 3)) * 3 + 7
+        rot0 = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+        rot0 *= np.sign(np.linalg.det(rot0))
+        dst = 1.7 * src @ rot0.T + [1.0, -2.0, 0.5] + rng.normal(size=(500, 3)) * 0.05
+        w = rng.uniform(0, 2, 500)
+        rot, t, s = umeyama(src, dst, w, with_scale=with_scale)
+        wn = w / w.sum()                                           # Umeyama 1991, eqs. (34)-(42), written out
+        mu_s, mu_d = wn @ src, wn @ dst
+        cov = np.einsum("n,ni,nj->ij", wn, dst - mu_d, src - mu_s)
+        u, d, vt = np.linalg.svd(cov)
+        e = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+        r_ref = u @ e @ vt
+        s_ref = np.trace(np.diag(d) @ e) / (wn @ ((src - mu_s) ** 2).sum(axis=1)) if with_scale else 1.0
+        np.testing.assert_allclose(rot, r_ref, atol=1e-12)
+        np.testing.assert_allclose(s, s_ref, rtol=1e-12)
+        np.testing.assert_allclose(t, mu_d - s_ref * r_ref @ mu_s, atol=1e-10)

@@ -14,9 +14,11 @@ def _as_image(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1, 1, 3)
 
 
-def squared_norm(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """``scale·‖a_i‖²`` per point of a 3-channel float image ((N, 1, 3) or (H, W, 3)), one channel out."""
-    return cv2.transform(cv2.multiply(a, a), np.full((1, 3), scale, dtype=a.dtype))
+def squared_norm(a: np.ndarray, scale: float = 1.0, overwrite: bool = False) -> np.ndarray:
+    """``scale·‖a_i‖²`` per point of a 3-channel float image ((N, 1, 3) or (H, W, 3)), one channel out.
+    ``overwrite``: square ``a`` in place (a temporary of the caller's; saves one 3-channel allocation and pass)."""
+    sq = cv2.multiply(a, a, dst=a) if overwrite else cv2.multiply(a, a)
+    return cv2.transform(sq, np.full((1, 3), scale, dtype=a.dtype))
 
 
 def motion_mask(a, b, eps_rel: float = 0.02, eps_abs: float | None = None) -> np.ndarray:

@@ -31,7 +31,7 @@ def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: floa
                          ((slice(0, -1), slice(None)), (slice(1, None), slice(None)), w)):
         if (step == 1 and w < 2) or (step == w and h < 2):
             continue                                     # a single column/row has no pairs in that direction
-        gap2 = squared_norm(cv2.subtract(points[sa], points[sb]))
+        gap2 = squared_norm(cv2.subtract(points[sa], points[sb]), overwrite=True)   # squares the fresh difference
         if relative:
             limit = cv2.min(r2[sa], r2[sb])
             limit *= max_gap ** 2                        # in place, in the maps' dtype (as numpy's weak scalar)
