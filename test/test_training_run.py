@@ -111,6 +111,25 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path):
         Trainer(other, resume=True, progress=False)
 
 
+def test_init_starts_a_new_run_from_saved_weights_at_another_resolution(tmp_path):
+    """--init: a new run (step 0) whose network equals the saved weights exactly, here at a new resolution; a file of
+    another architecture is refused with the file named."""
+    from dpm_ros.model import build_model, save_model
+
+    src = build_model("dpm_tiny", height=32, width=48)
+    torch.nn.init.normal_(next(src.parameters()))           # not the fresh-init values
+    save_model(src, tmp_path / "w.safetensors")
+    run = Trainer(_cfg(tmp_path, init=str(tmp_path / "w.safetensors"), data=DataConfig(height=48, width=64)),
+                  resume=False, progress=False)
+    assert run.step == 0
+    for (name, a), b in zip(src.state_dict().items(), run.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    bad = torch.nn.Linear(2, 2)
+    torch.save(bad.state_dict(), tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt is not a readable safetensors model file"):
+        Trainer(_cfg(tmp_path / "x", init=str(tmp_path / "bad.pt")), resume=False, progress=False)
+
+
 def test_dpm_train_command_writes_checkpoint_log_and_weights(tmp_path):
     from dpm_ros.cli import main
     from dpm_ros.model.checkpoint import load_model

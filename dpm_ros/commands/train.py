@@ -43,6 +43,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--w-delta", type=float, default=lw.delta, help="weight of the raw-Δ term")
     parser.add_argument("--w-gate", type=float, default=lw.gate, help="weight of the gate BCE term")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
+    parser.add_argument("--init", default="", metavar="WEIGHTS",
+                        help="start a new run from these weights (.safetensors, same preset; any resolution)")
     parser.add_argument("--export", default=None, help="also write the final weights here (.safetensors)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -64,7 +66,7 @@ def config_from_args(args):
     return TrainConfig(preset=args.preset, out=args.out, steps=args.steps, batch=args.batch, lr=args.lr,
                        weight_decay=args.weight_decay, warmup=args.warmup, clip=args.clip,
                        ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
-                       workers=args.workers, seed=args.seed, data=data, loss=loss)
+                       workers=args.workers, seed=args.seed, init=args.init, data=data, loss=loss)
 
 
 def run(args) -> int:

@@ -102,8 +102,11 @@ def read_model_meta(path: str | os.PathLike) -> dict:
     side = path.with_suffix(".json")
     if side.is_file():
         return json.loads(side.read_text())
-    with safe_open(str(path), framework="pt") as f:
-        meta = (f.metadata() or {}).get("dpm_ros")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = (f.metadata() or {}).get("dpm_ros")
+    except Exception as exc:  # safetensors raises its own error types for corrupt/foreign files
+        raise ValueError(f"{path} is not a readable safetensors model file ({exc})") from exc
     if meta is None:
         raise ValueError(f"{path} has no dpm_ros config (neither {side.name} nor header metadata); for DUSt3R/"
                          f"MonST3R weights use load_dust3r_checkpoint(path, preset)")
@@ -116,7 +119,11 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     meta = read_model_meta(path)
     config = DPMConfig.from_dict(meta["config"])
     model = DPMNet(config)
-    load_state_dict_checked(model, load_file(str(path), device="cpu"), source=str(path))
+    try:
+        weights = load_file(str(path), device="cpu")
+    except Exception as exc:  # corrupt or truncated file beside a valid JSON
+        raise ValueError(f"{path} is not a readable safetensors model file ({exc})") from exc
+    load_state_dict_checked(model, weights, source=str(path))
     model.record = meta.get("record", {})
     return model.to(map_location).eval()
 

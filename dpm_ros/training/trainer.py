@@ -42,6 +42,7 @@ class TrainConfig:
     workers: int = 1
     seed: int = 0
     model_overrides: dict = field(default_factory=dict)
+    init: str = ""     # weights (.safetensors + .json) to start a new run from; ignored when resuming
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -135,6 +136,8 @@ class Trainer:
         state = torch.load(ckpt, map_location="cpu", weights_only=True) if resume and ckpt.exists() else None
         if state is None:
             self.net = build_network(cfg).to(self.device)
+            if cfg.init:
+                self._init_from(cfg.init)
         else:  # the architecture the checkpoint was trained with, even if the preset has changed since
             from dpm_ros.model import DPMConfig, DPMNet
             self.net = DPMNet(DPMConfig.from_dict(state["model_config"])).to(self.device)
@@ -151,6 +154,18 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids)
         self._stop = False
+
+    def _init_from(self, weights: str) -> None:
+        """Start from saved weights of the same architecture (e.g. the shipped model, at another resolution:
+        nothing in the network depends on the image size). ValueError naming the file on any mismatch."""
+        from dpm_ros.model import load_model
+        src = load_model(weights, map_location="cpu").state_dict()
+        own = self.net.state_dict()
+        bad = sorted(set(src) ^ set(own)) + [k for k in src if k in own and src[k].shape != own[k].shape]
+        if bad:
+            raise ValueError(f"--init {weights}: not the architecture of preset {self.cfg.preset} "
+                             f"({len(bad)} mismatched parameters, e.g. {bad[:3]})")
+        self.net.load_state_dict(src)
 
     def load_state(self, state: dict, path: Path) -> None:
         """Restore a checkpoint written by save_checkpoint (read with torch.load(weights_only=True))."""
