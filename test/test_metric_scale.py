@@ -247,8 +247,8 @@ def test_depth_images_decode_to_metres():
 
 
 def test_depth_buffer_waits_for_a_late_depth_image():
-    from dpm_ros.ros.pair_step import DepthBuffer
-    buf = DepthBuffer(size=2)
+    from dpm_ros.ros.pair_step import StampedBuffer
+    buf = StampedBuffer(size=2)
     buf.add(1.0, np.ones((2, 2)))
     assert buf.get(1.0 + 4e-7) is not None and buf.get(1.1) is None
     threading.Timer(0.05, lambda: buf.add(2.0, np.full((2, 2), 2.0))).start()

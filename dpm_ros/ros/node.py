@@ -217,7 +217,7 @@ class DpmNode(Node):
     def _process(self, pair: FramePair) -> None:
         queue_ms = 1000.0 * (time.monotonic() - pair.newest.received)
         t0 = time.perf_counter()
-        out = self.step.process(pair, depth_wait=self.p["depth_wait"])
+        out = self.step.process(pair, depth_wait=self.p["depth_wait"], camera_info_wait=self.p["camera_info_wait"])
         for topic, msg in out.messages:
             self._publisher(topic).publish(msg)
         output_ms = 1000.0 * (time.perf_counter() - t0) - out.inference_ms   # scale, tracking, messages, publish

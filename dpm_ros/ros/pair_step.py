@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -55,23 +55,29 @@ def depth_to_metres(msg) -> np.ndarray:
     return z
 
 
-class DepthBuffer:
-    """Recent metric depth images by stamp; ``get`` waits (bounded) for one that has not arrived yet. Thread-safe."""
+class StampedBuffer:
+    """Recent items by stamp (metric depth images, CameraInfo K); ``get`` waits (bounded) for one that has not arrived
+    yet: side topics and the image travel separately and may come late under load. Thread-safe."""
 
     def __init__(self, size: int = 64):
-        self._items: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._items: OrderedDict[int, object] = OrderedDict()
         self._size = int(size)
         self._cond = threading.Condition()
 
-    def add(self, stamp: float, depth: np.ndarray) -> None:
+    def add(self, stamp: float, item) -> None:
         with self._cond:
-            self._items[int(round(stamp * 1e9))] = depth
+            self._items[int(round(stamp * 1e9))] = item
             while len(self._items) > self._size:
                 self._items.popitem(last=False)
             self._cond.notify_all()
 
-    def get(self, stamp: float, timeout: float = 0.0) -> Optional[np.ndarray]:
-        """The depth image stamped ``stamp`` (±1 µs), waiting up to ``timeout`` seconds for it; None if absent."""
+    def latest(self):
+        """The item added last, or None."""
+        with self._cond:
+            return next(reversed(self._items.values()), None)
+
+    def get(self, stamp: float, timeout: float = 0.0):
+        """The item stamped ``stamp`` (±1 µs), waiting up to ``timeout`` seconds for it; None if absent."""
         key = int(round(stamp * 1e9))
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -114,12 +120,11 @@ class PairProcessor:
         self.scale = ScaleEstimator(params["scale_source"], fixed_scale=params["fixed_scale"],
                                     initial_scale=params["fixed_scale"])
         self.metric = bool(params["metric"]) or params["scale_source"] in METRIC_SOURCES
-        self.depth = DepthBuffer()
+        self.depth = StampedBuffer()
         self.extrinsic_ok = not params["base_frame"]
         self._extrinsic_lookup = extrinsic_lookup
         self._notify = notify or (lambda level, kind, text: None)
-        self._camera_infos: deque = deque(maxlen=200)
-        self._info_lock = threading.Lock()
+        self._camera_infos = StampedBuffer(200)   # stamp -> (K, height, width)
         self.camera_info_misses = 0
         self.depth_errors = 0
         self.scale_resets = 0
@@ -133,8 +138,7 @@ class PairProcessor:
         K = np.asarray(msg.k, float).reshape(3, 3)
         if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
             return False
-        with self._info_lock:
-            self._camera_infos.append((M.stamp_to_sec(msg.header.stamp), K, int(msg.height), int(msg.width)))
+        self._camera_infos.add(M.stamp_to_sec(msg.header.stamp), (K, int(msg.height), int(msg.width)))
         return True
 
     def add_depth(self, msg) -> None:
@@ -161,29 +165,29 @@ class PairProcessor:
 
     # --- the step (one thread) ------------------------------------------------------------------------------------
 
-    def camera_k(self, frame) -> Optional[np.ndarray]:
-        """K (pixels) at the frame's resolution from CameraInfo (exact stamp or latest), or None (estimate)."""
+    def camera_k(self, frame, wait: float = 0.0) -> Optional[np.ndarray]:
+        """K (pixels) at the frame's resolution from CameraInfo (exact stamp, waiting up to ``wait`` seconds for it,
+        or the latest), or None (estimate)."""
         if not self.p["use_camera_info"]:
             return None
-        with self._info_lock:
-            infos = list(self._camera_infos)
         if self.p["camera_info_sync"] == "latest":
-            match = infos[-1] if infos else None
+            match = self._camera_infos.latest()
         else:
-            match = next((i for i in reversed(infos) if abs(i[0] - frame.stamp) < STAMP_TOL), None)
+            match = self._camera_infos.get(frame.stamp, wait)
         if match is None:
             self.camera_info_misses += 1
             self._notify("warn", "camera_info_miss", f"no CameraInfo with stamp {frame.stamp:.6f} s "
                          f"(camera_info_sync {self.p['camera_info_sync']}): K estimated from the point map")
             return None
-        _, K, h, w = match
+        K, h, w = match
         H, W = frame.image.shape[:2]
         if h and w and (h, w) != (H, W):
             K = np.diag([W / w, H / h, 1.0]) @ K
         return K
 
-    def process(self, pair: FramePair, depth_wait: float = 0.0) -> StepOutput:
-        """Run one pair (I1 = ``pair.newest``). ``depth_wait``: seconds to wait for I1's depth image (live node)."""
+    def process(self, pair: FramePair, depth_wait: float = 0.0, camera_info_wait: float = 0.0) -> StepOutput:
+        """Run one pair (I1 = ``pair.newest``). ``depth_wait`` / ``camera_info_wait``: seconds to wait for I1's
+        depth image / CameraInfo when they come late (live node; a bag replay has them in order)."""
         if self._dirty:
             self._dirty = False
             self.pipeline = self._DPMPipeline(self.engine, **pipeline_params(self.p))
@@ -192,7 +196,7 @@ class PairProcessor:
         new, old = pair.newest, pair.older
         if self.p["eps_abs"] > 0:   # metres → this pair's model units, with the best factor known before inference
             self.pipeline.eps_abs = self.p["eps_abs"] / self._scale_guess()
-        f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new))
+        f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new, camera_info_wait))
         f2 = self._Frame(image=old.image, stamp=old.stamp, K=self.camera_k(old))
         t0 = time.perf_counter()
         result = self.pipeline.process(f1, f2)

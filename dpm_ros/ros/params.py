@@ -32,6 +32,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("use_camera_info", True, "-", "use K from 'camera_info' when present (else the focal is estimated)"),
     ParamSpec("camera_info_sync", "exact", "-", "'exact': CameraInfo with the image's stamp; 'latest': the newest "
               "one (drivers that publish it rarely)", choices=("exact", "latest")),
+    ParamSpec("camera_info_wait", 0.1, "s", "'exact': how long a pair waits for a CameraInfo that comes after its "
+              "image before estimating K", range=(0.0, 5.0)),
     ParamSpec("qos_reliability", "best_effort", "-", "input QoS reliability (SensorDataQoS = best_effort)",
               choices=("best_effort", "reliable")),
     ParamSpec("qos_durability", "volatile", "-", "input QoS durability", choices=("volatile", "transient_local")),
