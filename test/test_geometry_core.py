@@ -6,22 +6,8 @@ from scipy.spatial.transform import Rotation
 
 from dpm_ros.geometry import (displacement_mask, estimate_focal, image_centre, motion_mask, nearest_neighbours,
                               project, rotation_angle_deg, scale_intrinsics, umeyama, umeyama_ransac)
-from dpm_ros.synthetic import make_pair
 
-# ~30% of the pixels on moving objects; camera and objects move enough that 1e-5 relative is above float32 noise
-DYNAMIC = dict(object_radius=(0.8, 1.2), camera_translation=(0.2, 0.4), camera_rotation_deg=(2.0, 8.0),
-               object_translation=(0.1, 0.4), moving_prob=1.0)   # about 30% of the pixels on moving objects
-
-
-def dynamic_pair(height=96, width=128):
-    """The first seed whose pair has 25–45% of its pixels (in both images) on moving objects."""
-    for seed in range(40):
-        p = make_pair(seed, height, width, 4, **DYNAMIC)
-        f1, f2 = p["moving1"][p["valid1"]].mean(), p["moving2"][p["valid2"]].mean()
-        if 0.25 <= f1 <= 0.45 and 0.25 <= f2 <= 0.45 and p["valid1"].mean() > 0.9:
-            return p
-    raise AssertionError("no synthetic pair with ~30% moving pixels among seeds 0..39")
-
+from dynamic_pairs import dynamic_pair  # test/dynamic_pairs.py
 
 @pytest.fixture(scope="module")
 def pair():

@@ -7,20 +7,9 @@ from dpm_ros.geometry import (ego_motion, ego_motion_matched, ego_motion_pixel_a
                               scene_flow, split_objects)
 from dpm_ros.synthetic import make_pair
 
-# ~30% of the pixels on moving objects; camera and objects move enough that 1e-5 relative is above float32 noise
-DYNAMIC = dict(object_radius=(0.8, 1.2), camera_translation=(0.2, 0.4), camera_rotation_deg=(2.0, 8.0),
-               object_translation=(0.1, 0.4), moving_prob=1.0)
+from dynamic_pairs import dynamic_pair  # test/dynamic_pairs.py
+
 REL, ROT_DEG = 1e-5, 1e-4                                        # the issue's ground-truth tolerances
-
-
-def dynamic_pair(height=96, width=128):
-    """The first seed whose pair has 25–45% of its pixels (in both images) on moving objects."""
-    for seed in range(40):
-        p = make_pair(seed, height, width, 4, **DYNAMIC)
-        f1, f2 = p["moving1"][p["valid1"]].mean(), p["moving2"][p["valid2"]].mean()
-        if 0.25 <= f1 <= 0.45 and 0.25 <= f2 <= 0.45 and p["valid1"].mean() > 0.9:
-            return p
-    raise AssertionError("no synthetic pair with ~30% moving pixels among seeds 0..39")
 
 
 @pytest.fixture(scope="module")
