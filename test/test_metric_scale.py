@@ -271,3 +271,34 @@ def test_eps_abs_is_metres_under_a_fixed_scale(synth_bag, oracle, tmp_path):
     metres = masks("metres", scale_source="fixed", fixed_scale=4.0, eps_abs=0.4)
     assert metres == masks("units", eps_abs=0.1)
     assert metres != masks("units_04", eps_abs=0.4)
+
+
+def test_camera_info_wait_only_on_cameras_that_publish_camera_info():
+    """camera_info_wait holds a pair for a late exact-stamp CameraInfo, but never on a camera that has published
+    none (CameraInfo is optional: waiting there would cap the node at 1/camera_info_wait pairs/s)."""
+    from types import SimpleNamespace
+
+    from sensor_msgs.msg import CameraInfo
+    from std_msgs.msg import Header
+
+    from dpm_ros.replay import load_params
+    from dpm_ros.ros import messages as M
+    from dpm_ros.ros.pair_step import PairProcessor
+
+    class NoEngine:  # camera_k never calls the engine
+        pass
+
+    step = PairProcessor(load_params(None, {"camera_info_wait": 5.0}), NoEngine())
+    frame = SimpleNamespace(stamp=2.0, image=np.zeros((4, 6, 3), np.uint8))
+    t = time.monotonic()
+    assert step.camera_k(frame, wait=5.0) is None and time.monotonic() - t < 0.5   # no CameraInfo ever: no wait
+    info = CameraInfo(header=Header(stamp=M.sec_to_stamp(1.0), frame_id="cam"), height=4, width=6,
+                      k=[5.0, 0.0, 2.5, 0.0, 5.0, 1.5, 0.0, 0.0, 1.0])
+    assert step.add_camera_info(info)
+    late = CameraInfo(header=Header(stamp=M.sec_to_stamp(2.0), frame_id="cam"), height=4, width=6,
+                      k=[7.0, 0.0, 2.5, 0.0, 7.0, 1.5, 0.0, 0.0, 1.0])
+    threading.Timer(0.1, lambda: step.add_camera_info(late)).start()
+    t = time.monotonic()
+    K = step.camera_k(frame, wait=5.0)                       # waits for the late one, not the whole 5 s
+    assert K is not None and K[0, 0] == 7.0 and 0.05 <= time.monotonic() - t < 2.0
+    assert step.camera_info_misses == 1

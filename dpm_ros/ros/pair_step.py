@@ -172,8 +172,8 @@ class PairProcessor:
             return None
         if self.p["camera_info_sync"] == "latest":
             match = self._camera_infos.latest()
-        else:
-            match = self._camera_infos.get(frame.stamp, wait)
+        else:  # wait only on a camera that publishes CameraInfo at all (it is optional)
+            match = self._camera_infos.get(frame.stamp, wait if self._camera_infos.latest() is not None else 0.0)
         if match is None:
             self.camera_info_misses += 1
             self._notify("warn", "camera_info_miss", f"no CameraInfo with stamp {frame.stamp:.6f} s "
