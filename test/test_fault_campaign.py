@@ -129,8 +129,8 @@ def campaign(tmp_path_factory):
     res: dict = dict(frames=frames, seq=seq, pa=probe_a, pb=probe_b)
     with NodeProcess(args_a, tmp / "node_a.log") as node_a, NodeProcess(args_b, tmp / "node_b.log") as node_b:
         try:
-            assert probe_a.wait_connected(150, node_a), node_a.log()
-            assert probe_b.wait_connected(150, node_b), node_b.log()
+            assert probe_a.wait_connected(150, node_a, (flood_pub, info_pub)), node_a.log()
+            assert probe_b.wait_connected(150, node_b, (comp_pub,)), node_b.log()
 
             def send(i: int, with_info: bool = True, expect: bool = True):
                 f = frames[i]

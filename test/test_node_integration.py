@@ -68,7 +68,7 @@ def run(tmp_path_factory):
     probe = Probe()
     with NodeProcess(args, tmp / "node.log") as proc:
         try:
-            assert probe.wait_connected(120, proc), "node did not subscribe to the image topic:\n" + proc.log()
+            assert probe.wait_connected(120, proc, (probe.info_pub,)), "node did not subscribe:\n" + proc.log()
             sent = []
 
             def send(i):

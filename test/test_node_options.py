@@ -63,7 +63,7 @@ def run(tmp_path_factory):
     out = dict(frames=frames, probe=probe)
     with NodeProcess(args, tmp / "node.log") as proc:
         try:
-            assert probe.wait_connected(120, proc), proc.log()
+            assert probe.wait_connected(120, proc, (probe.info_pub,)), proc.log()
             probe.tf_static_pub.publish(M.tf_msg(M.sec_to_stamp(0.0), "base_link", FRAME_ID, T_BASE_CAM))
             # one CameraInfo only, stamped long before the images: 'latest' must still use it
             probe.info_pub.publish(M.camera_info_msg(Header(stamp=M.sec_to_stamp(1.0), frame_id=FRAME_ID),

@@ -144,14 +144,17 @@ class Probe:
             time.sleep(poll)
         return predicate()
 
-    def wait_connected(self, timeout: float = 60.0, proc: Optional[NodeProcess] = None) -> bool:
-        """Until discovery has finished both ways: the node subscribes to our image topic and we see its cloud
-        publisher (with a best-effort subscription, a message sent before the node matched us is simply lost)."""
+    def wait_connected(self, timeout: float = 60.0, proc: Optional[NodeProcess] = None, publishers=()) -> bool:
+        """Until discovery has finished both ways: the node subscribes to our image topic, every publisher in
+        ``publishers`` (e.g. ``info_pub`` or a test's own) is matched by a subscription, and we see the node's cloud
+        publisher. Discovery matches each writer separately: a message sent by a writer not yet matched is lost even
+        when it is reliable (volatile durability)."""
         def ready():
             if proc is not None and not proc.alive():
                 raise RuntimeError(f"dpm_node exited early:\n{proc.log()}")
             subscribed = self.image_pub.get_subscription_count() + self.compressed_pub.get_subscription_count()
-            return subscribed > 0 and self.node.count_publishers(self.points_topic) > 0
+            others = all(pub.get_subscription_count() > 0 for pub in publishers)
+            return subscribed > 0 and others and self.node.count_publishers(self.points_topic) > 0
         ok = self.wait_for(ready, timeout)
         time.sleep(0.5)
         return ok
