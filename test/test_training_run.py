@@ -166,3 +166,23 @@ def test_torchrun_ddp_on_cpu_trains_in_lockstep(tmp_path):
     assert [r["step"] for r in logged] == [1, 2, 3]          # rank 0 only
     state = torch.load(out / "last.pt", weights_only=True)
     assert state["step"] == 3
+
+
+def test_installed_dpm_executable_trains_with_worker_processes(tmp_path):
+    """The `dpm` executable the build installs (not `python -m`): spawn data workers re-run the main script, which
+    must not start a second `dpm train` inside each worker (the script's __main__ guard)."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+    exe = Path(sys.executable).with_name("dpm")
+    if not exe.exists():
+        exe = Path(shutil.which("dpm") or "")
+    if not exe.is_file():
+        pytest.skip("the dpm executable is not installed beside this Python (pip install . or scripts/setup.sh)")
+    out = tmp_path / "exe"
+    cmd = [str(exe), "train", "--preset", "dpm_tiny", "--height", "32", "--width", "48", "--steps", "2", "--batch",
+           "2", "--out", str(out), "--workers", "1", "--no-progress", "--log-every", "1", "--warmup", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [json.loads(line)["step"] for line in open(out / "log.jsonl")] == [1, 2]
