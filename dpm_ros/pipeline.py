@@ -13,8 +13,8 @@ import numpy as np
 
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
 from dpm_ros.engine.base import Engine, check_image
-from dpm_ros.geometry import (EGO_METHODS, displacement_mask, ego_motion, estimate_focal, intrinsics, object_flow,
-                              scale_intrinsics, scene_flow, to_matrix)
+from dpm_ros.geometry import EGO_METHODS, ego_motion, estimate_focal, intrinsics, scale_intrinsics, scene_flow, to_matrix
+from dpm_ros.geometry.flow import flows_and_masks
 from dpm_ros.geometry.objects import object_fits, object_pixels
 
 
@@ -52,7 +52,9 @@ class DPMResult:
     ``objects``: list of ObjectMotion; ``T_c1_c2``: 4×4 camera 2 → camera 1; ``pass2_scale``: Sim(3) scale of pass
     1 over pass 2 (1.0 without a second pass); ``ego_method``: the form actually used; ``flows``: "object_forward",
     "object_backward" and, with a symmetric engine, "scene_forward", "scene_backward" (h, w, 3) displacements (divide
-    by ``dt`` for velocities); ``dt = t2 − t1`` seconds (negative for an older image 2); ``timings``: ms per step.
+    by ``dt`` for velocities); ``dt = t2 − t1`` seconds (negative for an older image 2); ``timings``: ms per step
+    ("intrinsics", "ego_motion", "flows_and_masks" (one pass: flows and both masks), "objects", "scene_flows" only
+    when the ego-motion form is not pixel-aligned, "geometry" their total).
     """
     maps: dict
     K: np.ndarray
@@ -133,18 +135,21 @@ class DPMPipeline:
                                stride=min(self.focal_stride, max(1, min(h, w) // 8)))
         return (intrinsics(focal, h, w) if K is None else K), focal
 
-    def _mask(self, maps: dict, flow: np.ndarray, ref: str, prob: str) -> np.ndarray:
-        """Motion mask from the learned probability (when asked and present) or ``‖flow‖ > ε`` (ε of ``ref``)."""
+    def _learned(self, maps: dict, mask: np.ndarray, prob: str) -> np.ndarray:
+        """The learned motion mask ``prob > 0.5`` when asked and present, else ``mask`` (``‖flow‖ > ε``)."""
         if self.use_learned_mask and prob in maps:
             return np.asarray(maps[prob]) > 0.5
-        return displacement_mask(flow, maps[ref], eps_rel=self.eps_rel, eps_abs=self.eps_abs)
+        return mask
 
-    def _objects(self, maps: dict, mask1: np.ndarray) -> tuple[np.ndarray, list]:
+    def _objects(self, maps: dict, mask1: np.ndarray, sq_norms: np.ndarray | None = None) -> tuple[np.ndarray, list]:
         """Objects of image 1: split the motion mask, then object_motion (confidence-weighted SE(3) Umeyama of
-        P1(t1,π1) → P1(t2,π1)) per label on its gathered pixels."""
+        P1(t1,π1) → P1(t2,π1)) per label on its gathered pixels. ``sq_norms``: ‖P1(t1,π1)‖² (H, W) when at hand."""
         # split_objects + each label's pixels; uint16 output: at most the 65535 largest objects
-        labels, groups = object_pixels(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels,
-                                       max_gap=self.object_max_gap, max_objects=65535, dtype=np.uint16)
+        p = maps["p1_t1_pi1"]
+        if sq_norms is not None and np.asarray(sq_norms).dtype != np.asarray(p).dtype:
+            sq_norms = None                                    # computed from the points in their own dtype
+        labels, groups = object_pixels(mask1, p, min_size=self.min_object_pixels, max_gap=self.object_max_gap,
+                                       max_objects=65535, dtype=np.uint16, sq_norms=sq_norms)
         n = len(groups)
         if n == 0:
             return labels, []
@@ -190,26 +195,29 @@ class DPMPipeline:
             maps = self._apply_conf_threshold(maps)
         K, focal = self._intrinsics(maps, frame1)
         lap("intrinsics")
-        flows = {f"object_{k}": v for k, v in object_flow(maps).items()}
-        lap("object_flows")
-        # M1 = M(P1(t1,π1), P1(t2,π1)) and M2 = M(P2(t1,π1), P2(t2,π1)) threshold exactly the object flows' norms
-        mask1 = self._mask(maps, flows["object_forward"], "p1_t1_pi1", "motion_prob_1")
-        mask2 = self._mask(maps, flows["object_backward"], "p2_t1_pi1", "motion_prob_2")
-        lap("motion_masks")
         symmetric = all(n in maps for n in SWAPPED_POINT_MAP_NAMES)
         method = self.ego_method if symmetric else "pnp"
-        if method == "pixel_aligned":
+        s = None
+        if method == "pixel_aligned":                  # needs no mask: first, so that its s scales the scene flows
             rot, t, s = ego_motion(maps, method, stride=self.ego_stride)
-        elif method == "matched":
+            lap("ego_motion")
+        # Object flows, M1 = M(P1(t1,π1), P1(t2,π1)) and M2 = M(P2(t1,π1), P2(t2,π1)) thresholded on their norms,
+        # the scene flows (when s is known) and ‖P1(t1,π1)‖² for the object split: one blocked pass over the maps.
+        flows, mask1, mask2, r2 = flows_and_masks(maps, self.eps_rel, self.eps_abs, pass2_scale=s)
+        mask1 = self._learned(maps, mask1, "motion_prob_1")
+        mask2 = self._learned(maps, mask2, "motion_prob_2")
+        lap("flows_and_masks")
+        if method == "matched":
             rot, t, s = ego_motion(maps, method, dynamic2=mask2)
-        else:
+            lap("ego_motion")
+        elif method == "pnp":
             rot, t, s = ego_motion(maps, "pnp", K=K)
-        lap("ego_motion")
-        labels1, objects = self._objects(maps, mask1)
+            lap("ego_motion")
+        labels1, objects = self._objects(maps, mask1, r2)
         lap("objects")
-        if symmetric:
+        if symmetric and "scene_forward" not in flows:
             flows.update({f"scene_{k}": v for k, v in scene_flow(maps, pass2_scale=s).items()})
-        lap("scene_flows")
+            lap("scene_flows")
         timings["geometry"] = 1000.0 * (time.perf_counter() - t0)
         return DPMResult(maps=maps, K=K, focal=focal, motion_mask1=mask1, motion_mask2=mask2, labels1=labels1,
                          objects=objects, T_c1_c2=to_matrix(rot, t), pass2_scale=float(s), ego_method=method,

@@ -142,3 +142,82 @@ def test_umeyama_equals_the_weighted_moment_equations():
         np.testing.assert_allclose(rot, r_ref, atol=1e-12)
         np.testing.assert_allclose(s, s_ref, rtol=1e-12)
         np.testing.assert_allclose(t, mu_d - s_ref * r_ref @ mu_s, atol=1e-10)
+
+
+def _with_invalid(p, seed):
+    """Copy of a pair with ~1% NaN/±inf coordinates in every point map (invalid pixels must stay excluded)."""
+    rng = np.random.default_rng(seed)
+    q = dict(p)
+    for name in [n for n in p if n.startswith("p") and n[1] in "12" and "_pi" in n]:
+        a = np.array(p[name], np.float32)
+        a[rng.random(a.shape[:2]) < 0.01, rng.integers(0, 3)] = rng.choice([np.nan, np.inf, -np.inf])
+        q[name] = a
+    return q
+
+
+@pytest.mark.parametrize("block_pixels", [1, 500, 8192, 10 ** 6])       # one row, rows not dividing H, one block
+def test_flows_and_masks_equal_the_plain_functions(pairs, block_pixels):
+    from dpm_ros.geometry import displacement_mask, object_flow, scene_flow
+    from dpm_ros.geometry.flow import flows_and_masks
+    from dpm_ros.geometry.masks import squared_norm
+    p = _with_invalid(pairs[1], 8)
+    for s in (None, 1.0, 1.2345):
+        for eps_rel, eps_abs in ((0.02, None), (0.0, None), (0.02, 0.05)):
+            with np.errstate(invalid="ignore"):
+                flows, m1, m2, r2 = flows_and_masks(p, eps_rel, eps_abs, pass2_scale=s, block_pixels=block_pixels)
+                of = object_flow(p)
+                want = {"object_forward": of["forward"], "object_backward": of["backward"]}
+                if s is not None:
+                    sf = scene_flow(p, pass2_scale=s)
+                    want.update(scene_forward=sf["forward"], scene_backward=sf["backward"])
+            assert list(flows) == list(want)
+            for k in want:                                           # bit for bit, NaN where the plain form has NaN
+                assert flows[k].dtype == np.float32 and np.array_equal(flows[k], want[k], equal_nan=True), k
+            np.testing.assert_array_equal(m1, displacement_mask(of["forward"], p["p1_t1_pi1"], eps_rel, eps_abs))
+            np.testing.assert_array_equal(m2, displacement_mask(of["backward"], p["p2_t1_pi1"], eps_rel, eps_abs))
+            assert np.array_equal(r2, squared_norm(p["p1_t1_pi1"]), equal_nan=True)
+    # the equations themselves (dpm_theory.md §2, §6) on the valid pixels, in float64
+    flows, m1, _, r2 = flows_and_masks(p, 0.02, None, pass2_scale=1.2345, block_pixels=block_pixels)
+    a, b, c = (p[n].astype(np.float64) for n in ("p1_t1_pi1", "p1_t2_pi1", "p1_t2_pi2"))
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(a).all(-1) & np.isfinite(b).all(-1)
+        ok_c = ok & np.isfinite(c).all(-1)
+        np.testing.assert_allclose(flows["object_forward"][ok], (b - a)[ok], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(flows["scene_forward"][ok_c], (1.2345 * c - a)[ok_c], rtol=1e-6, atol=1e-5)
+        np.testing.assert_allclose(r2[ok], (a ** 2).sum(-1)[ok], rtol=1e-6)
+        norm_d, norm_a = np.linalg.norm(b - a, axis=-1), np.linalg.norm(a, axis=-1)
+        clear = ok & (np.abs(norm_d - 0.02 * norm_a) > 1e-5 * norm_a)  # away from the threshold's float rounding
+    np.testing.assert_array_equal(m1[clear], (norm_d > 0.02 * norm_a)[clear])
+    assert not m1[~ok].any()                                           # invalid pixels never move
+
+
+def test_flows_and_masks_other_dtypes_take_the_plain_path(pairs):
+    from dpm_ros.geometry.flow import flows_and_masks
+    p = _with_invalid(pairs[2], 9)
+    q = {k: (v.astype(np.float64) if k == "p2_t1_pi1" else v) for k, v in p.items()}
+    with np.errstate(invalid="ignore"):
+        fast = flows_and_masks(p, 0.02, None, 1.1)
+        slow = flows_and_masks(q, 0.02, None, 1.1)
+    for k in fast[0]:
+        np.testing.assert_allclose(fast[0][k], slow[0][k], rtol=1e-6, atol=1e-6)
+    assert np.mean(fast[1] != slow[1]) < 1e-3 and np.mean(fast[2] != slow[2]) < 1e-3
+    with pytest.raises(ValueError, match="pass2_scale"):
+        flows_and_masks(p, pass2_scale=0.0)
+    with pytest.raises(ValueError, match="eps_abs"):
+        flows_and_masks(p, eps_abs=-1.0)
+    with pytest.raises(ValueError, match="p1_t2_pi2"):
+        flows_and_masks({k: v for k, v in p.items() if k != "p1_t2_pi2"}, pass2_scale=1.0)
+
+
+def test_object_pixels_with_given_sq_norms_equals_without(pairs):
+    from dpm_ros.geometry.masks import squared_norm
+    rng = np.random.default_rng(10)
+    for p in pairs:
+        pts = _with_invalid(p, 11)["p1_t1_pi1"]
+        for mask in (p["moving1"], rng.random(pts.shape[:2]) < 0.5):
+            plain = object_pixels(mask, pts, 5, 0.05)
+            fast = object_pixels(mask, pts, 5, 0.05, sq_norms=squared_norm(pts).reshape(pts.shape[:2]))
+            np.testing.assert_array_equal(fast[0], plain[0])
+            assert len(fast[1]) == len(plain[1]) and all(np.array_equal(a, b) for a, b in zip(fast[1], plain[1]))
+    with pytest.raises(ValueError, match="sq_norms"):
+        object_pixels(pairs[0]["moving1"], pairs[0]["p1_t1_pi1"], sq_norms=np.zeros((3, 3), np.float32))

@@ -57,8 +57,8 @@ def test_pipeline_recovers_ground_truth(seq, frames):
     assert set(res.flows) == {"object_forward", "object_backward", "scene_forward", "scene_backward"}
     np.testing.assert_allclose(res.flows["object_forward"], gt["p1_t2_pi1"] - gt["p1_t1_pi1"], atol=1e-6)
     np.testing.assert_allclose(res.flows["scene_backward"], gt["p2_t1_pi1"] - gt["p2_t2_pi2"], atol=1e-5)
-    assert {"inference", "intrinsics", "object_flows", "motion_masks", "ego_motion", "objects", "scene_flows",
-            "geometry", "total"} <= set(res.timings)
+    assert {"inference", "intrinsics", "ego_motion", "flows_and_masks", "objects", "geometry", "total"} <= set(
+        res.timings)
 
 
 def test_subsampled_fits_equal_the_full_equations(seq, frames):

@@ -2,8 +2,8 @@
 
 The pair is synthetic ground truth (``make_pair``, ~30% moving pixels) standing in for engine outputs at the
 engine's output resolution. The default post-processing is what ``DPMPipeline`` runs after inference with its
-defaults: the two object flows and the motion masks thresholded on them, pixel-aligned ego-motion (stride 4), object
-split + per-object fits, the two scene flows.
+defaults: pixel-aligned ego-motion (stride 4), then one blocked pass for the two object flows, the motion masks
+thresholded on them and the two scene flows (``flows_and_masks``), then the object split + per-object fits.
 Nearest-neighbour correspondences (only the seed form needs them) are reported separately.
 """
 from __future__ import annotations
@@ -39,6 +39,7 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
     import numpy as np
 
     from dpm_ros import geometry as g
+    from dpm_ros.geometry.flow import flows_and_masks
     from dpm_ros.pipeline import DPMPipeline, Frame
 
     p = _pair(height, width, seed)
@@ -54,12 +55,10 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
                 g.motion_mask(p["p2_t1_pi1"], p["p2_t2_pi1"], pipe.eps_rel))
 
     def default_post_processing():          # what DPMPipeline.derive runs after the intrinsics
-        of = g.object_flow(p)
-        mask1 = g.displacement_mask(of["forward"], p["p1_t1_pi1"], pipe.eps_rel)
-        g.displacement_mask(of["backward"], p["p2_t1_pi1"], pipe.eps_rel)
         _, _, s = g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride)
-        pipe._objects(p, mask1)
-        g.scene_flow(p, pass2_scale=s)                   # derive scales the π2 maps by the fitted s (≠ 1 in floats)
+        # object flows, both masks, the scene flows (π2 maps scaled by the fitted s, ≠ 1 in floats), ‖P1(t1,π1)‖²
+        _, mask1, _, r2 = flows_and_masks(p, pipe.eps_rel, pipe.eps_abs, pass2_scale=s)
+        pipe._objects(p, mask1, r2)
 
     steps = {
         "motion_mask_one": (lambda: g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"]), repeats),
@@ -73,6 +72,7 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
         "motion_masks_from_object_flows": (lambda: (g.displacement_mask(of["forward"], p["p1_t1_pi1"]),
                                                     g.displacement_mask(of["backward"], p["p2_t1_pi1"])), repeats),
         "scene_flow": (lambda: g.scene_flow(p), repeats),
+        "flows_and_masks": (lambda: flows_and_masks(p, pipe.eps_rel, pipe.eps_abs, pass2_scale=1.01), repeats),
         "default_post_processing": (default_post_processing, repeats),
         "focal_stride4": (lambda: g.estimate_focal(p["p1_t1_pi1"], stride=4), repeats),
         "focal_full": (lambda: g.estimate_focal(p["p1_t1_pi1"]), few),

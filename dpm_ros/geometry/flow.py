@@ -5,6 +5,7 @@ is given). Invalid (NaN) pixels stay NaN: they are excluded downstream, never fi
 """
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from dpm_ros.geometry._checks import as_point_map, same_shape
@@ -68,3 +69,85 @@ def scene_flow(maps: dict, dt: float | None = None, pass2_scale: float = 1.0) ->
         fwd /= np.float32(dt)
         bwd /= np.float32(dt)
     return {"forward": fwd, "backward": bwd}
+
+
+_FLOW_INPUTS = ("p1_t1_pi1", "p1_t2_pi1", "p2_t1_pi1", "p2_t2_pi1")
+_SCENE_INPUTS = ("p1_t2_pi2", "p2_t2_pi2")
+
+
+def flows_and_masks(maps: dict, eps_rel: float = 0.02, eps_abs: float | None = None,
+                    pass2_scale: float | None = None, block_pixels: int = 8192):
+    """The object flows, the motion masks thresholded on them and (with ``pass2_scale``) the scene flows of one
+    pair in a single blocked pass over the point maps (dpm_theory.md §2, §6).
+
+    Returns ``(flows, mask1, mask2, r2)``: ``flows`` as :func:`object_flow` (keys "object_forward",
+    "object_backward") plus, when ``pass2_scale`` is given, :func:`scene_flow`'s ("scene_forward",
+    "scene_backward"), (H, W, 3) float32 in the maps' units; ``mask1 = M(P1(t1,π1), P1(t2,π1))`` and
+    ``mask2 = M(P2(t1,π1), P2(t2,π1))`` as ``displacement_mask(flow, reference, eps_rel, eps_abs)``, bool (H, W);
+    ``r2 = ‖P1(t1,π1)‖²`` (H, W) float32 (NaN/inf where the point is invalid), for ``object_pixels``.
+
+    Every value equals those functions' bit for bit: the same float32 operations, per pixel, only in blocks of about
+    ``block_pixels`` pixels, so that each block's inputs, flows and squares stay in the core's cache instead of
+    one full (H, W, 3) pass per operation. Maps that are not float32 C-contiguous (H, W, 3) take the plain functions.
+    """
+    from dpm_ros.geometry.masks import _check_eps, displacement_mask, squared_norm
+
+    names = _FLOW_INPUTS + (_SCENE_INPUTS if pass2_scale is not None else ())
+    arrs = {n: _get(maps, n) for n in names}
+    ref = arrs["p1_t1_pi1"]
+    for n, a in arrs.items():
+        same_shape(a, ref, n, "p1_t1_pi1")
+    _check_eps(eps_rel, eps_abs)
+    if pass2_scale is not None:
+        s = float(pass2_scale)
+        if not (np.isfinite(s) and s > 0):
+            raise ValueError(f"scene_flow: pass2_scale must be a positive finite factor, got {pass2_scale}")
+    if not all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrs.values()) or ref.size == 0:
+        flows = {f"object_{k}": v for k, v in object_flow(maps).items()}
+        if pass2_scale is not None:
+            flows.update({f"scene_{k}": v for k, v in scene_flow(maps, pass2_scale=pass2_scale).items()})
+        m1 = displacement_mask(flows["object_forward"], ref, eps_rel, eps_abs)
+        m2 = displacement_mask(flows["object_backward"], arrs["p2_t1_pi1"], eps_rel, eps_abs)
+        return flows, m1, m2, squared_norm(np.asarray(ref, np.float32)).reshape(ref.shape[:2])
+    h, w = ref.shape[:2]
+    p1_t1, p1_t2, p2_t1, p2_t2 = (arrs[n] for n in _FLOW_INPUTS)
+    flows = {"object_forward": np.empty_like(ref), "object_backward": np.empty_like(ref)}
+    if pass2_scale is not None:
+        flows.update(scene_forward=np.empty_like(ref), scene_backward=np.empty_like(ref))
+        s32 = np.float32(pass2_scale)
+        p1_t2_pi2, p2_t2_pi2 = arrs["p1_t2_pi2"], arrs["p2_t2_pi2"]
+    m1, m2 = np.empty((h, w), bool), np.empty((h, w), bool)
+    r2 = np.empty((h, w), np.float32)
+    rows = max(1, min(h, block_pixels // w))
+    sq = np.empty((rows, w, 3), np.float32)                      # block temporaries, reused
+    d2, lim = np.empty((rows, w), np.float32), np.empty((rows, w), np.float32)
+    ones = np.ones((1, 3), np.float32)
+    eps2 = np.full((1, 3), float(eps_rel) ** 2, np.float32)      # displacement_mask's ε² weights (float32)
+    with np.errstate(invalid="ignore"):                          # inf − inf: NaN, an invalid pixel as any other
+        for y in range(0, h, rows):
+            r = slice(y, min(h, y + rows))
+            q, t2, t3 = sq[:r.stop - y], d2[:r.stop - y], lim[:r.stop - y]
+            of, ob = flows["object_forward"][r], flows["object_backward"][r]
+            np.subtract(p1_t2[r], p1_t1[r], out=of)              # OF-F = P1(t2,π1) − P1(t1,π1)
+            np.subtract(p2_t1[r], p2_t2[r], out=ob)              # OF-B = P2(t1,π1) − P2(t2,π1)
+            if pass2_scale is not None:
+                sf, sb = flows["scene_forward"][r], flows["scene_backward"][r]
+                np.multiply(p1_t2_pi2[r], s32, out=sf)           # SF-F = s·P1(t2,π2) − P1(t1,π1)
+                np.subtract(sf, p1_t1[r], out=sf)
+                np.multiply(p2_t2_pi2[r], s32, out=sb)           # SF-B = P2(t1,π1) − s·P2(t2,π2)
+                np.subtract(p2_t1[r], sb, out=sb)
+            cv2.multiply(p1_t1[r], p1_t1[r], dst=q)
+            cv2.transform(q, ones, dst=r2[r])                    # ‖P1(t1,π1)‖²
+            for d, a, m in ((of, None, m1[r]), (ob, p2_t1[r], m2[r])):
+                if eps_abs is None:
+                    if a is not None:                            # (M1's reference squares are already in q)
+                        cv2.multiply(a, a, dst=q)
+                    cv2.transform(q, eps2, dst=t3)               # ε² = eps_rel²·‖a‖²
+                cv2.multiply(d, d, dst=q)
+                cv2.transform(q, ones, dst=t2)                   # ‖flow‖²
+                if eps_abs is None:
+                    np.greater(t2, t3, out=m)
+                else:
+                    np.greater(t2, np.float32(float(eps_abs) ** 2), out=m)
+                m &= t2 < np.inf                                 # NaN compares False; an inf flow is invalid too
+    return flows, m1, m2, r2

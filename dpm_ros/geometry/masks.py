@@ -53,15 +53,22 @@ def displacement_mask(d, a, eps_rel: float = 0.02, eps_abs: float | None = None)
 def _threshold(d: np.ndarray, a: np.ndarray, eps_rel: float, eps_abs: float | None) -> np.ndarray:
     if d.size == 0:
         return np.zeros(d.shape[:-1], dtype=bool)
+    _check_eps(eps_rel, eps_abs)
     d2 = squared_norm(d)
     if eps_abs is not None:
-        if not (np.isfinite(eps_abs) and eps_abs >= 0):
-            raise ValueError(f"motion_mask: eps_abs must be a finite distance >= 0, got {eps_abs}")
         out = d2 > float(eps_abs) ** 2
     else:
-        if not (np.isfinite(eps_rel) and eps_rel >= 0):
-            raise ValueError(f"motion_mask: eps_rel must be a finite fraction >= 0, got {eps_rel}")
         out = d2 > squared_norm(a, float(eps_rel) ** 2)
     # NaN compares False; an inf on one side only makes d2 = inf: exclude it too (invalid pixels never move).
     out &= d2 < np.inf
     return out
+
+
+def _check_eps(eps_rel: float, eps_abs: float | None) -> None:
+    """ValueError unless the threshold in use is valid: ``eps_abs`` (when given) a finite distance >= 0, else
+    ``eps_rel`` a finite fraction >= 0."""
+    if eps_abs is not None:
+        if not (np.isfinite(eps_abs) and eps_abs >= 0):
+            raise ValueError(f"motion_mask: eps_abs must be a finite distance >= 0, got {eps_abs}")
+    elif not (np.isfinite(eps_rel) and eps_rel >= 0):
+        raise ValueError(f"motion_mask: eps_rel must be a finite fraction >= 0, got {eps_rel}")

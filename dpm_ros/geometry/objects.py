@@ -74,11 +74,13 @@ def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
 
 
 def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relative: bool = True,
-                  max_objects: int | None = None, dtype=np.int32):
+                  max_objects: int | None = None, dtype=np.int32, sq_norms=None):
     """:func:`split_objects` (same arguments, same labels) and, for each object k = 1..K, the flat row-major
     indices of its pixels in ascending order (what per-object fits gather). Returns ``(labels, [idx_1..idx_K])``.
     ``max_objects`` keeps only that many largest objects (the others labelled 0); ``dtype``: integer type of the
-    labels (e.g. np.uint16 with max_objects=65535)."""
+    labels (e.g. np.uint16 with max_objects=65535). ``sq_norms``: optional (H, W) ``‖p‖²`` of ``points`` exactly as
+    ``masks.squared_norm`` gives it in the points' dtype (``flows_and_masks`` returns it for P1(t1,π1)); saves
+    that pass."""
     if max_objects is not None and max_objects < 0:
         raise ValueError(f"object_pixels: max_objects must be >= 0, got {max_objects}")
     pts = as_point_map(points, "points")
@@ -100,15 +102,20 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     x0, x1 = int(cols[0]), int(cols[-1]) + 1
     pts, m = pts[y0:y1, x0:x1], m[y0:y1, x0:x1]
     h, w = m.shape
-    r2 = squared_norm(pts).reshape(m.shape)              # ‖p‖²: NaN/inf for invalid points, which leave the mask
+    if sq_norms is None:
+        r2 = squared_norm(pts).reshape(m.shape)          # ‖p‖²: NaN/inf for invalid points, which leave the mask
+    else:
+        r2 = np.asarray(sq_norms)
+        if r2.shape != (H, W) or r2.dtype != pts.dtype:
+            raise ValueError(f"object_pixels: sq_norms must be ({H}, {W}) {pts.dtype}, got {r2.shape} {r2.dtype}")
+        r2 = r2[y0:y1, x0:x1]
     m8 = (m & (r2 < np.inf)).view(np.uint8)              # a fresh array: the caller's mask is never modified
     ca, cb = _cut_edges(pts, m8, r2, max_gap, relative)
     far = None
     if len(ca):
         # A cut pair separates two surfaces: take its far pixel (the occluded side) out of the mask, label what is
         # left, then give each taken-out pixel the label of a 4-neighbour it is close to in 3D.
-        r2f = r2.reshape(-1)
-        far = np.unique(np.where(r2f[ca] > r2f[cb], ca, cb))
+        far = np.unique(np.where(r2[ca // w, ca % w] > r2[cb // w, cb % w], ca, cb))   # r2 may be a view
         m8.reshape(-1)[far] = 0
     n, labels = cv2.connectedComponents(m8, connectivity=4, ltype=cv2.CV_32S)
     flat = labels.reshape(-1)
