@@ -221,3 +221,28 @@ def test_object_pixels_with_given_sq_norms_equals_without(pairs):
             assert len(fast[1]) == len(plain[1]) and all(np.array_equal(a, b) for a, b in zip(fast[1], plain[1]))
     with pytest.raises(ValueError, match="sq_norms"):
         object_pixels(pairs[0]["moving1"], pairs[0]["p1_t1_pi1"], sq_norms=np.zeros((3, 3), np.float32))
+
+
+def test_umeyama_rows_equals_umeyama():
+    from dpm_ros.geometry.procrustes import umeyama_rows
+    rng = np.random.default_rng(12)
+    src = (rng.normal(size=(800, 3)) * 3 + 7).astype(np.float32)
+    rot0 = np.linalg.qr(rng.normal(size=(3, 3)))[0]
+    rot0 *= np.sign(np.linalg.det(rot0))
+    dst = (1.3 * src @ rot0.T + [1.0, -2.0, 0.5] + rng.normal(size=(800, 3)) * 0.05).astype(np.float32)
+    src[rng.random(800) < 0.05, 1] = np.nan
+    dst[rng.random(800) < 0.05, 2] = np.inf
+    w = rng.uniform(0, 2, 800)
+    w[rng.random(800) < 0.05] = np.nan
+    w[rng.random(800) < 0.05] = -1.0
+    w[rng.random(800) < 0.05] = np.inf
+    for with_scale in (False, True):
+        for weights in (w, np.ones(800)):
+            x = np.concatenate([src.T, dst.T]).astype(np.float64)
+            got = umeyama_rows(x, weights, with_scale=with_scale)
+            for a, b in zip(got, umeyama(src, dst, weights, with_scale=with_scale)):
+                np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="6, N"):
+        umeyama_rows(np.zeros((3, 10)), np.ones(10))
+    with pytest.raises(ValueError, match="at least 3"):
+        umeyama_rows(np.full((6, 10), np.nan), np.ones(10))

@@ -13,7 +13,7 @@ import numpy as np
 from dpm_ros.geometry._checks import as_mask, as_point_map, as_weights, finite_rows, need_points, same_shape
 from dpm_ros.geometry.masks import motion_mask
 from dpm_ros.geometry.matching import nearest_neighbours
-from dpm_ros.geometry.procrustes import umeyama, umeyama_ransac
+from dpm_ros.geometry.procrustes import umeyama, umeyama_ransac, umeyama_rows
 
 EGO_METHODS = ("pixel_aligned", "matched", "pnp")
 """Names accepted by :func:`ego_motion`; "seed" is an alias of "matched" (the seed's own form)."""
@@ -75,16 +75,17 @@ def ego_motion_pixel_aligned(maps: dict, use_conf: bool = True, with_scale: bool
         pa, pb = _map(maps, a), _map(maps, b)
         same_shape(pa, pb, a, b)
         pairs.append((a, b, pa[sub], pb[sub]))
-    # Both sets straight into one (N, 3) array each (one strided copy per map, no per-set copies to concatenate).
+    # Both sets straight into the (6, N) float64 rows the fit works on (src x, y, z, dst x, y, z; set 1's pixels,
+    # then set 2's, row-major): one strided read per map and coordinate, no (N, 3) copies.
     sizes = [pa.shape[0] * pa.shape[1] for _, _, pa, _ in pairs]
-    src = np.empty((sum(sizes), 3), dtype=np.result_type(*(pa for _, _, pa, _ in pairs)))
-    dst = np.empty((sum(sizes), 3), dtype=np.result_type(*(pb for _, _, _, pb in pairs)))
+    x = np.empty((6, sum(sizes)))
     w = np.empty(sum(sizes))
     start = 0
     for (a, b, pa, pb), n in zip(pairs, sizes):
         rows = slice(start, start + n)
-        src[rows].reshape(pa.shape)[...] = pa
-        dst[rows].reshape(pb.shape)[...] = pb
+        for c in range(3):
+            x[c, rows].reshape(pa.shape[:2])[...] = pa[..., c]
+            x[3 + c, rows].reshape(pb.shape[:2])[...] = pb[..., c]
         ca = _conf_clipped(maps, a, pa.shape[:2], use_conf, sub)
         cb = _conf_clipped(maps, b, pb.shape[:2], use_conf, sub)
         out = w[rows].reshape(pa.shape[:2])
@@ -95,7 +96,10 @@ def ego_motion_pixel_aligned(maps: dict, use_conf: bool = True, with_scale: bool
                 np.multiply(ca, cb, out=out, dtype=np.float64)
         start += n
     # Non-finite products (an inf confidence) are excluded by the fit, as as_weights' zero would be.
-    return _fit(src, dst, np.sqrt(w, out=w), with_scale, ransac_threshold)
+    np.sqrt(w, out=w)
+    if ransac_threshold is not None:
+        return _fit(x[:3].T, x[3:].T, w, with_scale, ransac_threshold)
+    return umeyama_rows(x, w, with_scale=with_scale)
 
 
 def sampling_step(points) -> float:

@@ -36,6 +36,28 @@ def umeyama(src, dst, weights=None, with_scale: bool = False) -> tuple[np.ndarra
     x = np.empty((6, n))
     x[:3] = src.T
     x[3:] = dst.T
+    return _umeyama_moments(x, w, with_scale)
+
+
+def umeyama_rows(x: np.ndarray, weights: np.ndarray, with_scale: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """:func:`umeyama` of correspondences already laid out as rows: ``x`` (6, N) float64 = src x, y, z, dst x, y, z
+    (overwritten: centred in place), ``weights`` (N,). Same exclusions (non-finite coordinates, weights NaN/inf/≤ 0)
+    and the same arithmetic as ``umeyama(x[:3].T, x[3:].T, weights)``, without building (N, 3) copies first."""
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] != 6 or x.dtype != np.float64:
+        raise ValueError(f"umeyama_rows: expected a (6, N) float64 array, got {x.shape} {x.dtype}")
+    w = as_weights(weights, (x.shape[1],))
+    with np.errstate(invalid="ignore", over="ignore"):
+        ok = np.isfinite(x.sum(axis=0)) & (w > 0)
+    n = int(ok.sum())
+    need_points(n, "umeyama")
+    if n < len(w):
+        x, w = x[:, ok], w[ok]
+    return _umeyama_moments(x, w, with_scale)
+
+
+def _umeyama_moments(x: np.ndarray, w: np.ndarray, with_scale: bool):
+    """Umeyama's closed form from usable rows ``x`` (6, n) float64 (centred in place) and weights ``w`` > 0."""
     w = w / w.sum()
     mu = x @ w
     x -= mu[:, None]
