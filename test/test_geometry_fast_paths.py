@@ -246,3 +246,69 @@ def test_umeyama_rows_equals_umeyama():
         umeyama_rows(np.zeros((3, 10)), np.ones(10))
     with pytest.raises(ValueError, match="at least 3"):
         umeyama_rows(np.full((6, 10), np.nan), np.ones(10))
+
+
+def _split_reference(mask, pts, min_size, max_gap):
+    """split_objects' definition written out plainly (float64, scipy labelling): 4-connected components of the
+    mask's valid pixels, the farther pixel of every 4-neighbour pair with ‖p_a − p_b‖ > max_gap·min(‖p_a‖, ‖p_b‖)
+    left out, then given (two sweeps) the largest label of a 4-neighbour it is close to; components below min_size
+    dropped; numbered by decreasing size."""
+    from scipy import ndimage
+    p = pts.astype(np.float64)
+    h, w = mask.shape
+    with np.errstate(invalid="ignore", over="ignore"):
+        r2 = (p ** 2).sum(-1)
+        valid = mask & np.isfinite(r2)
+    far = np.zeros((h, w), bool)
+    close = {}                                          # (dy, dx) -> bool (h, w): pixel and its neighbour close
+    for dy, dx in ((0, 1), (1, 0)):
+        a, b = p[:h - dy, :w - dx], p[dy:, dx:]
+        ra, rb = r2[:h - dy, :w - dx], r2[dy:, dx:]
+        with np.errstate(invalid="ignore"):
+            gap2 = ((a - b) ** 2).sum(-1)
+            cut = (gap2 > max_gap ** 2 * np.minimum(ra, rb)) & valid[:h - dy, :w - dx] & valid[dy:, dx:]
+            near = gap2 <= max_gap ** 2 * np.minimum(ra, rb)
+        far[:h - dy, :w - dx] |= cut & (ra > rb)
+        far[dy:, dx:] |= cut & ~(ra > rb)
+        fwd = np.zeros((h, w), bool)
+        fwd[:h - dy, :w - dx] = near
+        bwd = np.zeros((h, w), bool)
+        bwd[dy:, dx:] = near
+        close[(dy, dx)], close[(-dy, -dx)] = fwd, bwd
+    labels, _ = ndimage.label(valid & ~far, structure=[[0, 1, 0], [1, 1, 1], [0, 1, 0]])
+    ys, xs = np.nonzero(far)
+    for _ in range(2):
+        best = np.zeros(len(ys), labels.dtype)
+        for (dy, dx), ok in close.items():
+            y2, x2 = ys + dy, xs + dx
+            inside = (y2 >= 0) & (y2 < h) & (x2 >= 0) & (x2 < w)
+            cand = np.zeros(len(ys), labels.dtype)
+            cand[inside] = np.where(ok[ys[inside], xs[inside]], labels[y2[inside], x2[inside]], 0)
+            best = np.maximum(best, cand)
+        todo = labels[ys, xs] == 0
+        labels[ys[todo], xs[todo]] = best[todo]
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    order = np.argsort(-sizes, kind="stable")
+    keep = order[sizes[order] >= min_size]
+    lut = np.zeros(len(sizes), np.int64)
+    lut[keep] = np.arange(1, len(keep) + 1)
+    return lut[labels]
+
+
+def test_split_objects_equals_its_definition(pairs):
+    rng = np.random.default_rng(13)
+    n_objects = 0
+    for p in pairs:
+        pts = p["p1_t1_pi1"].copy()
+        pts[rng.random(pts.shape[:2]) < 0.02] = np.nan
+        box = np.zeros(pts.shape[:2], bool)
+        box[5:50, 10:80] = rng.random((45, 70)) < 0.7
+        for mask in (p["moving1"], box, rng.random(pts.shape[:2]) < 0.5):   # few components, then many
+            for min_size, max_gap in ((1, 0.05), (20, 0.02)):
+                got, groups = object_pixels(mask, pts, min_size, max_gap)
+                np.testing.assert_array_equal(got, _split_reference(mask, pts, min_size, max_gap))
+                for k, g in enumerate(groups, start=1):
+                    np.testing.assert_array_equal(g, np.flatnonzero(got.reshape(-1) == k))
+                n_objects += len(groups)
+    assert n_objects > 50

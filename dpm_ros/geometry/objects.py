@@ -134,19 +134,29 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     # times faster than one over the int32 labels; every later step then touches ~|mask| pixels, not H·W).
     pix = np.flatnonzero(flat > 0)
     lab = np.take(flat, pix)
-    sizes = np.bincount(lab, minlength=n)
-    sizes[0] = 0
+    if (h, w) != (H, W):                                 # box -> image flat indices (row-major order is kept)
+        pix = pix + (pix // w) * (W - w) + (y0 * W + x0)
+    few = n - 1 <= 8
+    if few:                                              # a few components: one compare each gives its pixels and
+        comp = [pix[lab == k] for k in range(1, n)]      # its size (np.bincount costs more than these compares)
+        sizes = np.array([0] + [len(c) for c in comp], dtype=np.int64)
+    else:
+        sizes = np.bincount(lab, minlength=n)
+        sizes[0] = 0
     order = np.argsort(-sizes, kind="stable")
     keep_lab = order[sizes[order] >= min_size][:max_objects]
     if len(keep_lab) > np.iinfo(dtype).max:
         raise ValueError(f"object_pixels: {len(keep_lab)} objects do not fit labels of type {np.dtype(dtype).name}; "
                          f"pass max_objects")
+    out = np.zeros((H, W), dtype=dtype)
+    if few:
+        groups = [comp[k - 1] for k in keep_lab]
+        for j, g in enumerate(groups, start=1):
+            out.reshape(-1)[g] = j
+        return out, groups
     lut = np.zeros(len(sizes), dtype=dtype)                # in the output type: the scatter below then casts nothing
     lut[keep_lab] = np.arange(1, len(keep_lab) + 1)
     new = np.take(lut, lab)
-    if (h, w) != (H, W):                                 # box -> image flat indices (row-major order is kept)
-        pix = pix + (pix // w) * (W - w) + (y0 * W + x0)
-    out = np.zeros((H, W), dtype=dtype)
     out.reshape(-1)[pix] = new
     if len(keep_lab) <= 8:                               # a few objects: one compare each
         groups = [pix[lab == k] for k in keep_lab]
