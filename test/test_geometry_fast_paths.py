@@ -312,3 +312,15 @@ def test_split_objects_equals_its_definition(pairs):
                     np.testing.assert_array_equal(g, np.flatnonzero(got.reshape(-1) == k))
                 n_objects += len(groups)
     assert n_objects > 50
+
+
+def test_object_fits_centroid_is_the_float64_mean_of_large_objects():
+    rng = np.random.default_rng(14)
+    for dtype in (np.float32, np.float64, np.int32):
+        p1 = (rng.normal(size=(200, 300, 3)) * 3 + [100.0, -50.0, 400.0]).astype(dtype)
+        groups = [np.arange(0, 60000, 1), np.sort(rng.choice(60000, 777, replace=False)), np.arange(5, 9)]
+        f = object_fits(p1, p1, groups)
+        for k, g in enumerate(groups):
+            a = p1.reshape(-1, 3)[g].astype(np.float64)
+            np.testing.assert_allclose(f["centroid"][k], a.mean(axis=0), rtol=1e-13)
+            np.testing.assert_array_equal(f["extent"][k], a.max(axis=0) - a.min(axis=0))
