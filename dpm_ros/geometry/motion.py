@@ -76,16 +76,15 @@ def ego_motion_pixel_aligned(maps: dict, use_conf: bool = True, with_scale: bool
         same_shape(pa, pb, a, b)
         pairs.append((a, b, pa[sub], pb[sub]))
     # Both sets straight into the (6, N) float64 rows the fit works on (src x, y, z, dst x, y, z; set 1's pixels,
-    # then set 2's, row-major): one strided read per map and coordinate, no (N, 3) copies.
+    # then set 2's, row-major): one strided read per map, no (N, 3) copies.
     sizes = [pa.shape[0] * pa.shape[1] for _, _, pa, _ in pairs]
     x = np.empty((6, sum(sizes)))
     w = np.empty(sum(sizes))
     start = 0
     for (a, b, pa, pb), n in zip(pairs, sizes):
         rows = slice(start, start + n)
-        for c in range(3):
-            x[c, rows].reshape(pa.shape[:2])[...] = pa[..., c]
-            x[3 + c, rows].reshape(pb.shape[:2])[...] = pb[..., c]
+        x[:3, rows].reshape(3, *pa.shape[:2])[...] = pa.transpose(2, 0, 1)     # one strided copy per map
+        x[3:, rows].reshape(3, *pb.shape[:2])[...] = pb.transpose(2, 0, 1)
         ca = _conf_clipped(maps, a, pa.shape[:2], use_conf, sub)
         cb = _conf_clipped(maps, b, pb.shape[:2], use_conf, sub)
         out = w[rows].reshape(pa.shape[:2])

@@ -46,9 +46,12 @@ def umeyama_rows(x: np.ndarray, weights: np.ndarray, with_scale: bool = False) -
     x = np.asarray(x)
     if x.ndim != 2 or x.shape[0] != 6 or x.dtype != np.float64:
         raise ValueError(f"umeyama_rows: expected a (6, N) float64 array, got {x.shape} {x.dtype}")
-    w = as_weights(weights, (x.shape[1],))
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (x.shape[1],):
+        raise ValueError(f"weights: expected shape ({x.shape[1]},) (one weight per point), got {w.shape}")
     with np.errstate(invalid="ignore", over="ignore"):
-        ok = np.isfinite(x.sum(axis=0)) & (w > 0)
+        ok = np.isfinite(x.sum(axis=0) + w)               # a NaN/inf coordinate or weight: excluded (as_weights' 0)
+        ok &= w > 0
     n = int(ok.sum())
     need_points(n, "umeyama")
     if n < len(w):
