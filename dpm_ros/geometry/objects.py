@@ -15,7 +15,7 @@ def _nonzero_bytes(a: np.ndarray) -> np.ndarray:
     are scanned 8 bytes at a time (one uint64 word), then only the nonzero words are expanded."""
     flat = a.reshape(-1)
     n8 = flat.size - flat.size % 8
-    words = np.flatnonzero(flat[:n8].view(np.uint64))
+    words = np.flatnonzero(flat[:n8].view(np.uint64) != 0)   # via a bool array: several times faster
     idx = (words[:, None] * 8 + np.arange(8)).reshape(-1)
     idx = idx[flat[idx] != 0]
     return np.concatenate([idx, n8 + np.flatnonzero(flat[n8:])]) if n8 < flat.size else idx
@@ -47,15 +47,25 @@ def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: floa
     return np.concatenate(out_a or [empty]), np.concatenate(out_b or [empty])
 
 
-def _close(pts: np.ndarray, a: np.ndarray, b: np.ndarray, max_gap: float, relative: bool) -> np.ndarray:
-    """For flat index pairs a, b of the (h, w, 3) points (a view is not copied): True where the two points are
-    within the split distance (the uncut test)."""
-    w = pts.shape[1]
-    pa, pb = pts[a // w, a % w].astype(np.float64), pts[b // w, b % w].astype(np.float64)
+def _near_neighbours(pts: np.ndarray, far: np.ndarray, max_gap: float, relative: bool):
+    """For flat pixel indices ``far`` of the (h, w, 3) points (a view is not copied): their 4-neighbours' flat
+    indices (n, 4) (left, right, up, down; the pixel itself where the neighbour is outside) and whether each is
+    inside and within the split distance of the pixel (the uncut test, in float64)."""
+    h, w = pts.shape[:2]
+    fy, fx = np.divmod(far, w)
+    ny = fy[:, None] + np.array([0, 0, -1, 1])
+    nx = fx[:, None] + np.array([-1, 1, 0, 0])
+    inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+    ny = np.where(inside, ny, fy[:, None])
+    nx = np.where(inside, nx, fx[:, None])
+    pa = pts[fy, fx].astype(np.float64)[:, None]          # (n, 1, 3)
+    pb = pts[ny, nx].astype(np.float64)                   # (n, 4, 3)
     gap2 = ((pa - pb) ** 2).sum(axis=-1)
-    if not relative:
-        return gap2 <= max_gap ** 2
-    return gap2 <= max_gap ** 2 * np.minimum((pa ** 2).sum(axis=-1), (pb ** 2).sum(axis=-1))
+    if relative:
+        close = gap2 <= max_gap ** 2 * np.minimum((pa ** 2).sum(axis=-1), (pb ** 2).sum(axis=-1))
+    else:
+        close = gap2 <= max_gap ** 2
+    return ny * w + nx, inside & close
 
 
 def split_objects(mask, points, min_size: int = 64, max_gap: float = 0.05, relative: bool = True) -> np.ndarray:
@@ -120,11 +130,7 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
     n, labels = cv2.connectedComponents(m8, connectivity=4, ltype=cv2.CV_32S)
     flat = labels.reshape(-1)
     if far is not None:
-        col = far % w
-        nb = np.stack([far - 1, far + 1, far - w, far + w], axis=1)
-        inside = np.stack([col > 0, col < w - 1, far >= w, far < (h - 1) * w], axis=1)
-        nb = np.where(inside, nb, far[:, None])
-        near = inside & _close(pts, np.repeat(far, 4), nb.reshape(-1), max_gap, relative).reshape(-1, 4)
+        nb, near = _near_neighbours(pts, far, max_gap, relative)
         for _ in range(2):                               # two sweeps: also pixels whose only link is another far one
             cand = np.where(near, flat[nb], 0)
             best = cand.max(axis=1)
