@@ -13,7 +13,8 @@ import numpy as np
 
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
 from dpm_ros.engine.base import Engine, check_image
-from dpm_ros.geometry import EGO_METHODS, ego_motion, estimate_focal, intrinsics, scale_intrinsics, scene_flow, to_matrix
+from dpm_ros.geometry import (EGO_METHODS, ego_motion, estimate_focal, intrinsics, scale_intrinsics, scene_flow,
+                              to_matrix)
 from dpm_ros.geometry.flow import flows_and_masks
 from dpm_ros.geometry.objects import object_fits, object_pixels
 

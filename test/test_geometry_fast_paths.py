@@ -324,3 +324,25 @@ def test_object_fits_centroid_is_the_float64_mean_of_large_objects():
             a = p1.reshape(-1, 3)[g].astype(np.float64)
             np.testing.assert_allclose(f["centroid"][k], a.mean(axis=0), rtol=1e-13)
             np.testing.assert_array_equal(f["extent"][k], a.max(axis=0) - a.min(axis=0))
+
+
+def test_scene_flow_is_the_equation_rounded_once(pairs):
+    """SF-F = s·P1(t2,π2) − P1(t1,π1), SF-B = P2(t1,π1) − s·P2(t2,π2) (s rounded to float32) computed in float64
+    and rounded once to float32: within half an ulp, NaN/inf where the equation has them."""
+    from dpm_ros.geometry import scene_flow
+    from dpm_ros.geometry.flow import flows_and_masks
+    p = _with_invalid(pairs[3], 15)
+    f64 = {k: np.asarray(v, np.float64) for k, v in p.items() if k.startswith("p")}
+    for s in (1.0, 1.2345, 0.77):
+        s32 = float(np.float32(s))
+        want = {"forward": s32 * f64["p1_t2_pi2"] - f64["p1_t1_pi1"],
+                "backward": f64["p2_t1_pi1"] - s32 * f64["p2_t2_pi2"]}
+        with np.errstate(invalid="ignore"):
+            got = scene_flow(p, pass2_scale=s)
+            fused = flows_and_masks(p, pass2_scale=s)[0]
+        for k, v in want.items():
+            ok = np.isfinite(v)
+            half_ulp = 0.5 * np.spacing(np.abs(v[ok]).astype(np.float32)).astype(np.float64)
+            assert np.all(np.abs(got[k][ok] - v[ok]) <= half_ulp * (1 + 1e-9)), (s, k)
+            assert np.array_equal(got[k][~ok], v[~ok].astype(np.float32), equal_nan=True)
+            assert np.array_equal(fused["scene_" + k], got[k], equal_nan=True)
