@@ -346,3 +346,27 @@ def test_scene_flow_is_the_equation_rounded_once(pairs):
             assert np.all(np.abs(got[k][ok] - v[ok]) <= half_ulp * (1 + 1e-9)), (s, k)
             assert np.array_equal(got[k][~ok], v[~ok].astype(np.float32), equal_nan=True)
             assert np.array_equal(fused["scene_" + k], got[k], equal_nan=True)
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_cut_edges_bands_find_the_same_pairs(pairs, relative):
+    """The split's cut pairs, computed band by band on each band's mask columns, are those of one pass over the
+    whole image, and each is a mask pair farther apart than the split distance (float64)."""
+    from dpm_ros.geometry.masks import squared_norm
+    from dpm_ros.geometry.objects import _cut_edges
+    rng = np.random.default_rng(16)
+    gap = 0.05 if relative else 0.2
+    for p in pairs:
+        pts = p["p1_t1_pi1"]
+        r2 = squared_norm(pts).reshape(pts.shape[:2])
+        for mask in (p["moving1"], rng.random(pts.shape[:2]) < 0.6):
+            m8 = mask.astype(np.uint8)
+            whole = _cut_edges(pts, m8, r2, gap, relative, band_rows=10 ** 6)
+            assert len(whole[0]) > 0
+            for band_rows in (1, 5, 17):
+                got = _cut_edges(pts, m8, r2, gap, relative, band_rows=band_rows)
+                assert sorted(zip(*got)) == sorted(zip(*whole))
+            a, b = (pts.reshape(-1, 3)[i].astype(np.float64) for i in whole)
+            d2 = ((a - b) ** 2).sum(-1)
+            lim = gap ** 2 * np.minimum((a ** 2).sum(-1), (b ** 2).sum(-1)) if relative else gap ** 2
+            assert np.all(d2 > lim * (1 - 1e-6)) and m8.reshape(-1)[whole[0]].all() and m8.reshape(-1)[whole[1]].all()

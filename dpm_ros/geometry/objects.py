@@ -21,28 +21,40 @@ def _nonzero_bytes(a: np.ndarray) -> np.ndarray:
     return np.concatenate([idx, n8 + np.flatnonzero(flat[n8:])]) if n8 < flat.size else idx
 
 
-def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: float, relative: bool):
+def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: float, relative: bool,
+               band_rows: int = 64):
     """4-neighbour pairs (right and down) of mask pixels (``m8``, uint8 0/1) farther apart in 3D than max_gap (or
     than max_gap·min(‖p_a‖, ‖p_b‖) when ``relative``; ``r2`` = ‖p‖²), as flat index arrays ``a``, ``b``. Squared
-    distances with OpenCV channel ops over the whole image; only the (few) cut pairs are materialised."""
+    distances with OpenCV channel ops, band by band of ``band_rows`` rows, each only over the columns where that
+    band has mask pixels (a pair needs both pixels in the mask; a down pair's upper pixel is in the band): objects
+    at different heights leave most of the box out. Only the (few) cut pairs are materialised."""
     h, w = m8.shape
     out_a, out_b = [], []
-    for sa, sb, step in (((slice(None), slice(0, -1)), (slice(None), slice(1, None)), 1),
-                         ((slice(0, -1), slice(None)), (slice(1, None), slice(None)), w)):
-        if (step == 1 and w < 2) or (step == w and h < 2):
-            continue                                     # a single column/row has no pairs in that direction
-        gap2 = squared_norm(cv2.subtract(points[sa], points[sb]), overwrite=True)   # squares the fresh difference
-        if relative:
-            limit = cv2.min(r2[sa], r2[sb])
-            limit *= max_gap ** 2                        # in place, in the maps' dtype (as numpy's weak scalar)
-        else:
-            limit = np.full_like(gap2, max_gap ** 2)
-        cut = cv2.bitwise_and(cv2.bitwise_and(cv2.compare(gap2, limit, cv2.CMP_GT), m8[sa]), m8[sb])
-        idx = _nonzero_bytes(cut) if cv2.countNonZero(cut) else np.zeros(0, dtype=np.int64)
-        if step == 1:
-            idx = idx + idx // (w - 1)                   # (row, col) of the (H, W-1) grid -> flat index in (H, W)
-        out_a.append(idx)
-        out_b.append(idx + step)
+    tops = list(range(0, h, band_rows))
+    band_cols = np.logical_or.reduceat(m8.view(bool), tops, axis=0)          # (bands, w): any mask pixel
+    for ya, cols in zip(tops, band_cols):
+        cols = np.flatnonzero(cols)
+        if len(cols) == 0:
+            continue
+        xa, xb = int(cols[0]), int(cols[-1]) + 1
+        for dy, dx in ((0, 1), (1, 0)):
+            ye, xe = min(ya + band_rows, h - dy), xb - dx                # pairs (y, x)-(y + dy, x + dx)
+            if ye <= ya or xe <= xa:
+                continue                                 # a single column/row has no pairs in that direction
+            sa, sb = (slice(ya, ye), slice(xa, xe)), (slice(ya + dy, ye + dy), slice(xa + dx, xe + dx))
+            gap2 = squared_norm(cv2.subtract(points[sa], points[sb]), overwrite=True)   # squares the fresh diff
+            gap2 = gap2.reshape(ye - ya, xe - xa)
+            if relative:
+                limit = cv2.min(r2[sa], r2[sb])
+                limit *= max_gap ** 2                    # in place, in the maps' dtype (as numpy's weak scalar)
+            else:
+                limit = np.full_like(gap2, max_gap ** 2)
+            cut = cv2.bitwise_and(cv2.bitwise_and(cv2.compare(gap2, limit, cv2.CMP_GT), m8[sa]), m8[sb])
+            if cv2.countNonZero(cut):
+                idx = _nonzero_bytes(cut)                # (row, col) of the band's pair grid -> flat index in (h, w)
+                a = (idx // (xe - xa) + ya) * w + idx % (xe - xa) + xa
+                out_a.append(a)
+                out_b.append(a + dy * w + dx)
     empty = np.zeros(0, dtype=np.int64)
     return np.concatenate(out_a or [empty]), np.concatenate(out_b or [empty])
 
