@@ -78,9 +78,9 @@ _SCENE_INPUTS = ("p1_t2_pi2", "p2_t2_pi2")
 
 
 def flows_and_masks(maps: dict, eps_rel: float = 0.02, eps_abs: float | None = None,
-                    pass2_scale: float | None = None, block_pixels: int = 8192):
+                    pass2_scale: float | None = None, block_pixels: int = 12288):
     """The object flows, the motion masks thresholded on them and (with ``pass2_scale``) the scene flows of one
-    pair in a single blocked pass over the point maps (dpm_theory.md §2, §6).
+    pair in blocked passes over the point maps (dpm_theory.md §2, §6).
 
     Returns ``(flows, mask1, mask2, r2)``: ``flows`` as :func:`object_flow` (keys "object_forward",
     "object_backward") plus, when ``pass2_scale`` is given, :func:`scene_flow`'s ("scene_forward",
@@ -90,7 +90,9 @@ def flows_and_masks(maps: dict, eps_rel: float = 0.02, eps_abs: float | None = N
 
     Every value equals those functions' bit for bit: the same float32 operations, per pixel, only in blocks of about
     ``block_pixels`` pixels, so that each block's inputs, flows and squares stay in the core's cache instead of
-    one full (H, W, 3) pass per operation. Maps that are not float32 C-contiguous (H, W, 3) take the plain functions.
+    one full (H, W, 3) pass per operation. Image 1's outputs (OF-F, SF-F, M1, r2) and image 2's (OF-B, SF-B, M2)
+    share no input, so they are two passes, each with half the working set (twice the block for the same cache).
+    Maps that are not float32 C-contiguous (H, W, 3) take the plain functions.
     """
     from dpm_ros.geometry.masks import _check_eps, displacement_mask, squared_norm
 
@@ -112,43 +114,53 @@ def flows_and_masks(maps: dict, eps_rel: float = 0.02, eps_abs: float | None = N
         m2 = displacement_mask(flows["object_backward"], arrs["p2_t1_pi1"], eps_rel, eps_abs)
         return flows, m1, m2, squared_norm(np.asarray(ref, np.float32)).reshape(ref.shape[:2])
     h, w = ref.shape[:2]
-    p1_t1, p1_t2, p2_t1, p2_t2 = (arrs[n] for n in _FLOW_INPUTS)
-    flows = {"object_forward": np.empty_like(ref), "object_backward": np.empty_like(ref)}
-    if pass2_scale is not None:
-        flows.update(scene_forward=np.empty_like(ref), scene_backward=np.empty_like(ref))
-        s32 = float(np.float32(pass2_scale))                     # as scene_flow: s rounded to float32
-        p1_t2_pi2, p2_t2_pi2 = arrs["p1_t2_pi2"], arrs["p2_t2_pi2"]
+    scene = pass2_scale is not None
+    s32 = float(np.float32(pass2_scale)) if scene else 0.0       # as scene_flow: s rounded to float32
+    flows = {k: np.empty_like(ref) for k in ("object_forward", "object_backward")
+             + (("scene_forward", "scene_backward") if scene else ())}
     m1, m2 = np.empty((h, w), bool), np.empty((h, w), bool)
     r2 = np.empty((h, w), np.float32)
     rows = max(1, min(h, block_pixels // w))
-    sq = np.empty((rows, w, 3), np.float32)                      # block temporaries, reused
-    d2, lim = np.empty((rows, w), np.float32), np.empty((rows, w), np.float32)
-    ones = np.ones((1, 3), np.float32)
-    eps2 = np.full((1, 3), float(eps_rel) ** 2, np.float32)      # displacement_mask's ε² weights (float32)
+    tmp = (np.empty((rows, w, 3), np.float32), np.empty((rows, w), np.float32), np.empty((rows, w), np.float32),
+           np.empty((rows, w), bool))                            # block temporaries, reused
+    eps = None if eps_abs is not None else np.full((1, 3), float(eps_rel) ** 2, np.float32)  # displacement_mask's
+    lim = np.float32(float(eps_abs) ** 2) if eps_abs is not None else None
     with np.errstate(invalid="ignore"):                          # inf − inf: NaN, an invalid pixel as any other
-        for y in range(0, h, rows):
-            r = slice(y, min(h, y + rows))
-            q, t2, t3 = sq[:r.stop - y], d2[:r.stop - y], lim[:r.stop - y]
-            of, ob = flows["object_forward"][r], flows["object_backward"][r]
-            np.subtract(p1_t2[r], p1_t1[r], out=of)              # OF-F = P1(t2,π1) − P1(t1,π1)
-            np.subtract(p2_t1[r], p2_t2[r], out=ob)              # OF-B = P2(t1,π1) − P2(t2,π1)
-            if pass2_scale is not None:
-                sf, sb = flows["scene_forward"][r], flows["scene_backward"][r]
-                # SF-F = s·P1(t2,π2) − P1(t1,π1), SF-B = P2(t1,π1) − s·P2(t2,π2): one rounding, as scene_flow
-                cv2.addWeighted(p1_t2_pi2[r], s32, p1_t1[r], -1.0, 0.0, dst=sf)
-                cv2.addWeighted(p2_t2_pi2[r], -s32, p2_t1[r], 1.0, 0.0, dst=sb)
-            cv2.multiply(p1_t1[r], p1_t1[r], dst=q)
-            cv2.transform(q, ones, dst=r2[r])                    # ‖P1(t1,π1)‖²
-            for d, a, m in ((of, None, m1[r]), (ob, p2_t1[r], m2[r])):
-                if eps_abs is None:
-                    if a is not None:                            # (M1's reference squares are already in q)
-                        cv2.multiply(a, a, dst=q)
-                    cv2.transform(q, eps2, dst=t3)               # ε² = eps_rel²·‖a‖²
-                cv2.multiply(d, d, dst=q)
-                cv2.transform(q, ones, dst=t2)                   # ‖flow‖²
-                if eps_abs is None:
-                    np.greater(t2, t3, out=m)
-                else:
-                    np.greater(t2, np.float32(float(eps_abs) ** 2), out=m)
-                m &= t2 < np.inf                                 # NaN compares False; an inf flow is invalid too
+        # image 1: OF-F = P1(t2,π1) − P1(t1,π1), SF-F = s·P1(t2,π2) − P1(t1,π1), M1 and ‖P1(t1,π1)‖²
+        _block_pass(arrs["p1_t1_pi1"], arrs["p1_t2_pi1"], arrs.get("p1_t2_pi2"), 1, s32, flows["object_forward"],
+                    flows.get("scene_forward"), m1, r2, eps, lim, rows, tmp)
+        # image 2: OF-B = P2(t1,π1) − P2(t2,π1), SF-B = P2(t1,π1) − s·P2(t2,π2), M2
+        _block_pass(arrs["p2_t1_pi1"], arrs["p2_t2_pi1"], arrs.get("p2_t2_pi2"), -1, s32, flows["object_backward"],
+                    flows.get("scene_backward"), m2, None, eps, lim, rows, tmp)
     return flows, m1, m2, r2
+
+
+def _block_pass(ref, other, pi2, sign, s32, of_out, sf_out, m_out, r2_out, eps, lim, rows, tmp):
+    """One image's outputs of :func:`flows_and_masks`, block by block of ``rows`` rows: object flow
+    ``sign·(other − ref)``, scene flow ``sign·(s·pi2 − ref)`` (when ``sf_out``), mask ``‖flow‖² > ε²`` with ε² the
+    ``eps``-weighted ``‖ref‖²`` (or ``lim``), and ``‖ref‖²`` into ``r2_out`` (when given). float32 throughout."""
+    q, d2, t, fin = tmp
+    ones = np.ones((1, 3), np.float32)
+    h = ref.shape[0]
+    for y in range(0, h, rows):
+        r = slice(y, min(h, y + rows))
+        n = r.stop - y
+        qb, d2b, tb, fb = q[:n], d2[:n], t[:n], fin[:n]
+        a, of, m = ref[r], of_out[r], m_out[r]
+        if sign > 0:
+            np.subtract(other[r], a, out=of)
+        else:
+            np.subtract(a, other[r], out=of)
+        if sf_out is not None:                                   # one rounding, as scene_flow
+            cv2.addWeighted(pi2[r], sign * s32, a, -float(sign), 0.0, dst=sf_out[r])
+        if eps is not None or r2_out is not None:
+            cv2.multiply(a, a, dst=qb)
+            if r2_out is not None:
+                cv2.transform(qb, ones, dst=r2_out[r])           # ‖ref‖²
+            if eps is not None:
+                cv2.transform(qb, eps, dst=tb)                   # ε² = eps_rel²·‖ref‖²
+        cv2.multiply(of, of, dst=qb)
+        cv2.transform(qb, ones, dst=d2b)                         # ‖flow‖²
+        np.greater(d2b, tb if eps is not None else lim, out=m)
+        np.less(d2b, np.inf, out=fb)                             # NaN compares False; an inf flow is invalid too
+        m &= fb
