@@ -370,3 +370,23 @@ def test_cut_edges_bands_find_the_same_pairs(pairs, relative):
             d2 = ((a - b) ** 2).sum(-1)
             lim = gap ** 2 * np.minimum((a ** 2).sum(-1), (b ** 2).sum(-1)) if relative else gap ** 2
             assert np.all(d2 > lim * (1 - 1e-6)) and m8.reshape(-1)[whole[0]].all() and m8.reshape(-1)[whole[1]].all()
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (7, 1), (3, 5), (40, 33)])
+def test_flows_and_masks_odd_shapes_and_layouts(shape):
+    """Tiny and odd images, and float32 maps that are views (not C-contiguous: the plain functions), give the plain
+    functions' values."""
+    from dpm_ros.geometry import displacement_mask, object_flow, scene_flow
+    from dpm_ros.geometry.flow import flows_and_masks
+    rng = np.random.default_rng(17)
+    names = ("p1_t1_pi1", "p1_t2_pi1", "p2_t1_pi1", "p2_t2_pi1", "p1_t2_pi2", "p2_t2_pi2")
+    base = {n: (rng.normal(size=shape + (3,)) + [0, 0, 5]).astype(np.float32) for n in names}
+    wide = {n: np.repeat(v, 2, axis=1)[:, ::2] for n, v in base.items()}          # same values, strided views
+    for maps in (base, wide):
+        flows, m1, m2, r2 = flows_and_masks(maps, 0.2, None, pass2_scale=1.3, block_pixels=3)
+        of, sf = object_flow(maps), scene_flow(maps, pass2_scale=1.3)
+        for k in ("forward", "backward"):
+            assert np.array_equal(flows["object_" + k], of[k]) and np.array_equal(flows["scene_" + k], sf[k])
+        np.testing.assert_array_equal(m1, displacement_mask(of["forward"], maps["p1_t1_pi1"], 0.2))
+        np.testing.assert_array_equal(m2, displacement_mask(of["backward"], maps["p2_t1_pi1"], 0.2))
+        assert r2.shape == shape and (m1.size < 100 or (m1.any() and not m1.all()))
