@@ -19,6 +19,9 @@ def test_bench_geometry_prints_json(tmp_path):
                  "scene_flow", "default_post_processing", "nearest_neighbours"):
         assert 0 < steps[name]["median_ms"] <= steps[name]["p95_ms"], name
     assert report["default_post_processing_ms"] == steps["default_post_processing"]["median_ms"]
+    parts = report["default_post_processing_parts_ms"]                   # the same run, part by part
+    assert set(parts) == {"ego_motion", "flows_and_masks", "objects"} and all(v > 0 for v in parts.values())
+    assert report["thread_limits"]["openblas"] is True                    # BLAS on one thread too
     assert report["meets_target"] == (report["default_post_processing_ms"] <= report["target_ms"] == 5.0)
 
 
