@@ -390,3 +390,44 @@ def test_flows_and_masks_odd_shapes_and_layouts(shape):
         np.testing.assert_array_equal(m1, displacement_mask(of["forward"], maps["p1_t1_pi1"], 0.2))
         np.testing.assert_array_equal(m2, displacement_mask(of["backward"], maps["p2_t1_pi1"], 0.2))
         assert r2.shape == shape and (m1.size < 100 or (m1.any() and not m1.all()))
+
+
+def _focal_reference(pts, conf, pp, stride, iterations=20, tol=1e-10):
+    """estimate_focal written out plainly (dpm_theory.md §1): least squares, then Weiszfeld with np.hypot."""
+    h, w = pts.shape[:2]
+    c = np.ones((h, w)) if conf is None else as_weights(conf, (h, w))
+    cx, cy = ((w - 1) / 2, (h - 1) / 2) if pp is None else pp
+    vv, uu = np.mgrid[0:h:stride, 0:w:stride]
+    p, c = pts[::stride, ::stride].astype(np.float64), c[::stride, ::stride]
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(p).all(-1) & (p[..., 2] > 0) & (c > 0)
+    qx, qy, c = p[ok, 0] / p[ok, 2], p[ok, 1] / p[ok, 2], c[ok]
+    dx, dy = uu[ok] - cx, vv[ok] - cy
+    f = np.sum(c * (qx * dx + qy * dy)) / np.sum(c * (qx * qx + qy * qy))
+    for _ in range(iterations):
+        wr = c / np.maximum(np.hypot(dx - f * qx, dy - f * qy), 1e-12 * max(abs(f), 1.0))
+        f_new = np.sum(wr * (qx * dx + qy * dy)) / np.sum(wr * (qx * qx + qy * qy))
+        done = abs(f_new - f) <= tol * abs(f)
+        f = f_new
+        if done:
+            break
+    return f
+
+
+def test_estimate_focal_equals_plain_weiszfeld(pairs):
+    from dpm_ros.geometry import estimate_focal
+    rng = np.random.default_rng(18)
+    for p in pairs[:2]:
+        pts = p["p1_t1_pi1"] * np.float32(1.0)
+        pts[rng.random(pts.shape[:2]) < 0.03] = np.nan
+        pts[rng.random(pts.shape[:2]) < 0.2] *= np.float32(1.3)              # outliers: Weiszfeld works
+        conf = rng.random(pts.shape[:2]).astype(np.float32)
+        conf[rng.random(conf.shape) < 0.05] = -1.0
+        conf[rng.random(conf.shape) < 0.05] = np.nan
+        for c in (None, conf):
+            for stride in (1, 3):
+                for pp in (None, (40.3, 30.1)):
+                    got = estimate_focal(pts, c, principal_point=pp, stride=stride)
+                    assert got == pytest.approx(_focal_reference(pts, c, pp, stride), rel=1e-12)
+    with pytest.raises(ValueError, match="conf"):
+        estimate_focal(pairs[0]["p1_t1_pi1"], conf=np.ones((3, 3)))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpm_ros.geometry._checks import as_point_map, as_weights, need_points
+from dpm_ros.geometry._checks import as_point_map, as_weights, finite_rows, need_points
 
 
 def image_centre(height: int, width: int) -> tuple[float, float]:
@@ -61,21 +61,25 @@ def estimate_focal(pts, conf=None, principal_point=None, iterations: int = 20, t
     """
     p = as_point_map(pts, "pts")
     h, w = p.shape[:2]
-    c = np.ones((h, w)) if conf is None else as_weights(conf, (h, w), "conf")
+    if conf is not None and np.shape(conf) != (h, w):
+        raise ValueError(f"conf: expected shape {(h, w)} (one weight per point), got {np.shape(conf)}")
     cx, cy = image_centre(h, w) if principal_point is None else map(float, principal_point)
     if not (isinstance(stride, int) and stride >= 1):
         raise ValueError(f"estimate_focal: stride must be a positive integer, got {stride}")
-    if stride > 1:
-        p, c = p[::stride, ::stride], c[::stride, ::stride]
+    sub = (slice(None, None, stride), slice(None, None, stride))
+    p = p[sub]                                               # weights and tests on the used pixels only
+    c = None if conf is None else as_weights(np.asarray(conf)[sub], p.shape[:2], "conf")
     with np.errstate(invalid="ignore"):
-        ok = np.isfinite(p).all(axis=-1) & (p[..., 2] > 0) & (c > 0)
+        ok = finite_rows(p) & (p[..., 2] > 0)
+        if c is not None:
+            ok &= c > 0
     vv, uu = np.nonzero(ok)
     need_points(len(uu), "estimate_focal")
     q = p[vv, uu].astype(np.float64)
+    wi = np.ones(len(uu)) if c is None else c[vv, uu]
     vv, uu = vv * stride, uu * stride                        # back to full-resolution pixel coordinates
     qx, qy = q[:, 0] / q[:, 2], q[:, 1] / q[:, 2]          # normalised image coordinates
     dx, dy = uu - cx, vv - cy                                # pixel offsets from the principal point
-    wi = c[vv // stride, uu // stride]
     qd = qx * dx + qy * dy
     qq = qx * qx + qy * qy
     denom = wi @ qq
@@ -85,7 +89,8 @@ def estimate_focal(pts, conf=None, principal_point=None, iterations: int = 20, t
     f = float(wi @ qd / denom)                               # least squares: d/df Σ c‖d − f q‖² = 0
     floor = 1e-12 * max(abs(f), 1.0)
     for _ in range(iterations):                              # Weiszfeld: re-weight by c_i / ‖residual_i‖
-        r = np.hypot(dx - f * qx, dy - f * qy)
+        ex, ey = dx - f * qx, dy - f * qy
+        r = np.sqrt(ex * ex + ey * ey)                       # ‖residual‖ (np.hypot: same to 1 ulp, 5x slower)
         wr = wi / np.maximum(r, floor)
         f_new = float(wr @ qd / (wr @ qq))
         if abs(f_new - f) <= tol * abs(f):
