@@ -2,9 +2,11 @@
 
 The pair is synthetic ground truth (``make_pair``, ~30% moving pixels) standing in for engine outputs at the
 engine's output resolution. The default post-processing is what ``DPMPipeline`` runs after inference with its
-defaults: pixel-aligned ego-motion (stride 4), then one blocked pass for the two object flows, the motion masks
-thresholded on them and the two scene flows (``flows_and_masks``), then the object split + per-object fits.
-Nearest-neighbour correspondences (only the seed form needs them) are reported separately.
+defaults: pixel-aligned ego-motion (stride 4), then blocked passes for the two object flows, the motion masks
+thresholded on them and the two scene flows (``flows_and_masks``), then the object split + per-object fits;
+``default_post_processing_parts_ms`` splits its time into these three parts. Everything runs on one thread (numpy's
+and OpenCV's OpenBLAS included). Nearest-neighbour correspondences (only the seed form needs them) are reported
+separately.
 """
 from __future__ import annotations
 
