@@ -110,7 +110,8 @@ METRIC_ROWS = (
     ("lrel_p1_t2_pi1", "Lrel P1(t2,π1)", "= P1(t1) + v·dt from the cloud"),
     ("of_epe_fwd", "object-flow EPE fwd", "P1(t2,π1) − P1(t1,π1), normalised units"),
     ("of_epe_fwd_moving", "object-flow EPE fwd, moving px", "same, on ground-truth moving pixels only"),
-    ("mask_iou", "motion-mask IoU", "/dpm/motion_mask vs ground-truth moving pixels"),
+    ("mask_iou", "motion-mask IoU", "/dpm/motion_mask vs ground-truth moving pixels (an ε-mask misses movers "
+                                    "slower than eps_rel·depth per pair, even the oracle's)"),
     ("obj_rpe_rot_deg", "object RPE rot (°)", "objects matched to ground truth by label overlap"),
     ("obj_rpe_trans", "object RPE trans", "normalised units"),
     ("ego_ape_rmse_sim3", "ego APE RMSE (m, Sim(3)-aligned)", "/dpm/odometry vs ground-truth camera poses"),
@@ -245,7 +246,7 @@ def draw_overview(outputs: dict[int, PairOutputs], sequence, score: SequenceScor
     # objects: labels + velocity arrows (projected with the focal estimated from the cloud)
     labels = rec.labels if rec.labels is not None else np.zeros(f1["image"].shape[:2], np.uint16)
     show(ax[6], np.where(labels[..., None] > 0, plt.cm.tab10(labels % 10)[..., :3], f1["image"] / 255 * 0.35),
-         "objects (/dpm/object_labels) + velocity 0.5 s ahead")
+         "/dpm/object_labels + velocity (0.5 s)")
     h, w = rec.xyz.shape[:2]
     try:
         f = estimate_focal(np.nan_to_num(rec.xyz, nan=0.0) + np.array([0, 0, 1e-9]))
@@ -264,7 +265,7 @@ def draw_overview(outputs: dict[int, PairOutputs], sequence, score: SequenceScor
             (u0, v0), (u1, v1) = pu(X), pu(Y)
             ax[6].annotate("", (u1, v1), (u0, v0), arrowprops=dict(arrowstyle="->", color="yellow", lw=2))
     speed = np.linalg.norm(rec.velocity, axis=-1)
-    show(ax[7], speed, "‖velocity‖ from /dpm/points vx,vy,vz (units/s)", cmap="viridis")
+    show(ax[7], speed, "‖v‖ of /dpm/points vx,vy,vz (units/s)", cmap="viridis")
     # trajectory, top-down (x, z of the world frame)
     odo = [(index[n], outputs[n].odom) for n in sorted(outputs) if n in index and outputs[n].odom is not None]
     a = ax[8]
