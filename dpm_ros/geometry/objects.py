@@ -22,7 +22,7 @@ def _nonzero_bytes(a: np.ndarray) -> np.ndarray:
 
 
 def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: float, relative: bool,
-               band_rows: int = 64):
+               band_rows: int = 48):
     """4-neighbour pairs (right and down) of mask pixels (``m8``, uint8 0/1) farther apart in 3D than max_gap (or
     than max_gap·min(‖p_a‖, ‖p_b‖) when ``relative``; ``r2`` = ‖p‖²), as flat index arrays ``a``, ``b``. Squared
     distances with OpenCV channel ops, band by band of ``band_rows`` rows, each only over the columns where that
