@@ -32,38 +32,11 @@ def _pair(height: int, width: int, seed: int) -> dict:
     return p
 
 
-def _openblas_single_thread() -> bool:
-    """One thread for every OpenBLAS loaded in this process (numpy's scipy-openblas included), through its own
-    API: ``OPENBLAS_NUM_THREADS`` only counts before the library loads, and ``dpm`` has loaded numpy before the
-    bench starts (without this, BLAS calls such as the fits' matrix products ran on two threads, and on a loaded
-    machine waited for the second one: estimate_focal took 110 ms instead of 2). Returns whether one was set."""
-    import ctypes
-
-    done = False
-    try:
-        with open("/proc/self/maps") as f:
-            paths = {ln.split()[-1] for ln in f if "openblas" in ln.lower() and ln.split()[-1].startswith("/")}
-    except OSError:
-        return False
-    for path in sorted(paths):
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
-                     "scipy_openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(1)
-                done = True
-                break
-    return done
-
-
 def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: int = 0,
                  keep_heap_memory: bool = True) -> dict:
     """Benchmark report (a JSON-able dict); timings in ms on one thread."""
     from dpm_ros.benchmarks import keep_heap, single_thread, time_call
+    from dpm_ros.blas import limit_openblas_threads
 
     threads = single_thread()
     heap = keep_heap() if keep_heap_memory else False
@@ -73,7 +46,7 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
     from dpm_ros.geometry.flow import flows_and_masks
     from dpm_ros.pipeline import DPMPipeline, Frame
 
-    threads["openblas"] = _openblas_single_thread()
+    threads["openblas"] = limit_openblas_threads(1)
     p = _pair(height, width, seed)
     pipe = DPMPipeline(engine=None)
     f1 = Frame(p["img1"], 0.0)

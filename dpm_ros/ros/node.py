@@ -22,6 +22,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from dpm_ros.blas import limit_openblas_threads
 from dpm_ros.pairing import FramePair, FrameRing, LatestSlot, StampedFrame
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth
@@ -261,6 +262,7 @@ class DpmNode(Node):
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of the ``dpm_node`` executable: spin until Ctrl-C or shutdown."""
     rclpy.init(args=argv if argv is not None else sys.argv)
+    limit_openblas_threads(1)   # geometry's small BLAS calls on the worker thread; the network has its own pool
     node = None
     code = 0
     try:
