@@ -146,10 +146,7 @@ class DPMPipeline:
         """Objects of image 1: split the motion mask, then object_motion (confidence-weighted SE(3) Umeyama of
         P1(t1,π1) → P1(t2,π1)) per label on its gathered pixels. ``sq_norms``: ‖P1(t1,π1)‖² (H, W) when at hand."""
         # split_objects + each label's pixels; uint16 output: at most the 65535 largest objects
-        p = maps["p1_t1_pi1"]
-        if sq_norms is not None and np.asarray(sq_norms).dtype != np.asarray(p).dtype:
-            sq_norms = None                                    # computed from the points in their own dtype
-        labels, groups = object_pixels(mask1, p, min_size=self.min_object_pixels, max_gap=self.object_max_gap,
+        labels, groups = object_pixels(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels, max_gap=self.object_max_gap,
                                        max_objects=65535, dtype=np.uint16, sq_norms=sq_norms)
         n = len(groups)
         if n == 0:

@@ -86,7 +86,8 @@ def flows_and_masks(maps: dict, eps_rel: float = 0.02, eps_abs: float | None = N
     "object_backward") plus, when ``pass2_scale`` is given, :func:`scene_flow`'s ("scene_forward",
     "scene_backward"), (H, W, 3) float32 in the maps' units; ``mask1 = M(P1(t1,π1), P1(t2,π1))`` and
     ``mask2 = M(P2(t1,π1), P2(t2,π1))`` as ``displacement_mask(flow, reference, eps_rel, eps_abs)``, bool (H, W);
-    ``r2 = ‖P1(t1,π1)‖²`` (H, W) float32 (NaN/inf where the point is invalid), for ``object_pixels``.
+    ``r2 = ‖P1(t1,π1)‖²`` (H, W) in the points' dtype (NaN/inf where the point is invalid), as ``object_pixels``
+    takes it.
 
     Every value equals those functions' bit for bit: the same float32 operations, per pixel, only in blocks of about
     ``block_pixels`` pixels, so that each block's inputs, flows and squares stay in the core's cache instead of
@@ -112,7 +113,7 @@ def flows_and_masks(maps: dict, eps_rel: float = 0.02, eps_abs: float | None = N
             flows.update({f"scene_{k}": v for k, v in scene_flow(maps, pass2_scale=pass2_scale).items()})
         m1 = displacement_mask(flows["object_forward"], ref, eps_rel, eps_abs)
         m2 = displacement_mask(flows["object_backward"], arrs["p2_t1_pi1"], eps_rel, eps_abs)
-        return flows, m1, m2, squared_norm(np.asarray(ref, np.float32)).reshape(ref.shape[:2])
+        return flows, m1, m2, squared_norm(ref).reshape(ref.shape[:2])
     h, w = ref.shape[:2]
     scene = pass2_scale is not None
     s32 = float(np.float32(pass2_scale)) if scene else 0.0       # as scene_flow: s rounded to float32
