@@ -178,8 +178,12 @@ def campaign(tmp_path_factory):
                     expected["errors_size"] += 2
             res["flood_publish_s"] = time.monotonic() - t_flood
             n_images = N0 + ROUNDS * 8 + 2
-            assert probe_a.wait_for(lambda: count(diag_of(probe_a, "dpm_node"), "frames_in") >= n_images, 90), \
-                diag_of(probe_a, "dpm_node")
+            # Drained: every flood image AND every flood CameraInfo has reached the node. A reliable reader delivers
+            # in order, so one CameraInfo the transport dropped under the flood holds back all later ones until the
+            # writer resends it (a heartbeat, up to seconds later): phase 2's CameraInfos would then come late.
+            assert probe_a.wait_for(lambda: count(diag_of(probe_a, "dpm_node"), "frames_in") >= n_images and
+                                    count(diag_of(probe_a, "dpm_node"), "errors_camera_info")
+                                    >= expected["errors_camera_info"], 90), diag_of(probe_a, "dpm_node")
             assert probe_b.wait_for(lambda: count(diag_of(probe_b, "dpm_node_compressed"), "frames_in")
                                     >= N0 + N_DECODE, 60), diag_of(probe_b, "dpm_node_compressed")
             res["flood_s"] = time.monotonic() - t_flood
