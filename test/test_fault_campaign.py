@@ -251,7 +251,7 @@ def test_every_error_kind_counted_exactly(campaign):
     got = {k: count(d, k) for k in exp}
     assert got == exp
     assert count(d, "pairing_resolution_changes") == 2        # to half size and back: pairing restarts twice
-    assert count(d, "camera_info_misses") == 2                 # frame NO_INFO as I1, then as I2
+    assert count(d, "camera_info_misses") == 2, campaign["log_a"][-3000:]   # frame NO_INFO as I1, then as I2
     assert count(d, "errors_pipeline") == 0
     assert count(d, "frames_in") == N0 + ROUNDS * 8 + 2 + (N_SEQ - N0) + 1
     b = campaign["diag_b"]
