@@ -24,6 +24,13 @@ if [ "$(cat "$VENV/.dpm_requirements" 2>/dev/null)" != "$req_hash" ]; then
   rm -f "$VENV/.dpm_cmake_fixed"
 fi
 
+# cuda-python's runtime bindings: the TensorRT backend's CUDA path when torch has no CUDA (Jetson), API-checked by
+# test_tensorrt_api.py here (imports without a GPU). Checked on its own so existing venvs get it too.
+"$VENV/bin/python" -c 'import cuda.bindings.runtime' 2>/dev/null || {
+  log "installing cuda-bindings (cuda-python runtime bindings, 12.x)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'cuda-bindings==12.9.*' 2>&1 | { grep -v "^WARNING: Location" || true; }
+}
+
 # 2. The wheels' exported CMake files hard-code the wheel builder's include dirs; point them at this venv.
 if [ ! -f "$VENV/.dpm_cmake_fixed" ]; then
   PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("include"))')

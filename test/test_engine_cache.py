@@ -1,5 +1,6 @@
-"""TensorRT engine cache: the key pins an engine to ONNX bytes, TensorRT version, GPU, precision and shape; metadata
-round-trips; writes are atomic; a stale or damaged entry is a miss. Plain functions, no GPU needed."""
+"""TensorRT engine cache: the key pins an engine to ONNX bytes, TensorRT version, GPU (name, capability, SM count,
+memory), precision, shape and build recipe; metadata round-trips; writes are atomic; a stale or damaged entry is a
+miss; the ONNX digest is remembered by file stamp. Plain functions, no GPU needed."""
 from __future__ import annotations
 
 import hashlib
@@ -16,7 +17,8 @@ SHAPES = {"img1": (1, 3, 384, 512), "img2": (1, 3, 384, 512)}
 
 def key(**changes):
     fields = dict(onnx_sha256=SHA, tensorrt_version="10.13.0.35", gpu_name="NVIDIA Jetson AGX Orin",
-                  compute_capability=(8, 7), precision="fp16", input_shapes=SHAPES)
+                  compute_capability=(8, 7), precision="fp16", input_shapes=SHAPES, recipe_version=2, sm_count=16,
+                  total_memory_mb=62841)
     fields.update(changes)
     return cache.engine_cache_key(**fields)
 
@@ -36,6 +38,8 @@ def test_file_sha256_matches_hashlib_across_chunks_and_covers_external_data(tmp_
     ("onnx_sha256", hashlib.sha256(b"other").hexdigest()), ("tensorrt_version", "10.14.1"),
     ("gpu_name", "NVIDIA H100 80GB HBM3"), ("compute_capability", (9, 0)), ("precision", "fp32"),
     ("input_shapes", {"img1": (1, 3, 224, 224), "img2": (1, 3, 224, 224)}),
+    ("recipe_version", 3),                 # a fixed build recipe rebuilds old engines
+    ("sm_count", 8), ("total_memory_mb", 7620),   # Orin NX 8 GB vs AGX Orin 64 GB: same name, same sm_87
 ])
 def test_every_key_field_changes_the_digest_and_is_reported_as_mismatch(tmp_path, field, value):
     base, other = key(), key(**{field: value})
@@ -124,3 +128,26 @@ def test_default_cache_dir_beside_onnx_unless_read_only_or_overridden(tmp_path, 
         assert cache.default_cache_dir(writable / "m.onnx") == tmp_path / "xdg" / "dpm_ros" / "engines"
     monkeypatch.setenv("DPM_ENGINE_CACHE", str(tmp_path / "custom"))
     assert cache.default_cache_dir(writable / "m.onnx") == tmp_path / "custom"
+
+
+def test_metadata_of_the_previous_cache_format_is_a_miss(tmp_path):
+    meta = cache.write_metadata(tmp_path / "e.engine.json", key())
+    assert cache.mismatched_fields(key(), {**meta, "format": 1}) == ["format"]
+
+
+def test_remembered_sha256_rehashes_only_when_a_file_changes(tmp_path, monkeypatch):
+    model, weights, memo = tmp_path / "m.onnx", tmp_path / "m.onnx.data", tmp_path / "cache"
+    model.write_bytes(b"graph")
+    weights.write_bytes(b"weights v1")
+    calls = []
+    real = cache.file_sha256
+    monkeypatch.setattr(cache, "file_sha256", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = cache.remembered_sha256(model, (weights,), memo)
+    assert first == hashlib.sha256(b"graphweights v1").hexdigest() and len(calls) == 1
+    assert cache.remembered_sha256(model, (weights,), memo) == first and len(calls) == 1   # remembered
+    weights.write_bytes(b"weights v2!")                                                    # new weights
+    assert cache.remembered_sha256(model, (weights,), memo) == hashlib.sha256(b"graphweights v2!").hexdigest()
+    assert len(calls) == 2
+    (memo / "m.sha256.json").write_text("{broken")                                         # damaged memo: rehash
+    assert cache.remembered_sha256(model, (weights,), memo) == hashlib.sha256(b"graphweights v2!").hexdigest()
+    assert cache.remembered_sha256(model, (weights,), None) and len(calls) == 4            # no memo dir: always

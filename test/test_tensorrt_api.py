@@ -1,6 +1,8 @@
 """The TensorRT backend cannot run without an NVIDIA GPU, so it is checked against TensorRT 10.13's published API:
 every ``trt.X[.Y]`` our code touches, and every method/attribute used on a TensorRT object (by the variable names the
-backend reserves for them), must exist in the ``tensorrt-stubs`` .pyi files (parsed with ast; mypy chokes on them)."""
+backend reserves for them), must exist in the ``tensorrt-stubs`` .pyi files (parsed with ast; mypy chokes on them).
+It must also use nothing TensorRT 11 removed (NVIDIA's "Removed Python APIs" list for 10.x → 11.x), and every
+cuda-python runtime call of the Jetson path must exist in the installed ``cuda-bindings``."""
 from __future__ import annotations
 
 import ast
@@ -11,6 +13,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKEND_FILES = [ROOT / "dpm_ros/engine/tensorrt_build.py", ROOT / "dpm_ros/engine/tensorrt_backend.py"]
+CUDA_FILE = ROOT / "dpm_ros/engine/cuda_device.py"
+# removed in TensorRT 11 (docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/
+# tensorrt-10x-to-11x-python-api-reference.html, and the 11.0 Builder / NetworkDefinitionCreationFlag pages)
+REMOVED_IN_11 = {
+    "FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS", "PREFER_PRECISION_CONSTRAINTS",
+    "DIRECT_IO", "EXPLICIT_BATCH", "platform_has_fast_fp16", "platform_has_fast_int8", "platform_has_tf32",
+    "int8_calibrator", "set_output_type", "get_output_type", "output_type_is_set", "reset_output_type",
+    "precision", "precision_is_set", "reset_precision", "device_memory_size", "set_quantization_flag",
+}
 
 # variable (or self attribute) name in our backend -> the TensorRT classes it may hold
 VARIABLE_TYPES = {
@@ -134,7 +145,7 @@ def test_every_trt_module_attribute_exists_in_tensorrt_10_13_stubs(stubs):
 def test_every_method_on_tensorrt_objects_exists_in_stubs(stubs):
     _, classes = stubs
     _, uses = _uses()
-    assert {holder for _, _, holder, _ in uses} >= {"builder", "network", "parser", "config", "layer", "_engine",
+    assert {holder for _, _, holder, _ in uses} >= {"builder", "parser", "config", "_engine",
                                                     "_context", "_runtime"}
     missing = [f"{file}:{line} {holder}.{attr} ({'/'.join(VARIABLE_TYPES[holder])})"
                for file, line, holder, attr in uses
@@ -142,14 +153,47 @@ def test_every_method_on_tensorrt_objects_exists_in_stubs(stubs):
     assert not missing, f"not in TensorRT 10.13 API: {missing}"
 
 
-def test_precision_pinning_names_real_tensorrt_enums(stubs):
-    from dpm_ros.engine import tensorrt_build as tb
+def test_nothing_removed_in_tensorrt_11_is_used():
+    """Defect 1: TensorRT 11 removed the weakly typed precision API; using any of it is an AttributeError there."""
+    used = []
+    for path in BACKEND_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            on_trt = isinstance(node, ast.Attribute) and (
+                _holder_name(node.value) in VARIABLE_TYPES or (isinstance(node.value, ast.Name) and node.value.id ==
+                                                               "trt") or (isinstance(node.value, ast.Attribute)
+                                                                          and isinstance(node.value.value, ast.Name)
+                                                                          and node.value.value.id == "trt"))
+            if on_trt and node.attr in REMOVED_IN_11:
+                used.append(f"{path.name}:{node.lineno} .{node.attr}")
+            if isinstance(node, ast.Assign):  # a network output's dtype may not be set in a strongly typed network
+                used += [f"{path.name}:{node.lineno} .dtype =" for t in node.targets
+                         if isinstance(t, ast.Attribute) and t.attr == "dtype"]
+    assert not used, f"removed in TensorRT 11: {used}"
+    text = (ROOT / "dpm_ros/engine/tensorrt_build.py").read_text()
+    assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" in text and "clear_flag(trt.BuilderFlag.TF32)" in text
 
-    _, classes = stubs
-    layer_types = _members(classes, "LayerType")
-    assert tb.FP32_LAYER_TYPES | tb.ATTENTION_PATH_TYPES | {"MATRIX_MULTIPLY", "UNARY", "CONSTANT"} <= layer_types
-    assert tb.FP32_UNARY_OPS <= _members(classes, "UnaryOperation")
-    assert tb.FP32_ELEMENTWISE_OPS <= _members(classes, "ElementWiseOperation")
+
+def test_every_cuda_python_call_exists_in_cuda_bindings():
+    """The Jetson path (cuda-python when torch has no CUDA) cannot run here; its names are checked against the
+    installed cuda-bindings (12.x, JetPack 6's CUDA line), and the call signatures we rely on."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        pytest.skip("cuda-bindings not installed (scripts/setup.sh installs it)")
+    names = set()
+    for node in ast.walk(ast.parse(CUDA_FILE.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "_rt":
+            names.add(node.attr)
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("cudart", "rt"):
+            names.add(node.attr)
+    assert len(names) >= 20
+    missing = sorted(n for n in names if not hasattr(cudart, n))
+    assert not missing, f"not in cuda.bindings.runtime: {missing}"
+    assert cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal is not None
+    assert cudart.cudaMemcpyKind.cudaMemcpyHostToDevice is not None and cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+    assert "cudaGraphInstantiate(graph, unsigned long long flags)" in cudart.cudaGraphInstantiate.__doc__
+    err, _ = cudart.cudaGetDeviceCount()  # runs here: no driver, an error code instead of a crash
+    assert isinstance(err, cudart.cudaError_t)
 
 
 def test_stubs_are_not_mistaken_for_a_tensorrt_runtime():

@@ -106,7 +106,10 @@ def bench_engine(engine, frames: tuple[bytes, bytes], repeats: int = 20, warmup:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     t_network, _ = _timed(lambda: engine.run_network(x1, x2), repeats, warmup)
-    gpu_peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu else None
+    if hasattr(engine, "gpu_peak_mb"):  # TensorRT: the CUDA driver's figure (includes TensorRT's own memory)
+        gpu_peak_mb = engine.gpu_peak_mb()
+    else:
+        gpu_peak_mb = round(torch.cuda.max_memory_allocated() / 2**20, 1) if on_gpu else None
     maps = engine.infer(*imgs)
     pipeline = DPMPipeline(_FixedMaps(maps, info))
     f1, f2 = Frame(imgs[0], 0.1), Frame(imgs[1], 0.0)

@@ -1,8 +1,10 @@
 """The TensorRT engine cache: a key that pins an engine to the exact ONNX file, TensorRT version, GPU and build
 settings, the metadata JSON stored beside each engine, and atomic file writes.
 
-An engine is only valid for the TensorRT version and GPU (compute capability) that built it, so a cached engine is
-used only when every field of its key matches; otherwise it is rebuilt. Plain Python: tested without a GPU.
+An engine is only valid for the TensorRT version and GPU that built it (name, compute capability, SM count and
+memory: all Orin modules may report the same name), and for the build recipe (``tensorrt_build.BUILD_RECIPE``: a
+fixed recipe rebuilds old engines), so a cached engine is used only when every field of its key matches; otherwise
+it is rebuilt. Plain Python: tested without a GPU.
 """
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-KEY_FIELDS = ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision", "input_shapes")
-CACHE_FORMAT = 1
+KEY_FIELDS = ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision", "input_shapes",
+              "recipe_version", "sm_count", "total_memory_mb")
+CACHE_FORMAT = 2
 
 
 def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20, extra_files: tuple = ()) -> str:
@@ -29,11 +32,37 @@ def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20, extra_files: tuple
     return digest.hexdigest()
 
 
+def remembered_sha256(path: str | Path, extra_files: tuple = (), memo_dir: str | Path | None = None) -> str:
+    """``file_sha256(path, extra_files=...)``, remembered in ``memo_dir/<stem>.sha256.json`` together with each
+    file's size, mtime and inode: recomputed only when one of them changed (weights above 2 GB would otherwise be
+    hashed on every start). Without ``memo_dir`` it always hashes."""
+    files = [Path(path), *map(Path, extra_files)]
+    stamp = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino] for f in files]
+    memo = Path(memo_dir) / f"{Path(path).stem}.sha256.json" if memo_dir is not None else None
+    if memo is not None:
+        try:
+            saved = json.loads(memo.read_text())
+            if saved.get("files") == stamp and re.fullmatch(r"[0-9a-f]{64}", saved.get("sha256", "")):
+                return saved["sha256"]
+        except (OSError, ValueError, AttributeError):
+            pass
+    digest = file_sha256(path, extra_files=tuple(extra_files))
+    if memo is not None:
+        try:
+            atomic_write_bytes(memo, json.dumps({"files": stamp, "sha256": digest}).encode())
+        except OSError:  # a read-only cache folder: just hash next time too
+            pass
+    return digest
+
+
 def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, compute_capability: tuple[int, int],
-                     precision: str, input_shapes: dict[str, tuple[int, ...]]) -> dict:
+                     precision: str, input_shapes: dict[str, tuple[int, ...]], recipe_version: int = 0,
+                     sm_count: int = 0, total_memory_mb: int = 0) -> dict:
     """The fields that decide whether a built engine may be reused, as a JSON-ready dict.
 
-    ``input_shapes`` maps each network input name to its fixed shape, e.g. {"img1": (1, 3, 384, 512)}.
+    ``input_shapes`` maps each network input name to its fixed shape, e.g. {"img1": (1, 3, 384, 512)};
+    ``recipe_version``: the build recipe's version; ``sm_count`` / ``total_memory_mb``: the GPU's multiprocessors
+    and memory (MiB).
     """
     if not re.fullmatch(r"[0-9a-f]{64}", onnx_sha256):
         raise ValueError(f"onnx_sha256 must be 64 lowercase hex digits, got {onnx_sha256!r}")
@@ -48,6 +77,7 @@ def engine_cache_key(onnx_sha256: str, tensorrt_version: str, gpu_name: str, com
         "compute_capability": [int(c) for c in compute_capability],
         "precision": precision,
         "input_shapes": {name: [int(d) for d in shape] for name, shape in sorted(input_shapes.items())},
+        "recipe_version": int(recipe_version), "sm_count": int(sm_count), "total_memory_mb": int(total_memory_mb),
     }
 
 

@@ -1,7 +1,8 @@
 """``load_engine``: one call from a model file to an ``Engine``, choosing the backend.
 
-``auto`` picks TensorRT when a CUDA GPU and the tensorrt runtime are present, else ONNX Runtime on the CPU, and
-logs which and why. ``.onnx`` files run on onnxruntime or tensorrt; ``.safetensors`` weights run on torch.
+``auto`` picks TensorRT when a CUDA GPU and a supported tensorrt runtime are present, else ONNX Runtime on the CPU,
+and logs which and why; when TensorRT then fails to load (build, deserialise, bind, CUDA: any exception) ``auto``
+falls back to ONNX Runtime on the CPU and logs the reason as a warning. An explicit ``tensorrt`` raises instead. ``.onnx`` files run on onnxruntime or tensorrt; ``.safetensors`` weights run on torch.
 """
 from __future__ import annotations
 
@@ -66,7 +67,15 @@ def load_engine(path: str | Path, backend: str = "auto", precision: str | None =
         return OnnxRuntimeEngine(path, device=device or "cpu", threads=threads)
     if chosen == "tensorrt":
         from dpm_ros.engine.tensorrt_backend import TensorRTEngine
-        return TensorRTEngine(path, precision=precision or "fp16", cache_dir=cache_dir, cuda_graph=cuda_graph)
+        try:
+            return TensorRTEngine(path, precision=precision or "fp16", cache_dir=cache_dir, cuda_graph=cuda_graph)
+        except Exception as exc:  # noqa: BLE001 - auto must reach a working backend whatever TensorRT raised
+            if backend != "auto":
+                raise
+            log.warning("engine %s: TensorRT failed at load (%s: %s); falling back to onnxruntime on the CPU "
+                        "(fp32)", path, type(exc).__name__, exc)
+            from dpm_ros.engine.onnxruntime_backend import OnnxRuntimeEngine
+            return OnnxRuntimeEngine(path, device="cpu", threads=threads)
     import torch
 
     from dpm_ros.engine.torch_backend import load_torch_engine

@@ -16,20 +16,32 @@ def resize_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def normalise_images(images: np.ndarray, normalisation: dict = DUST3R_NORMALISATION) -> np.ndarray:
+def normalise_images(images: np.ndarray, normalisation: dict = DUST3R_NORMALISATION,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """uint8 (B, H, W, 3) RGB → float32 (B, 3, H, W): ``(x·scale − mean) / std`` per channel (DUSt3R: x/255 to
-    [0, 1], then (· − 0.5) / 0.5 to [−1, 1])."""
+    [0, 1], then (· − 0.5) / 0.5 to [−1, 1]). ``out``: a float32 (B, 3, H, W) array to write into (e.g. a
+    backend's pinned input buffer), same values bit for bit."""
     scale = np.float32(normalisation["scale"])
     mean = np.asarray(normalisation["mean"], np.float32)
     std = np.asarray(normalisation["std"], np.float32)
-    x = images.astype(np.float32) * scale
-    x = (x - mean) / std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if out is None:
+        x = images.astype(np.float32) * scale
+        x = (x - mean) / std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    if out.shape != (images.shape[0], 3, *images.shape[1:3]) or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 {(images.shape[0], 3, *images.shape[1:3])}, got {out.dtype} {out.shape}")
+    chw = images.transpose(0, 3, 1, 2)
+    np.multiply(chw, scale, out=out, dtype=np.float32)
+    np.subtract(out, mean[None, :, None, None], out=out)
+    np.divide(out, std[None, :, None, None], out=out)
+    return out
 
 
 def prepare_pair(img1: np.ndarray, img2: np.ndarray, height: int, width: int, source: str,
-                 normalisation: dict = DUST3R_NORMALISATION) -> tuple[np.ndarray, np.ndarray]:
-    """Check, resize and normalise a pair. Returns float32 (1, 3, height, width) inputs ``img1``, ``img2``.
+                 normalisation: dict = DUST3R_NORMALISATION,
+                 out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Check, resize and normalise a pair. Returns float32 (1, 3, height, width) inputs ``img1``, ``img2``,
+    written into ``out`` (two such arrays, e.g. pinned buffers) when given.
 
     ``source`` (the model file) is named in every error, e.g. "engines/dpm_small.onnx: img2: expected dtype uint8".
     """
@@ -44,6 +56,10 @@ def prepare_pair(img1: np.ndarray, img2: np.ndarray, height: int, width: int, so
     if min(img1.shape[:2]) < 8:
         raise ValueError(f"{source}: images of {img1.shape[1]}x{img1.shape[0]} pixels are too small "
                          f"(the network runs at {width}x{height})")
+    if out is not None:
+        for img, buf in zip((img1, img2), out):
+            normalise_images(resize_image(img, height, width)[None], normalisation, out=buf)
+        return out
     batch = np.stack([resize_image(img1, height, width), resize_image(img2, height, width)])
     x = normalise_images(batch, normalisation)
     return x[0:1], x[1:2]

@@ -1,81 +1,68 @@
-"""Building TensorRT engines from exported ONNX files (TensorRT >= 10 Python API), cached under a key.
+"""Building TensorRT engines from exported ONNX files, cached under a key.
 
-FP16/BF16 builds keep the numerically fragile layers in FP32 with precision constraints: softmax, normalisation
-(LayerNorm), reductions, exp/log/sqrt/pow (the heads' depth and confidence activations) and the attention-logit
-chain (Q·Kᵀ matmul and its scaling up to the softmax). Which layers those are is decided by a plain function over
-layer descriptors (``fp32_layer_indices``), tested without a GPU; the rest follows the TensorRT API exactly.
+Supported: TensorRT **10.3 (JetPack 6) to 11.x**, through the API both share: a **strongly typed** network
+(``NetworkDefinitionCreationFlag.STRONGLY_TYPED``: opt-in on 10.x, always on and the flag ignored on 11.x) built
+from an ONNX file whose tensor types already say the precision. FP32 engines build from the exported file with TF32
+switched off (an fp32 engine is the reference FP16 is checked against); FP16/BF16 engines build from a copy made by
+``precision.convert_precision`` (FP32 islands where FP16 overflows, attention left free to fuse), cached beside
+the engines. Nothing here uses what 11.x removed (``BuilderFlag.FP16/BF16/OBEY_PRECISION_CONSTRAINTS``,
+``platform_has_fast_fp16``, ``layer.precision``, ``set_output_type``); test_tensorrt_api.py checks it.
 Users with FP16 accuracy problems can compare layer by layer against ONNX Runtime with NVIDIA's polygraphy:
-``polygraphy run engines/NAME.onnx --trt --fp16 --onnxrt --atol 1e-3 --rtol 1e-3 --trt-outputs mark all
+``polygraphy run CACHE/NAME.<digest>.fp16.onnx --trt --onnxrt --atol 1e-3 --rtol 1e-3 --trt-outputs mark all
 --onnx-outputs mark all``.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import time
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from dpm_ros.engine import cache
+from dpm_ros.engine.cuda_device import cuda_unavailable_reason, device_props
 from dpm_ros.engine.onnx_model import read_onnx_info
 
 log = logging.getLogger(__name__)
 
-FP32_LAYER_TYPES = {"SOFTMAX", "NORMALIZATION", "REDUCE"}
-FP32_UNARY_OPS = {"EXP", "LOG", "SQRT", "RECIP"}
-FP32_ELEMENTWISE_OPS = {"POW", "DIV"}
-# layers allowed between the Q·Kᵀ matmul and the softmax (scaling, bias, reshapes)
-ATTENTION_PATH_TYPES = {"ELEMENTWISE", "SCALE", "SHUFFLE", "CAST", "IDENTITY"}
+MIN_TENSORRT = (10, 3)      # JetPack 6.x ships 10.3; strongly typed networks and the 10.x API we use are there
+MAX_TENSORRT_MAJOR = 11     # 11.x: strongly typed only; the next major is unknown API
+SUPPORTED_TENSORRT = "TensorRT 10.3 or newer 10.x, or 11.x"
+# Bump when the way engines are built changes (ONNX precision conversion, builder flags): engines cached by an
+# older recipe are rebuilt instead of being reused.
+BUILD_RECIPE = 2
 
 
-class LayerDesc(NamedTuple):
-    """What precision selection needs to know about one network layer (TensorRT-independent)."""
-    index: int
-    type: str                 # LayerType name, e.g. "SOFTMAX", "MATRIX_MULTIPLY"
-    op: str                   # UnaryOperation / ElementWiseOperation name, "" for other layers
-    inputs: tuple[str, ...]   # input tensor names
-    outputs: tuple[str, ...]  # output tensor names
-    is_float: bool            # every output is a floating-point tensor (not shape/index arithmetic)
-
-
-def fp32_layer_indices(layers: list[LayerDesc], max_attention_depth: int = 6) -> list[int]:
-    """Indices of the layers to pin to FP32 in a reduced-precision build (see module docstring)."""
-    producer = {name: desc for desc in layers for name in desc.outputs}
-    keep = set()
-    for desc in layers:
-        if not desc.is_float:
-            continue
-        if (desc.type in FP32_LAYER_TYPES or (desc.type == "UNARY" and desc.op in FP32_UNARY_OPS)
-                or (desc.type == "ELEMENTWISE" and desc.op in FP32_ELEMENTWISE_OPS)):
-            keep.add(desc.index)
-        if desc.type == "SOFTMAX":  # walk up to the matmul that makes the logits
-            frontier = [producer[n] for n in desc.inputs if n in producer]
-            for _ in range(max_attention_depth):
-                nxt = []
-                for up in frontier:
-                    if up.type == "MATRIX_MULTIPLY":
-                        keep.add(up.index)
-                    elif up.type in ATTENTION_PATH_TYPES and up.is_float:
-                        keep.add(up.index)
-                        nxt += [producer[n] for n in up.inputs if n in producer and producer[n].type != "CONSTANT"]
-                frontier = nxt
-    return sorted(keep)
+def tensorrt_version_problem(version: str) -> str | None:
+    """None when TensorRT ``version`` (e.g. "10.3.0.30") is in the supported range, else why not."""
+    m = re.match(r"(\d+)\.(\d+)", str(version))
+    if not m:
+        return f"cannot read the TensorRT version {version!r}"
+    major, minor = int(m.group(1)), int(m.group(2))
+    if (major, minor) < MIN_TENSORRT:
+        return (f"TensorRT {version} is too old: {SUPPORTED_TENSORRT} is supported (strongly typed networks; "
+                "JetPack 6 ships 10.3)")
+    if major > MAX_TENSORRT_MAJOR:
+        return f"TensorRT {version} is newer than this backend knows: {SUPPORTED_TENSORRT} is supported"
+    return None
 
 
 def tensorrt_unavailable_reason() -> str | None:
-    """None when TensorRT can run here (runtime installed and a CUDA GPU visible), else why not."""
+    """None when TensorRT can run here (a supported runtime installed and a CUDA GPU reachable through torch or
+    cuda-python), else why not."""
     try:
         import tensorrt as trt
     except ImportError:
         return "the tensorrt package is not installed"
+    except Exception as exc:  # a broken install (missing libnvinfer, CUDA mismatch) must not stop `auto`
+        return f"the tensorrt package failed to import: {type(exc).__name__}: {exc}"
     if not hasattr(trt, "Builder"):
         return "only TensorRT type stubs are installed (tensorrt-stubs), not the TensorRT runtime"
-    try:
-        import torch
-    except ImportError:
-        return "torch (used for CUDA buffers and streams) is not installed"
-    if not torch.cuda.is_available():
-        return "no CUDA GPU is visible"
-    return None
+    problem = tensorrt_version_problem(getattr(trt, "__version__", "?"))
+    if problem:
+        return problem
+    return cuda_unavailable_reason()
 
 
 def import_tensorrt():
@@ -87,32 +74,33 @@ def import_tensorrt():
     return trt
 
 
-def device_identity(device_index: int = 0) -> tuple[str, tuple[int, int]]:
-    """(GPU name, compute capability) of the CUDA device an engine is built for."""
-    import torch
-    return torch.cuda.get_device_name(device_index), tuple(torch.cuda.get_device_capability(device_index))
+@functools.lru_cache(maxsize=1)
+def trt_logger():
+    """The one TensorRT logger of this process (TensorRT keeps a single global logger: builder, parser and
+    runtime all get this one)."""
+    import tensorrt as trt
+    return trt.Logger(trt.Logger.WARNING)
 
 
-def describe_layers(trt, network) -> list[LayerDesc]:
-    """LayerDesc for every layer of a parsed TensorRT network."""
-    floats = (trt.float32, trt.float16, trt.bfloat16)
-    layers = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        op = ""
-        if layer.type == trt.LayerType.UNARY:
-            layer.__class__ = trt.IUnaryLayer  # the TensorRT Python idiom to reach a layer's subclass attributes
-            op = layer.op.name
-        elif layer.type == trt.LayerType.ELEMENTWISE:
-            layer.__class__ = trt.IElementWiseLayer
-            op = layer.op.name
-        in_tensors = [layer.get_input(j) for j in range(layer.num_inputs)]
-        out_tensors = [layer.get_output(j) for j in range(layer.num_outputs)]
-        layers.append(LayerDesc(i, layer.type.name, op,
-                                tuple(tensor.name for tensor in in_tensors if tensor is not None),
-                                tuple(tensor.name for tensor in out_tensors),
-                                all(tensor.dtype in floats for tensor in out_tensors)))
-    return layers
+def reduced_precision_onnx(onnx_path: str | Path, precision: str, out_path: Path) -> Path:
+    """Write the FP16/BF16-with-FP32-islands copy of ``onnx_path`` to ``out_path`` (atomically; external data
+    beside it when above 2 GB) and return it."""
+    import onnx
+
+    from dpm_ros.engine.export import PROTOBUF_LIMIT_BYTES
+    from dpm_ros.engine.precision import convert_precision
+
+    model = convert_precision(onnx.load(str(onnx_path)), precision)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    big = model.ByteSize() > PROTOBUF_LIMIT_BYTES
+    if big:
+        onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=out_path.name + ".data", size_threshold=1024)
+    else:
+        onnx.save_model(model, str(tmp))
+    tmp.replace(out_path)
+    return out_path
 
 
 def _progress_monitor(trt, report: Callable[[str], None]):
@@ -137,40 +125,39 @@ def _progress_monitor(trt, report: Callable[[str], None]):
 
 def build_serialized_engine(onnx_path: str | Path, precision: str = "fp16", workspace_gb: float | None = None,
                             timing_cache_file: Path | None = None,
-                            report: Callable[[str], None] | None = None) -> bytes:
-    """Parse ``onnx_path`` and build a serialized TensorRT engine (``precision``: fp32, fp16 or bf16).
+                            report: Callable[[str], None] | None = None, typed_onnx: Path | None = None,
+                            device_index: int = 0) -> bytes:
+    """Parse ``onnx_path`` into a strongly typed network and build a serialized TensorRT engine (``precision``:
+    fp32, fp16 or bf16). For fp16/bf16 the typed copy is written to ``typed_onnx`` (default: beside
+    ``onnx_path``) and parsed instead.
 
     The timing cache at ``timing_cache_file`` is read when present and written back (atomically) after the build.
-    Raises ValueError naming the file when TensorRT cannot parse it, RuntimeError when the build fails.
+    Raises ValueError naming the file when TensorRT cannot parse it or for a precision this GPU lacks (BF16 before
+    sm_80), RuntimeError when the build fails.
     """
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
     trt = import_tensorrt()
     onnx_path = Path(onnx_path)
-    logger = trt.Logger(trt.Logger.WARNING)
+    if precision == "bf16" and device_props(device_index).capability < (8, 0):
+        raise ValueError(f"{onnx_path}: bf16 needs a GPU with compute capability 8.0 or newer (Ampere); this one is "
+                         f"sm_{''.join(map(str, device_props(device_index).capability))}; use fp16")
+    source = onnx_path
+    if precision != "fp32":
+        source = reduced_precision_onnx(onnx_path, precision,
+                                        typed_onnx or onnx_path.with_name(f"{onnx_path.stem}.{precision}.onnx"))
+    logger = trt_logger()
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
+    if not parser.parse_from_file(str(source)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ValueError(f"{onnx_path}: TensorRT could not parse the ONNX model: {errors}")
+        raise ValueError(f"{source}: TensorRT could not parse the ONNX model: {errors}")
     config = builder.create_builder_config()
+    config.clear_flag(trt.BuilderFlag.TF32)  # FP32 tensors compute in FP32: the fp32 engine is the reference
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED  # per-layer precision in the engine inspector
     if workspace_gb:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
-    for i in range(network.num_outputs):
-        network.get_output(i).dtype = trt.float32
-    if precision in ("fp16", "bf16"):
-        if precision == "fp16" and not builder.platform_has_fast_fp16:
-            log.warning("this GPU has no fast FP16; building FP16 anyway")
-        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        pinned = fp32_layer_indices(describe_layers(trt, network))
-        for i in pinned:
-            layer = network.get_layer(i)
-            layer.precision = trt.float32
-            for j in range(layer.num_outputs):
-                layer.set_output_type(j, trt.float32)
-        log.info("%d of %d layers pinned to FP32", len(pinned), network.num_layers)
-    elif precision != "fp32":
-        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
     blob = timing_cache_file.read_bytes() if timing_cache_file and timing_cache_file.is_file() else b""
     timing_cache = config.create_timing_cache(blob)
     if not config.set_timing_cache(timing_cache, False):
@@ -181,21 +168,25 @@ def build_serialized_engine(onnx_path: str | Path, precision: str = "fp16", work
         config.progress_monitor = _progress_monitor(trt, report)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
+        raise RuntimeError(f"{source}: TensorRT engine build failed (see the TensorRT log above)")
     if timing_cache_file is not None:
         cache.atomic_write_bytes(timing_cache_file, memoryview(config.get_timing_cache().serialize()))
     return bytes(memoryview(serialized))
 
 
-def current_key(onnx_path: str | Path, precision: str, device_index: int = 0) -> dict:
-    """The cache key for building ``onnx_path`` at ``precision`` on this machine's GPU and TensorRT."""
+def current_key(onnx_path: str | Path, precision: str, device_index: int = 0,
+                cache_dir: str | Path | None = None) -> dict:
+    """The cache key for building ``onnx_path`` at ``precision`` on this machine's GPU and TensorRT. The ONNX
+    digest is remembered in ``cache_dir`` by file size and mtime (weights above 2 GB are not re-hashed on every
+    start)."""
     trt = import_tensorrt()
     info = read_onnx_info(onnx_path)
-    gpu_name, capability = device_identity(device_index)
+    props = device_props(device_index)
     shapes = {name: (1, 3, info.height, info.width) for name in info.inputs}
-    onnx_sha = cache.file_sha256(onnx_path, extra_files=info.external_files)
-    return cache.engine_cache_key(onnx_sha, trt.__version__, gpu_name, capability, precision,
-                                  shapes)
+    onnx_sha = cache.remembered_sha256(onnx_path, info.external_files, cache_dir)
+    return cache.engine_cache_key(onnx_sha, trt.__version__, props.name, props.capability, precision, shapes,
+                                  recipe_version=BUILD_RECIPE, sm_count=props.sm_count,
+                                  total_memory_mb=props.total_memory_mb)
 
 
 def get_or_build_engine(onnx_path: str | Path, cache_dir: str | Path | None = None, precision: str = "fp16",
@@ -207,7 +198,7 @@ def get_or_build_engine(onnx_path: str | Path, cache_dir: str | Path | None = No
     """
     onnx_path = Path(onnx_path)
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(onnx_path)
-    key = current_key(onnx_path, precision, device_index)
+    key = current_key(onnx_path, precision, device_index, cache_dir)
     engine_path, meta_path = cache.engine_paths(cache_dir, onnx_path, key)
     if not force and cache.cached_engine(cache_dir, onnx_path, key) is not None:
         return engine_path, cache.read_metadata(meta_path), False
@@ -215,12 +206,15 @@ def get_or_build_engine(onnx_path: str | Path, cache_dir: str | Path | None = No
     log.info("building TensorRT engine %s (%s)", engine_path, "forced" if force else f"cache miss: {stale}")
     info = read_onnx_info(onnx_path)
     start = time.perf_counter()
+    typed = engine_path.with_name(engine_path.name.removesuffix(".engine") + f".{precision}.onnx")
     blob = build_serialized_engine(onnx_path, precision, workspace_gb,
                                    cache.timing_cache_path(cache_dir, key["tensorrt_version"], key["gpu_name"],
-                                                           tuple(key["compute_capability"])), report)
+                                                           tuple(key["compute_capability"])), report,
+                                   typed_onnx=typed if precision != "fp32" else None, device_index=device_index)
     seconds = time.perf_counter() - start
     cache.atomic_write_bytes(engine_path, blob)
     meta = cache.write_metadata(meta_path, key, onnx_path=str(onnx_path), build_seconds=round(seconds, 3),
                                 engine_bytes=len(blob), onnx_metadata=info.metadata_props(),
-                                workspace_gb=workspace_gb)
+                                workspace_gb=workspace_gb,
+                                typed_onnx=str(typed) if precision != "fp32" else None)
     return engine_path, meta, True

@@ -46,6 +46,10 @@ class TorchEngine(Engine):
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision fp16 needs a CUDA device (use fp32 or bf16 on CPU)")
         self.precision, self.source, self.symmetric = precision, source, symmetric
+        if precision == "fp32" and self.device.type == "cuda":
+            # an fp32 reference computes in FP32: no TF32 in matmuls or cuDNN convolutions (process-wide switches)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.model = model.eval().to(self.device)
         self.height, self.width = int(height or model.config.height), int(width or model.config.width)
         if self.height % model.config.patch_size or self.width % model.config.patch_size:
