@@ -31,6 +31,17 @@ fi
   "$VENV/bin/pip" install -q --disable-pip-version-check 'cuda-bindings==12.9.*' 2>&1 | { grep -v "^WARNING: Location" || true; }
 }
 
+# TensorRT 10.3 (JetPack 6) and 11.4 Python binding wheels, never installed (they need a GPU): test_tensorrt_api.py
+# checks every TensorRT name the backend uses against the names compiled into both (~2.4 MB, --no-deps).
+TRTW="$VENV/tensorrt-bindings"
+for v in 10.3.0 11.4.0.106; do
+  ls "$TRTW"/tensorrt_cu12_bindings-"$v"-*.whl >/dev/null 2>&1 || {
+    log "downloading tensorrt-cu12-bindings $v (API check only)"
+    "$VENV/bin/pip" download -q --disable-pip-version-check --no-deps -d "$TRTW" "tensorrt-cu12-bindings==$v" 2>&1 \
+      | { grep -v "^WARNING: Location" || true; } || log "could not download tensorrt-cu12-bindings $v (its API test skips)"
+  }
+done
+
 # 2. The wheels' exported CMake files hard-code the wheel builder's include dirs; point them at this venv.
 if [ ! -f "$VENV/.dpm_cmake_fixed" ]; then
   PYINC=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_path("include"))')

@@ -153,6 +153,41 @@ def test_every_method_on_tensorrt_objects_exists_in_stubs(stubs):
     assert not missing, f"not in TensorRT 10.13 API: {missing}"
 
 
+def _binding_names(version: str) -> set[str]:
+    """Identifiers compiled into the tensorrt-cu12-bindings wheel of ``version`` (its pybind11 module's strings,
+    plus the names its __init__.py defines), read from the wheel setup.sh downloads (never installed)."""
+    import re
+    import sys
+    import zipfile
+
+    wheels = sorted((Path(sys.prefix) / "tensorrt-bindings").glob(f"tensorrt_cu12_bindings-{version}-*.whl"))
+    if not wheels:
+        pytest.skip(f"tensorrt-cu12-bindings {version} wheel not downloaded (scripts/setup.sh does it)")
+    with zipfile.ZipFile(wheels[0]) as z:
+        blob = z.read("tensorrt_bindings/tensorrt.so")
+        init = z.read("tensorrt_bindings/__init__.py").decode()
+    names = {m.decode() for m in re.findall(rb"[A-Za-z_][A-Za-z0-9_]{1,}", blob)}
+    defined = {a or b for a, b in re.findall(r"^(?:def|class) (\w+)|^(\w+) *=", init, re.M)}
+    return names | defined
+
+
+@pytest.mark.parametrize("version", ["10.3.0", "11.4.0.106"])
+def test_every_tensorrt_name_exists_in_the_10_3_and_11_4_bindings(version):
+    """The supported range's ends: JetPack 6's TensorRT 10.3 and the 11.x line (strongly typed only)."""
+    names = _binding_names(version)
+    chains, uses = _uses()
+    used = {n for _, _, chain in chains for n in chain} | {attr for _, _, _, attr in uses}
+    assert len(used) >= 40
+    # enum members of 5 characters or fewer are inlined by the compiler, not stored as strings (checked by the
+    # 10.13 stubs test instead)
+    missing = sorted(n for n in used if n not in names and len(n) > 5)
+    assert not missing, f"not in TensorRT {version}'s Python bindings: {missing}"
+    if version.startswith("11."):  # the list we check against is real: 11 lacks what it says 11 removed
+        assert not {"platform_has_fast_fp16", "OBEY_PRECISION_CONSTRAINTS", "set_output_type"} & names
+    else:
+        assert {"platform_has_fast_fp16", "OBEY_PRECISION_CONSTRAINTS", "set_output_type"} <= names
+
+
 def test_nothing_removed_in_tensorrt_11_is_used():
     """Defect 1: TensorRT 11 removed the weakly typed precision API; using any of it is an AttributeError there."""
     used = []
