@@ -8,7 +8,8 @@ HELP = "build a TensorRT engine from an ONNX file (needs an NVIDIA GPU)"
 def add_arguments(parser) -> None:
     parser.add_argument("--onnx", required=True, help="exported model, e.g. engines/dpm_small.onnx")
     parser.add_argument("--precision", choices=("fp16", "bf16", "fp32"), default="fp16",
-                        help="engine precision (default fp16; softmax/normalisation/attention logits stay FP32)")
+                        help="engine precision (default fp16: a strongly typed network whose head tail and norm "
+                             "reductions stay FP32; bf16 needs sm_80+)")
     parser.add_argument("--fp16", dest="precision", action="store_const", const="fp16", help="same as --precision fp16")
     parser.add_argument("--workspace", type=float, default=None, metavar="GB",
                         help="TensorRT workspace memory limit in GiB (default: TensorRT's, the whole GPU)")
