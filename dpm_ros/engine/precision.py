@@ -96,11 +96,27 @@ def fp32_island_nodes(graph) -> set[int]:
     return head_tail_nodes(graph) | norm_reduction_nodes(graph)
 
 
+def _skeleton(model, min_bytes: int = 1 << 16):
+    """A copy of ``model`` whose large initializers are marked external and hold no bytes: enough for type
+    inference and the checker, and below protobuf's 2 GB limit for models with weights above it."""
+    import onnx
+
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(model)
+    for t in skeleton.graph.initializer:
+        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.raw_data) >= min_bytes:
+            t.ClearField("raw_data")
+            t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
+            t.external_data.add(key="location", value="skeleton.bin")
+    return skeleton
+
+
 def _float_types(model) -> dict[str, int]:
     """Element type of every tensor of ``model`` (shape inference; initializers and graph I/O included)."""
     import onnx
 
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
     g = inferred.graph
     types = {vi.name: vi.type.tensor_type.elem_type for vi in list(g.value_info) + list(g.input) + list(g.output)}
     types.update({t.name: t.data_type for t in g.initializer})
@@ -222,8 +238,9 @@ def convert_precision(model, precision: str = "fp16", islands: set[int] | None =
     del g.node[:]
     g.node.extend(nodes)
     del g.value_info[:]  # stale element types; re-inferred below
-    onnx.checker.check_model(model)
-    onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    if model.ByteSize() < (1 << 31) - (64 << 20):  # the checker reads external data files: whole models only
+        onnx.checker.check_model(model)
+    onnx.shape_inference.infer_shapes(_skeleton(model), check_type=True, strict_mode=True)
     log.info("%s ONNX: %d of %d nodes in FP32 islands, %d casts", precision, len(islands), len(nodes), len(casts))
     return model
 
