@@ -57,6 +57,15 @@ def test_supported_tensorrt_versions(version, ok):
         assert version in problem or "cannot read" in problem
 
 
+def test_bf16_is_refused_before_ampere():
+    from dpm_ros.engine.tensorrt_build import precision_problem
+
+    assert precision_problem("bf16", (8, 7)) is None and precision_problem("bf16", (9, 0)) is None
+    assert "sm_75: use fp16" in precision_problem("bf16", (7, 5))   # Turing (T4)
+    assert precision_problem("fp16", (7, 5)) is None and precision_problem("fp32", (6, 1)) is None
+    assert "must be fp32, fp16 or bf16" in precision_problem("int8", (9, 0))
+
+
 def _fake_tensorrt(monkeypatch, version: str, **attrs):
     """Install a stand-in ``tensorrt`` module (this machine has only the stubs): the code under test is ours."""
     module = types.ModuleType("tensorrt")

@@ -122,7 +122,7 @@ class TorchDevice(CudaDevice):
         self._stream = torch.cuda.Stream(self.device)
         self.stream_handle = self._stream.cuda_stream
         self._event = torch.cuda.Event(blocking=True)  # cudaEventBlockingSync: the waiting thread sleeps
-        self._keep = []  # pinned tensors behind the numpy views handed out
+        self._pinned = {}  # address -> the pinned torch tensor behind a numpy view handed out
 
     def device_buffer(self, shape, dtype):
         t = self._torch.empty(tuple(shape), dtype=self._torch.from_numpy(np.empty(0, dtype)).dtype, device=self.device)
@@ -131,16 +131,21 @@ class TorchDevice(CudaDevice):
 
     def pinned(self, shape, dtype):
         t = self._torch.empty(tuple(shape), dtype=self._torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
-        self._keep.append(t)
+        self._pinned[t.data_ptr()] = t
         return t.numpy()
+
+    def _host_tensor(self, host: np.ndarray):
+        """The pinned tensor behind ``host`` (so copies are asynchronous DMA), else a plain view of it."""
+        t = self._pinned.get(host.ctypes.data)
+        return t if t is not None and t.numel() == host.size else self._torch.from_numpy(host)
 
     def h2d(self, device_buffer, host):
         with self._torch.cuda.stream(self._stream):
-            device_buffer.copy_(self._torch.from_numpy(host), non_blocking=True)
+            device_buffer.copy_(self._host_tensor(host), non_blocking=True)
 
     def d2h(self, host, device_buffer):
         with self._torch.cuda.stream(self._stream):
-            self._torch.from_numpy(host).copy_(device_buffer, non_blocking=True)
+            self._host_tensor(host).copy_(device_buffer, non_blocking=True)
 
     def wait(self):
         self._event.record(self._stream)
@@ -148,7 +153,7 @@ class TorchDevice(CudaDevice):
 
     def capture(self, enqueue):
         graph = self._torch.cuda.CUDAGraph()
-        with self._torch.cuda.graph(graph, stream=self._stream):
+        with self._torch.cuda.graph(graph, stream=self._stream, capture_error_mode="thread_local"):
             enqueue()
         return graph
 

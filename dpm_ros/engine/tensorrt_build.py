@@ -65,6 +65,16 @@ def tensorrt_unavailable_reason() -> str | None:
     return cuda_unavailable_reason()
 
 
+def precision_problem(precision: str, capability: tuple[int, int]) -> str | None:
+    """None when an engine of ``precision`` can be built for a GPU of compute ``capability``, else why not."""
+    if precision not in ("fp32", "fp16", "bf16"):
+        return f"precision must be fp32, fp16 or bf16, got {precision!r}"
+    if precision == "bf16" and tuple(capability) < (8, 0):
+        return (f"bf16 needs a GPU of compute capability 8.0 or newer (Ampere); this one is "
+                f"sm_{capability[0]}{capability[1]}: use fp16")
+    return None
+
+
 def import_tensorrt():
     """The tensorrt module, or RuntimeError saying why it cannot run here."""
     reason = tensorrt_unavailable_reason()
@@ -135,13 +145,13 @@ def build_serialized_engine(onnx_path: str | Path, precision: str = "fp16", work
     Raises ValueError naming the file when TensorRT cannot parse it or for a precision this GPU lacks (BF16 before
     sm_80), RuntimeError when the build fails.
     """
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise ValueError(f"precision must be fp32, fp16 or bf16, got {precision!r}")
-    trt = import_tensorrt()
     onnx_path = Path(onnx_path)
-    if precision == "bf16" and device_props(device_index).capability < (8, 0):
-        raise ValueError(f"{onnx_path}: bf16 needs a GPU with compute capability 8.0 or newer (Ampere); this one is "
-                         f"sm_{''.join(map(str, device_props(device_index).capability))}; use fp16")
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise ValueError(f"{onnx_path}: {precision_problem(precision, (0, 0))}")
+    trt = import_tensorrt()
+    problem = precision_problem(precision, device_props(device_index).capability)
+    if problem:
+        raise ValueError(f"{onnx_path}: {problem}")
     source = onnx_path
     if precision != "fp32":
         source = reduced_precision_onnx(onnx_path, precision,
