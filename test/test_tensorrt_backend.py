@@ -82,11 +82,13 @@ def test_unavailable_reason_checks_the_major_version_before_the_gpu(monkeypatch)
     assert "newer than this backend knows" in tensorrt_unavailable_reason()
     _fake_tensorrt(monkeypatch, "10.0.1.6")
     assert "too old" in tensorrt_unavailable_reason()
-    _fake_tensorrt(monkeypatch, "11.1.0")  # supported: now the GPU decides (none here)
-    reason = tensorrt_unavailable_reason()
-    assert reason is not None and "CUDA" in reason
-    with pytest.raises(RuntimeError, match="TensorRT backend unavailable"):
+    _fake_tensorrt(monkeypatch, "11.1.0")  # supported: now the GPU decides
+    monkeypatch.setattr(tensorrt_build, "cuda_unavailable_reason", lambda: "no CUDA GPU (simulated)")
+    assert tensorrt_unavailable_reason() == "no CUDA GPU (simulated)"
+    with pytest.raises(RuntimeError, match="TensorRT backend unavailable: no CUDA GPU"):
         tensorrt_build.import_tensorrt()
+    monkeypatch.setattr(tensorrt_build, "cuda_unavailable_reason", lambda: None)
+    assert tensorrt_unavailable_reason() is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="torch has CUDA here: the no-CUDA reasons cannot be seen")
