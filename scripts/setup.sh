@@ -75,4 +75,20 @@ fi
 # 4. dpm_ros itself (messages + Python + executables + share/).
 cmake_install dpm_ros "$ROOT"
 "$VENV/bin/python" -c 'import dpm_ros.msg, dpm_ros.cli' || { log "dpm_ros did not install"; exit 1; }
+
+# 5. The real ROS 2 Python tools (launch, launch_ros, launch_testing, ros2cli, sensor_msgs_py) where the vendored
+#    sources sit beside this clone (../shared/ros/vendor; DPM_ROS_VENDOR overrides). Not on PyPI (and PyPI's
+#    `launch` is an unrelated package): without them the tests that need them skip, saying why. Re-installed only
+#    when the vendored sources change (stamp = hash of their MANIFEST + installer).
+VENDOR=${DPM_ROS_VENDOR:-$ROOT/../shared/ros/vendor}
+if [ -x "$VENDOR/install_ros_tools.sh" ]; then
+  vendor_hash=$(cat "$VENDOR/MANIFEST.txt" "$VENDOR/install_ros_tools.sh" | sha256sum | cut -c1-16)
+  if [ "$(cat "$VENV/.dpm_ros_tools" 2>/dev/null)" != "$vendor_hash" ] \
+     || ! "$VENV/bin/python" -c 'import launch_ros, launch_testing, ros2cli, sensor_msgs_py' 2>/dev/null; then
+    log "installing the vendored ROS 2 tools (launch, launch_testing, ros2cli, sensor_msgs_py) from $VENDOR"
+    BUILD_DIR="$BUILD/ros_tools" "$VENDOR/install_ros_tools.sh" "$VENV" > "$BUILD/ros_tools.log" 2>&1 \
+      || { cat "$BUILD/ros_tools.log"; exit 1; }
+    echo "$vendor_hash" > "$VENV/.dpm_ros_tools"
+  fi
+fi
 log "ready in $(( $(date +%s) - t0 )) s: $VENV"
