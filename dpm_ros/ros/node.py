@@ -8,6 +8,7 @@ mm, same stamps as the images); ``scale_source`` fixed / chain need no extra top
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -40,6 +41,10 @@ except ImportError:  # pragma: no cover
 OUTPUT_TYPES = {"dpm/points": "PointCloud2", "dpm/motion_mask": "Image", "dpm/object_labels": "Image",
                 "dpm/depth": "Image", "dpm/camera_info": "CameraInfo", "dpm/objects": "ObjectMotionArray",
                 "dpm/objects/markers": "MarkerArray"}
+
+
+NO_INPUT_WARN_S = 4.0     # console warning when no image arrived this long after start ...
+NO_INPUT_REPEAT_S = 20.0  # ... repeated at most this often while none arrives
 
 
 def _input_qos(p: dict) -> QoSProfile:
@@ -97,6 +102,8 @@ class DpmNode(Node):
             self.depth_topic = self.resolve_topic_name(self.p["depth_topic"])
             self.create_subscription(Image, self.p["depth_topic"], self._on_depth, qos)
         self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
+        self._started = time.monotonic()
+        self.create_timer(1.0, self._check_input_arrives)
 
         self._worker = threading.Thread(target=self._work, name="dpm_worker", daemon=True)
         self._worker.start()
@@ -233,6 +240,29 @@ class DpmNode(Node):
             return self.odom_pub
         return self.pubs[topic]
 
+    def _check_input_arrives(self) -> None:
+        """No image NO_INPUT_WARN_S after start: say so on the console (every NO_INPUT_REPEAT_S), naming the resolved
+        input topic and the image topics that do exist in the graph."""
+        waited = time.monotonic() - self._started
+        if self.health.input_rate.total or waited < NO_INPUT_WARN_S:
+            return
+        wanted = "sensor_msgs/msg/CompressedImage" if self.p["image_transport"] == "compressed" else \
+            "sensor_msgs/msg/Image"
+        found = sorted((name for name, types in self.get_topic_names_and_types()   # not a dpm node's outputs
+                        if wanted in types and name != self.input_topic and "/dpm/" not in name + "/"),
+                       key=lambda n: ("depth" in n or "label" in n or "mask" in n, "image" not in n, n))
+        publishers = self.count_publishers(self.input_topic)
+        if publishers:
+            hint = (f"; it has {publishers} publisher(s): check their QoS against qos_reliability="
+                    f"{self.p['qos_reliability']} / qos_durability={self.p['qos_durability']}")
+        elif found:
+            guess = found[0].removesuffix("/compressed") if wanted.endswith("CompressedImage") else found[0]
+            hint = f"; image topics in the graph: {', '.join(found)} (did you mean -r image:={guess} ?)"
+        else:
+            hint = f"; no {wanted.split('/')[-1]} topic exists in the graph (is the camera driver running?)"
+        self._warn_throttled("no_input", f"no image received on {self.input_topic} after {waited:.0f} s{hint}",
+                             period=NO_INPUT_REPEAT_S)
+
     # --- diagnostics and shutdown ---------------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
@@ -260,8 +290,19 @@ class DpmNode(Node):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """Entry point of the ``dpm_node`` executable: spin until Ctrl-C or shutdown."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    """Spin ``DpmNode`` until Ctrl-C or shutdown (the ``dpm_node`` executable enters through ``node_help.main``)."""
+    from dpm_ros.ros.node_help import help_text, wants_help
+
+    argv = list(argv if argv is not None else sys.argv)
+    if wants_help(argv):
+        print(help_text())
+        return 0
+    try:
+        rclpy.init(args=argv)
+    except Exception as exc:  # e.g. UnknownROSArgsError: one line, not a traceback
+        what = "unknown ROS arguments" if type(exc).__name__ == "UnknownROSArgsError" else type(exc).__name__
+        print(f"dpm_node: error: {what}: {exc} (dpm_node --help lists the topics and parameters)", file=sys.stderr)
+        return 2
     limit_openblas_threads(1)   # geometry's small BLAS calls on the worker thread; the network has its own pool
     node = None
     code = 0
@@ -278,6 +319,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"dpm_node: error: {exc}", file=sys.stderr)
         code = 1
     finally:
+        # Ctrl-C in a terminal running `ros2 launch` reaches the node twice: from the terminal (the whole process
+        # group) and from launch, which forwards it. A second SIGINT during clean-up must not turn a clean exit into
+        # a KeyboardInterrupt traceback (exit -2); SIGTERM/SIGKILL still end a clean-up that hangs.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
