@@ -216,11 +216,39 @@ def open_bag(path: str | Path):
     return reader
 
 
+def register_bag_types(reader, connections=None) -> None:
+    """Add to ``typestore()`` every message type of ``connections`` (default: all of the bag's) that it lacks, from
+    the definitions stored in the bag (MCAP schemas / rosbag2 metadata), so our own ``dpm_ros/msg/*`` and any
+    custom type deserialise. ValueError naming the topic when a bag stores no definition for an unknown type."""
+    from rosbags.typesys import get_types_from_msg
+
+    store = typestore()
+    added: dict = {}
+    for conn in connections if connections is not None else reader.connections:
+        if conn.msgtype in store.fielddefs or conn.msgtype in added:
+            continue
+        msgdef = getattr(conn, "msgdef", None)
+        text = getattr(msgdef, "data", msgdef) if msgdef is not None else ""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"topic {conn.topic}: type {conn.msgtype} is not a standard ROS 2 type and the bag "
+                             "stores no definition for it")
+        try:
+            types = get_types_from_msg(text, conn.msgtype)
+        except Exception as exc:
+            raise ValueError(f"topic {conn.topic}: the bag's definition of {conn.msgtype} cannot be parsed: "
+                             f"{exc}") from None
+        added.update({name: fields for name, fields in types.items() if name not in store.fielddefs})
+    if added:
+        store.register(added)
+
+
 def read_messages(path: str | Path, topics: list[str]) -> Iterator[tuple[str, int, object]]:
-    """(topic, bag timestamp ns, deserialised message) for ``topics``, in bag order."""
+    """(topic, bag timestamp ns, deserialised message) for ``topics``, in bag order. Types outside the ROS 2
+    typestore (``dpm_ros/msg/ObjectMotionArray``, ...) are read with the definitions stored in the bag."""
     reader = open_bag(path)
     try:
         conns = [c for c in reader.connections if c.topic in topics]
+        register_bag_types(reader, conns)
         for conn, ns, raw in reader.messages(connections=conns):
             yield conn.topic, ns, typestore().deserialize_cdr(raw, conn.msgtype)
     finally:
