@@ -21,11 +21,14 @@ SUBCOMMANDS = {
     "play": "publish a rosbag2 over DDS with its original timing",
     "record": "record topics over DDS into an MCAP bag",
     "soak": "drive the node with a synthetic stream and log memory, latency and drops",
+    "import": "images (folder, glob, TUM rgb.txt) or a video → a rosbag2 MCAP for dpm play / replay",
 }
+# subcommands whose module name differs from the command ('import' is a Python keyword)
+MODULES = {"import": "import_bag"}
 
 
 def _module_name(command: str) -> str:
-    return "dpm_ros.commands." + command.replace("-", "_")
+    return "dpm_ros.commands." + MODULES.get(command, command.replace("-", "_"))
 
 
 def available_commands() -> dict[str, str]:
