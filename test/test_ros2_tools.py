@@ -131,7 +131,7 @@ def test_points_arrive_with_the_launch_arguments(live):
     pts = point_cloud2.read_points(pc, skip_nans=False).reshape(pc.height, pc.width)   # (see test_cloud_reader)
     assert pts.dtype.names == ("x", "y", "z", "rgb", "confidence", "label", "vx", "vy", "vz")
     assert np.isfinite(pts["z"]).mean() > 0.5 and np.nanmin(pts["z"]) > 0
-    assert "oracle" in live.launch_log.read_text()
+    assert "engine oracle on cpu" in live.launch_log.read_text()   # engine:= (the params file says the ONNX model)
 
 
 def test_ros2_node_info_lists_the_remapped_topics(live):
@@ -155,14 +155,12 @@ def test_ros2_param_get_and_set_at_runtime(live):
 
     r = param("get", "/dpm_node", "eps_rel")
     assert r.returncode == 0 and "Double value is: 0.03" in r.stdout, r.stdout + r.stderr   # from the params file
-    r = param("get", "/dpm_node", "engine")
-    assert f"oracle:{live.synth}" in r.stdout, r.stdout + r.stderr                           # from engine:=
     r = param("set", "/dpm_node", "eps_rel", "0.05")
     assert r.returncode == 0 and "Set parameter successful" in r.stdout, r.stdout + r.stderr
     r = param("set", "/dpm_node", "eps_rel", "5.0")   # range 0..1: refused
-    assert "Set parameter successful" not in r.stdout and "failed" in (r.stdout + r.stderr).lower(), r.stdout
+    assert "Setting parameter failed" in r.stderr and "out of range" in r.stderr, r.stdout + r.stderr
     r = param("set", "/dpm_node", "cloud_stride", "4")  # read-only after start
-    assert "Set parameter successful" not in r.stdout, r.stdout
+    assert "Setting parameter failed" in r.stderr and "read-only" in r.stderr, r.stdout + r.stderr
     r = param("get", "/dpm_node", "eps_rel")
     assert "Double value is: 0.05" in r.stdout, r.stdout
 
