@@ -145,3 +145,62 @@ def test_launch_description_runs_with_launch_ros(tmp_path):
     assert result.get("connected") and result.get("output"), result
     assert result["cloud"] == (48, 64, "camera_optical")
     assert code == 0
+
+
+def test_ros2_launch_show_args_and_rviz_argument():
+    """The real ``ros2 launch`` loads the installed launch file and lists every argument; rviz:=true adds rviz2 with
+    config/dpm.rviz, false (the default) does not."""
+    import os
+    import subprocess
+
+    import ros_tools
+
+    ros_tools.require()
+    from launch import LaunchContext
+
+    r = subprocess.run([ros_tools.tool("ros2"), "launch", "dpm_ros", "dpm.launch.py", "--show-args"],
+                       capture_output=True, text=True, timeout=60, env=os.environ.copy())
+    assert r.returncode == 0, r.stderr
+    mod = load_launch_module()
+    for name, (default, _) in mod.LAUNCH_ARGUMENTS.items():
+        assert f"'{name}':" in r.stdout, (name, r.stdout)
+    for rviz, expected in (("true", ["dpm_node", "rviz2"]), ("false", ["dpm_node"])):
+        ctx = LaunchContext()
+        ctx.launch_configurations.update({k: d for k, (d, _) in mod.LAUNCH_ARGUMENTS.items()}, rviz=rviz)
+        nodes = mod._launch_setup(ctx)
+        assert [n.node_executable for n in nodes] == expected
+    spec = mod.rviz_spec()
+    assert spec["arguments"][0] == "-d" and Path(spec["arguments"][1]).name == "dpm.rviz"
+    assert Path(spec["arguments"][1]).is_file()
+
+
+def test_rviz_and_foxglove_configs_show_what_the_node_publishes():
+    """config/dpm.rviz and config/foxglove_layout.json parse and every topic they show is one the node publishes (a
+    renamed output would leave an empty pane)."""
+    import json
+
+    from dpm_ros.ros.node import OUTPUT_TYPES
+
+    published = {"/" + t for t in OUTPUT_TYPES} | {"/dpm/odometry", "/tf", "/diagnostics"}
+    rviz = yaml.safe_load((ROOT / "config" / "dpm.rviz").read_text())
+    displays = rviz["Visualization Manager"]["Displays"]
+    topics = {d["Topic"]["Value"] for d in displays if "Topic" in d}
+    assert topics and topics <= published, topics - published
+    by_class = {d["Class"].split("/")[-1]: d for d in displays}
+    assert {"PointCloud2", "Image", "MarkerArray", "Odometry", "TF"} <= set(by_class)
+    cloud = next(d for d in displays if d["Class"].endswith("PointCloud2") and d["Enabled"])
+    assert (cloud["Topic"]["Value"], cloud["Color Transformer"], cloud["Channel Name"]) == (
+        "/dpm/points", "Intensity", "label")
+    assert rviz["Visualization Manager"]["Global Options"]["Fixed Frame"] == "odom"
+
+    fox = json.loads((ROOT / "config" / "foxglove_layout.json").read_text())
+    shown = set(fox["configById"]["3D!dpm"]["topics"])
+    for key, cfg in fox["configById"].items():
+        if key.startswith("Image!") and "imageTopic" in cfg.get("imageMode", {}):
+            shown.add(cfg["imageMode"]["imageTopic"])
+        for path in cfg.get("paths", []):
+            shown.add(path["value"].split(".")[0])
+        if "topicPath" in cfg:
+            shown.add(cfg["topicPath"].split(".")[0])
+    assert (shown - {"/camera/image_raw"}) <= published, shown - published
+    assert fox["configById"]["3D!dpm"]["topics"]["/dpm/points"]["colorField"] == "label"
