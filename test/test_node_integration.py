@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-pytest.importorskip("dpm_ros.pipeline", reason="dpm_ros.pipeline (geometry engineer) not present yet")
-pytest.importorskip("dpm_ros.engine.oracle", reason="dpm_ros.engine.oracle (synthetic engineer) not present yet")
+import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
+import dpm_ros.engine.oracle  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402

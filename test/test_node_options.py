@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-pytest.importorskip("dpm_ros.pipeline", reason="dpm_ros.pipeline (geometry engineer) not present yet")
+import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
