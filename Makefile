@@ -11,7 +11,8 @@ demo: setup
 test: setup
 	@scripts/test.sh
 
-# Curated mutation check: each planted bug of scripts/mutants.toml must make its tests fail (scratch copy, ~3 min).
+# Curated mutation check: each planted bug of scripts/mutants.toml must make its tests fail (scratch copy; 3.9 min
+# on 2 loaded cores).
 mutate: setup
 	@$(VENV)/bin/python scripts/mutate.py
 
