@@ -1,5 +1,5 @@
 # The two commands of README's first screen. Both set up everything first (scripts/setup.sh is idempotent).
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test mutate bench clean
 VENV ?= .venv
 
 setup:
@@ -10,6 +10,11 @@ demo: setup
 
 test: setup
 	@scripts/test.sh
+
+# Curated mutation check: each planted bug of scripts/mutants.toml must make its tests fail (scratch copy; 3.9 min
+# on 2 loaded cores).
+mutate: setup
+	@$(VENV)/bin/python scripts/mutate.py
 
 bench: setup
 	@bash -c '. scripts/ros_env.sh && $(VENV)/bin/dpm bench geometry && $(VENV)/bin/dpm bench engine'

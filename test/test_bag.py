@@ -45,6 +45,11 @@ def test_sequence_round_trip(tmp_path, seq, storage, name):
     info = bag.read_synth_info(path)
     again = SyntheticSequence(**info["params"], renderer="numpy")
     np.testing.assert_array_equal(again.frame(3)["image"], seq.frame(3)["image"])
+    # the raw Image fields a consumer (cv_bridge, RViz, Foxglove) trusts: row step in bytes, encoding, endianness
+    for topic, enc, bpp in ((bag.IMAGE_TOPIC, "rgb8", 3), (bag.DEPTH_TOPIC, "32FC1", 4)):
+        msg = next(m for _, _, m in bag.read_messages(path, [topic]))
+        assert (msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian) == (enc, 24, 32, 32 * bpp, 0)
+        assert len(msg.data) == 24 * 32 * bpp
 
 
 def test_schemas_are_stored_for_foxglove(tmp_path, seq):

@@ -149,7 +149,6 @@ def test_torch_backend_from_saved_weights_and_bf16_autocast_keeps_heads_fp32(tin
         TorchEngine(model, precision="fp16")
 
 
-@pytest.mark.skipif(not SHIPPED.is_file(), reason=f"shipped weights {SHIPPED} not present yet")
 def test_onnxruntime_matches_torch_on_the_shipped_model(tmp_path):
     model = load_model(SHIPPED)
     path = tmp_path / "dpm_small.onnx"

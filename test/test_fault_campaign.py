@@ -17,7 +17,7 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("dpm_ros.engine.oracle", reason="dpm_ros.engine.oracle not present yet")
+import dpm_ros.engine.oracle  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
 import cv2  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
@@ -74,6 +74,11 @@ def corrupt_compressed(png: bytes, k: int) -> CompressedImage:
     data = [rng.integers(0, 256, 2000, dtype=np.uint8).tobytes(), png[: len(png) // 3], b"",
             b"\xff\xd8\xff\xe0" + rng.integers(0, 256, 500, dtype=np.uint8).tobytes()][k % 4]
     return CompressedImage(header=header(T0 + 50 + k), format=("png", "png", "png", "jpeg")[k % 4], data=data)
+
+
+def n_diag(probe: Probe, node_name: str) -> int:
+    """How many /diagnostics arrays of ``node_name`` the probe has received."""
+    return sum(any(st.name.startswith(node_name + ":") for st in arr.status) for arr in probe.got("diagnostics"))
 
 
 def diag_of(probe: Probe, node_name: str) -> dict:
@@ -199,7 +204,10 @@ def campaign(tmp_path_factory):
                     time.sleep(0.5)
             for i in range(N0, N0 + 3):                  # (frame N0 has no partner: its stamp jumped by LATE)
                 send_b(i, expect=i > N0)
-            time.sleep(1.5)                              # a last /diagnostics from both
+            # two more /diagnostics from each node (period 0.5 s) after the last input: counters final
+            base_a, base_b = n_diag(probe_a, "dpm_node"), n_diag(probe_b, "dpm_node_compressed")
+            assert probe_a.wait_for(lambda: n_diag(probe_a, "dpm_node") >= base_a + 2
+                                    and n_diag(probe_b, "dpm_node_compressed") >= base_b + 2, 60)
             res["alive"] = (node_a.alive(), node_b.alive())
             res["diag_a"], res["diag_b"] = diag_of(probe_a, "dpm_node"), diag_of(probe_b, "dpm_node_compressed")
             res["param_results"] = set_parameters(probe_a)

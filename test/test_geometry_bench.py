@@ -3,6 +3,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from dpm_ros.benchmarks import time_call
 
 
@@ -34,7 +36,19 @@ def test_bench_rejects_bad_arguments():
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
 
 
-def test_time_call_statistics():
-    calls = []
-    r = time_call(lambda: calls.append(1), repeats=7, warmup=3)
-    assert len(calls) == 10 and r["n"] == 7 and 0 <= r["min_ms"] <= r["median_ms"] <= r["p95_ms"]
+def test_time_call_statistics(monkeypatch):
+    """Known call durations through a fake clock: 5, 1, 7, 3, 2, 6, 4 ms (the warm-up calls are not timed)."""
+    import dpm_ros.benchmarks as bench
+    calls, durations = [], iter([5.0, 1.0, 7.0, 3.0, 2.0, 6.0, 4.0])
+    clock = {"t": 100.0}
+
+    def fn():
+        calls.append(1)
+        if len(calls) > 3:                                   # a timed call: advance the fake clock by its duration
+            clock["t"] += next(durations) / 1000.0
+
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock["t"])
+    r = time_call(fn, repeats=7, warmup=3)
+    assert len(calls) == 10 and r["n"] == 7
+    assert (r["min_ms"], r["median_ms"]) == (pytest.approx(1.0), pytest.approx(4.0))
+    assert r["p95_ms"] == pytest.approx(6.7)                 # numpy's linear percentile of 1..7 at 95 %

@@ -142,6 +142,60 @@ def test_umeyama_planar_points_give_a_rotation():
     assert np.linalg.det(r) == pytest.approx(1.0) and rotation_angle_deg(r.T @ rot) < 1e-8
 
 
+def test_umeyama_reflection_guard_planar_points_known_rotation():
+    """Planar points leave the third singular vector's sign to the SVD: without Umeyama's det guard about half of
+    these fits come out as a reflection (det −1). Every one must be the true rotation (known) and translation."""
+    rng = np.random.default_rng(40)
+    unguarded_would_reflect = 0
+    for _ in range(40):
+        src = np.c_[rng.normal(size=(30, 2)) * [2.0, 0.5], np.zeros(30)] @ Rotation.random(
+            random_state=rng.integers(1 << 31)).as_matrix().T          # a plane through the origin, any orientation
+        rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
+        t = rng.normal(size=3)
+        dst = src @ rot.T + t
+        r, tt, s = umeyama(src, dst)
+        assert np.linalg.det(r) == pytest.approx(1.0, abs=1e-9)
+        assert rotation_angle_deg(r.T @ rot) < 1e-6 and np.allclose(tt, t, atol=1e-9) and s == 1.0
+        u, _, vt = np.linalg.svd((dst - dst.mean(0)).T @ (src - src.mean(0)))
+        unguarded_would_reflect += np.linalg.det(u) * np.linalg.det(vt) < 0
+    assert unguarded_would_reflect >= 5                          # the cases above really exercise the guard
+
+
+def test_umeyama_sim3_scale_is_least_squares_when_best_fit_is_a_reflection():
+    """dst a mirror image of a flat slab: the best orthogonal fit is a reflection, so the proper rotation must flip
+    the weakest axis (e₃ = −1), and the scale is then the least-squares scale for that rotation,
+    s = Σ⟨dst_c, R src_c⟩ / Σ‖src_c‖² (Umeyama's (d·e)/σ², not Σd/σ²)."""
+    rng = np.random.default_rng(41)
+    src = rng.normal(size=(200, 3)) * [3.0, 2.0, 0.3]
+    mirror = np.diag([1.0, 1.0, -1.0])
+    rot0 = Rotation.from_rotvec([0.2, -0.1, 0.3]).as_matrix()
+    dst = 1.7 * src @ (rot0 @ mirror).T + [1.0, 2.0, 3.0]
+    r, tt, s = umeyama(src, dst, with_scale=True)
+    assert np.linalg.det(r) == pytest.approx(1.0, abs=1e-9)
+    sc, dc = src - src.mean(0), dst - dst.mean(0)
+    s_ls = float(np.sum(dc * (sc @ r.T)) / np.sum(sc ** 2))
+    assert s == pytest.approx(s_ls, rel=1e-9)
+    # the flipped thin axis costs scale: 1.7·(9 + 4 − 0.09)/(9 + 4 + 0.09) ≈ 1.677 in expectation (measured 1.6786)
+    assert 1.66 < s < 1.69
+    np.testing.assert_allclose(tt, dst.mean(0) - s * r @ src.mean(0), atol=1e-9)
+
+
+def test_ransac_minimal_hypotheses_are_rotations():
+    """RANSAC's 3-point samples are always planar: every batched minimal fit must be the true rotation, never a
+    reflection."""
+    from dpm_ros.geometry.procrustes import _batched_minimal_umeyama
+    rng = np.random.default_rng(42)
+    k = 64
+    src = rng.normal(size=(k, 3, 3))
+    rot = Rotation.random(k, random_state=43).as_matrix()
+    t = rng.normal(size=(k, 3))
+    dst = np.einsum("kij,knj->kni", rot, src) + t[:, None]
+    r, tt, s = _batched_minimal_umeyama(src, dst, with_scale=False)
+    np.testing.assert_allclose(np.linalg.det(r), 1.0, atol=1e-9)
+    assert rotation_angle_deg(np.einsum("kji,kjl->kil", r, rot)).max() < 1e-6
+    np.testing.assert_allclose(tt, t, atol=1e-9)
+
+
 def test_umeyama_ransac_with_20_percent_gross_outliers():
     rng = np.random.default_rng(5)
     src = rng.normal(size=(2000, 3)) * 3

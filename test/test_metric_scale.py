@@ -15,12 +15,13 @@ import pytest
 
 from test_play_record import dpm, finish, read_bag
 
+import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
+
 FRAMES, HEIGHT, WIDTH, FPS, T0 = 51, 48, 64, 10.0, 1.0
 
 
 @pytest.fixture(scope="module")
 def synth_bag(tmp_path_factory):
-    pytest.importorskip("dpm_ros.pipeline")
     path = tmp_path_factory.mktemp("scale") / "seq.mcap"
     rc, err = finish(dpm("synth", "--out", path, "--frames", FRAMES, "--height", HEIGHT, "--width", WIDTH,
                          "--fps", FPS, "--t0", T0, "--seed", 4, "--objects", 2, "--renderer", "numpy"), timeout=120)

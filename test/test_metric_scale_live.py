@@ -12,6 +12,8 @@ from test_metric_scale import depth_16uc1_mm, pair_length_ratios, rewrite_bag, t
 from test_play_record import dpm, finish, read_bag
 from test_replay_live import run_live_node
 
+import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
+
 FRAMES, HEIGHT, WIDTH, FPS, T0 = 10, 48, 64, 10.0, 1.0
 TOPICS = {"/tf": "tf2_msgs/msg/TFMessage", "/dpm/objects": "dpm_ros/msg/ObjectMotionArray"}
 PARAMS = ["-p", "camera_info_sync:=latest", "-p", "scale_source:=depth", "-p", "depth_topic:=/gt/depth",
@@ -20,7 +22,6 @@ PARAMS = ["-p", "camera_info_sync:=latest", "-p", "scale_source:=depth", "-p", "
 
 @pytest.fixture(scope="module")
 def bags(tmp_path_factory):
-    pytest.importorskip("dpm_ros.pipeline")
     tmp = tmp_path_factory.mktemp("scale_live")
     rc, err = finish(dpm("synth", "--out", tmp / "seq.mcap", "--frames", FRAMES, "--height", HEIGHT, "--width",
                          WIDTH, "--fps", FPS, "--t0", T0, "--seed", 6, "--objects", 1, "--renderer", "numpy"),

@@ -24,8 +24,7 @@ FRAMES, SIZE = 51, 96
 
 @pytest.fixture(scope="module")
 def synth_bag(tmp_path_factory):
-    if not MODEL.is_file():
-        pytest.skip(f"{MODEL} not present")
+    assert MODEL.is_file(), f"the shipped model {MODEL} is missing"
     path = tmp_path_factory.mktemp("scale_model") / "seq.mcap"
     rc, err = finish(dpm("synth", "--out", path, "--frames", FRAMES, "--height", SIZE, "--width", SIZE,
                          "--seed", 4, "--objects", 2, "--renderer", "numpy"), timeout=120)

@@ -3,14 +3,12 @@ of the base, REP 105), runtime parameters (thresholds change, structural ones ar
 and the default SensorDataQoS (best-effort) subscription."""
 from __future__ import annotations
 
-import time
-
 import cv2
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
-pytest.importorskip("dpm_ros.pipeline", reason="dpm_ros.pipeline (geometry engineer) not present yet")
+import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
@@ -87,7 +85,8 @@ def run(tmp_path_factory):
             out["set_tf_off"] = set_params(probe, publish_tf=False)
             send(4)
             send(5)
-            time.sleep(1.0)
+            n = len(probe.got("diagnostics"))          # two more /diagnostics (period 0.5 s) before reading the log
+            assert probe.wait_for(lambda: len(probe.got("diagnostics")) >= n + 2, 30), proc.log()
             out["log"] = proc.log()
             yield out
         finally:

@@ -221,9 +221,26 @@ def test_user_errors_are_reported_without_a_traceback(source_bag, tmp_path):
 
 
 def test_loop_plays_again_until_sigterm(source_bag):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from dpm_ros.ros.harness import Probe
+
     bag, written = source_bag
+    per_loop = sum(t == "/chatter" for t, _, _ in written)
+    probe = Probe()
+    heard = []
+    probe.node.create_subscription(String, "/chatter", heard.append,     # best effort: matches any offered QoS
+                                   QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
     play = dpm("play", bag, "--loop", "--rate", 5, "--no-progress")
-    time.sleep(6.0)                                  # start-up (~2 s) + several 0.2 s loops
+    looped = False
+    try:   # wait until 3 loops' worth of /chatter arrived (not a fixed sleep: start-up takes 2-10 s under load)
+        looped = probe.wait_for(lambda: len(heard) >= 3 * per_loop, 90)
+    finally:
+        probe.close()
+        if not looped:
+            play.kill()
+    assert looped, f"heard {len(heard)} /chatter messages in 90 s\n{finish(play)[1]}"
     play.send_signal(signal.SIGTERM)
     rc, err = finish(play)
     assert rc == 0, err

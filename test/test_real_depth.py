@@ -166,7 +166,10 @@ def test_evaluation_end_to_end_on_a_random_tiny_model(shared_data):
     assert ft["crop_hw"] == [540, 810] and mb["crop_hw"] == [494, 741]
     # the constant baseline on this data (what a depth-blind model scores at 48 x 32)
     assert 0.1 < mb["constant"]["abs_rel"] < 0.3 and 0.4 < mb["constant"]["delta1"] < 0.8
-    assert -1 <= ft["model"]["rank_corr"] <= 1 and -1 <= mb["model"]["rank_corr"] <= 1
+    # an untrained network does not order depth: measured 0.023 (FlyingThings) and 0.080 (Middlebury); a rank
+    # correlation computed against the ground truth itself (1.0) or a reversed one would fail here
+    assert abs(ft["model"]["rank_corr"]) < 0.3 and abs(mb["model"]["rank_corr"]) < 0.3
+    assert ft["model"]["rank_corr"] != mb["model"]["rank_corr"]
     assert 2.1 <= mb["gt_depth_range"][0] and mb["gt_depth_range"][1] <= 5.02
 
 

@@ -10,6 +10,8 @@ import pytest
 
 from test_play_record import dpm, finish, read_bag
 
+import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
+
 FRAMES, HEIGHT, WIDTH, FPS, T0 = 12, 48, 64, 10.0, 1.0
 NODE_TOPICS = {"/dpm/points": "sensor_msgs/msg/PointCloud2", "/dpm/motion_mask": "sensor_msgs/msg/Image",
                "/dpm/object_labels": "sensor_msgs/msg/Image", "/dpm/depth": "sensor_msgs/msg/Image",
@@ -24,7 +26,6 @@ def sha256(path) -> str:
 
 @pytest.fixture(scope="module")
 def synth_bag(tmp_path_factory):
-    pytest.importorskip("dpm_ros.pipeline")
     path = tmp_path_factory.mktemp("replay") / "seq.mcap"
     rc, err = finish(dpm("synth", "--out", path, "--frames", FRAMES, "--height", HEIGHT, "--width", WIDTH,
                          "--fps", FPS, "--t0", T0, "--seed", 4, "--objects", 2, "--renderer", "numpy"), timeout=120)

@@ -11,12 +11,13 @@ import pytest
 from test_play_record import ROOT, finish, read_bag
 from test_replay import FPS, FRAMES, HEIGHT, NODE_TOPICS, T0, WIDTH, dpm
 
+import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
+
 PARAMS = ["-p", "camera_info_sync:=latest"]
 
 
 @pytest.fixture(scope="module")
 def synth_bag(tmp_path_factory):
-    pytest.importorskip("dpm_ros.pipeline")
     path = tmp_path_factory.mktemp("live") / "seq.mcap"
     rc, err = finish(dpm("synth", "--out", path, "--frames", FRAMES, "--height", HEIGHT, "--width", WIDTH,
                          "--fps", FPS, "--t0", T0, "--seed", 5, "--objects", 2, "--renderer", "numpy"), timeout=120)

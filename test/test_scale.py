@@ -183,7 +183,7 @@ def _normalised(pair: dict) -> tuple[dict, np.ndarray, float]:
 
 @pytest.fixture(scope="module")
 def synthetic_sequence():
-    synthetic = pytest.importorskip("dpm_ros.synthetic")
+    from dpm_ros import synthetic
     return synthetic.SyntheticSequence(seed=3, n_frames=21, fps=10.0, height=36, width=48, n_objects=3,
                                        renderer="numpy")
 

@@ -12,7 +12,7 @@ import pytest
 
 from dpm_ros.soak import SoakConfig, percentile, rss_mb, summarise
 
-pytest.importorskip("dpm_ros.engine.oracle", reason="dpm_ros.engine.oracle not present yet")
+import dpm_ros.engine.oracle  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
 RATE = 30.0
 MINUTES = 0.25
@@ -70,9 +70,12 @@ def test_short_soak_writes_samples_and_summary(short_run):
     assert s["frames_in"] >= 0.8 * s["frames_published"], s
     assert s["frames_lost_in_transport"] == s["frames_published"] - s["frames_in"]
     assert s["errors"] == 0 and s["node_alive_at_end"] and s["node_exit_code"] == 0, s
-    assert s["pairs_per_s"] > 0.2 and s["outputs"] >= 3, s
-    assert 0.0 < s["latency_ms_p50"] <= s["latency_ms_p95"] < 10000.0, s
-    assert np.isfinite(s["growth_pct"]) and abs(s["growth_pct"]) < 50.0, s
+    # Measured on this 2-core machine under load average 14-21 (7 helpers), two runs: 20.5 and 5.9 pairs/s (336 and
+    # 93 outputs), latency p95 121 ms, RSS growth 0.29 % and -0.9 % after warm-up. Bounds ~4x below the slower run,
+    # ~12x the latency and ~5x the growth measured, so a stalled or leaking node fails while a loaded CI box passes.
+    assert s["pairs_per_s"] > 1.5 and s["outputs"] >= 20, s
+    assert 0.0 < s["latency_ms_p50"] <= s["latency_ms_p95"] < 1500.0, s
+    assert np.isfinite(s["growth_pct"]) and abs(s["growth_pct"]) < 5.0, s
     # latest wins: every frame is either paired and processed, dropped, or had no partner (the first one)
     diag = samples[-1]["diag"]
     assert int(diag["pairs_out"]) + s["drops"] <= s["frames_in"]
