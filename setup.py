@@ -15,6 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["dpm_ros", "dpm_ros.*"], exclude=["dpm_ros.ros", "dpm_ros.ros.*"]),
     install_requires=["numpy", "scipy", "opencv-python-headless", "tqdm", "rosbags", "rosbags-image"],
-    extras_require={"model": ["torch", "safetensors", "onnx", "onnxruntime"], "render": ["moderngl"]},
+    extras_require={"model": ["torch", "safetensors", "onnx", "onnxruntime"], "render": ["moderngl"],
+                    "fleet": ["ray>=2.60,<3"]},   # dpm batch --ray (requirements-fleet.txt)
     entry_points={"console_scripts": ["dpm = dpm_ros.cli:main"]},
 )

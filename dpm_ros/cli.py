@@ -18,6 +18,7 @@ SUBCOMMANDS = {
     "export": "export weights to ONNX (symmetric pair as one batch)",
     "build-engine": "build a TensorRT engine from an ONNX file (needs an NVIDIA GPU)",
     "replay": "run a rosbag2 through the pipeline offline, writing the node's outputs to a new bag",
+    "batch": "run many rosbag2s through the pipeline offline (local worker processes or a Ray cluster), one output each",
     "play": "publish a rosbag2 over DDS with its original timing",
     "record": "record topics over DDS into an MCAP bag",
     "soak": "drive the node with a synthetic stream and log memory, latency and drops",

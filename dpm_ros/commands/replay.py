@@ -7,6 +7,13 @@ HELP = "run a rosbag2 through the pipeline offline, writing the node's outputs t
 def add_arguments(parser) -> None:
     parser.add_argument("bag", help="input rosbag2 (directory, .mcap or .db3) with a camera topic; only read")
     parser.add_argument("--out", required=True, help="output: OUT.mcap (one MCAP file) or a rosbag2 folder name")
+    add_pipeline_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def add_pipeline_arguments(parser) -> None:
+    """The options that decide what a replay computes (shared with ``dpm batch``)."""
     parser.add_argument("--params", default=None, metavar="YAML", help="dpm_node params file (config/dpm.yaml)")
     parser.add_argument("--engine", default=None, help="model file or 'oracle:<synthetic bag>' (overrides params)")
     parser.add_argument("--backend", default=None, help="auto|torch|onnxruntime|tensorrt (overrides params)")
@@ -15,8 +22,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--image-topic", default=None, help="camera topic (default: the bag's only one)")
     parser.add_argument("--camera-info-topic", default=None, help="CameraInfo topic (default: <ns>/camera_info)")
     parser.add_argument("--copy-input", action="store_true", help="also copy the input bag's messages")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def _overrides(args) -> dict:
