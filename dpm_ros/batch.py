@@ -43,7 +43,7 @@ def _is_bag_dir(path: Path) -> bool:
 
 def expand_inputs(items, out_dir: str | Path | None = None) -> list[Path]:
     """Bags named by ``items``: bag files (.mcap/.db3), rosbag2 folders (with metadata.yaml), folders holding bags
-    (their bag files and rosbag2 sub-folders, not recursive) and glob patterns. Sorted, duplicates once; anything
+    (their bag files and rosbag2 sub-folders, not recursive) and glob patterns (their non-bag matches ignored). Sorted, duplicates once; anything
     inside ``out_dir`` is left out (outputs are not inputs). Raises FileNotFoundError for an item that names nothing
     and ValueError for a file that is not a bag or two bags that would write the same output name."""
     out = Path(out_dir).resolve() if out_dir is not None else None
@@ -54,6 +54,8 @@ def expand_inputs(items, out_dir: str | Path | None = None) -> list[Path]:
             raise FileNotFoundError(f"input '{item}' matches no file or folder")
         for m in map(Path, matches):
             if m.is_file():
+                if m.suffix not in BAG_SUFFIXES and glob.has_magic(item):
+                    continue   # a pattern may match other files too
                 if m.suffix not in BAG_SUFFIXES:
                     raise ValueError(f"input '{m}' is not a bag (expected .mcap, .db3 or a rosbag2 folder)")
                 found.append(m)
