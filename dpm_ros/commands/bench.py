@@ -24,7 +24,14 @@ def _engine(args) -> dict:
     return engine_target(args)
 
 
-TARGETS = {"geometry": _geometry, "engine": _engine}
+def _batch(args) -> dict:
+    from dpm_ros.benchmarks.batch import run_batch_bench
+
+    h, _, w = args.bag_size.partition("x")
+    return run_batch_bench(bags=args.bags, frames=args.bag_frames, height=int(h), width=int(w), ray=not args.no_ray)
+
+
+TARGETS = {"geometry": _geometry, "engine": _engine, "batch": _batch}
 
 
 def add_arguments(parser) -> None:
@@ -36,6 +43,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the JSON here")
     parser.add_argument("--no-keep-heap", action="store_true",
                         help="leave glibc's malloc defaults (large temporaries page-fault on every call)")
+    parser.add_argument("--bags", type=int, default=8, help="batch: number of synthetic bags (default 8)")
+    parser.add_argument("--bag-frames", type=int, default=20, help="batch: frames per bag (default 20)")
+    parser.add_argument("--bag-size", default="96x128", metavar="HxW", help="batch: image size (default 96x128)")
+    parser.add_argument("--no-ray", action="store_true", help="batch: skip the Ray runs")
     from dpm_ros.benchmarks.engine import add_engine_arguments
 
     add_engine_arguments(parser)  # engine target: --preset --weights --resolution --backend --warmup --threads
