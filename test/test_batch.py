@@ -225,7 +225,7 @@ def _crashy_worker(conn) -> None:
 
 
 def test_a_dying_local_worker_fails_only_its_bag():
-    from dpm_ros.batch import run_local
+    from dpm_ros.batch_workers import run_local
 
     tasks = [{"input": f"/in/{n}.mcap", "output": f"/out/{n}.mcap", "config_digest": "d", "input_fingerprint": []}
              for n in ("a", "crash", "b", "c", "d")]
