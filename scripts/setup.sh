@@ -42,8 +42,8 @@ for v in 10.3.0 11.4.0.106; do
   }
 done
 
-# 1b. The fleet extra (Ray, for `dpm batch --ray` and its tests): optional for users, installed here so CI runs
-#     those tests (20–40 s measured on the loaded 2-core machine: one 80 MB wheel, a few small dependencies).
+# The fleet extra (Ray, for `dpm batch --ray` and its tests): optional for users, installed here so CI runs
+# those tests (20–40 s measured on the loaded 2-core machine: one 80 MB wheel, a few small dependencies).
 fleet_hash=$(sha256sum "$ROOT/requirements-fleet.txt" | cut -c1-16)
 if [ "$(cat "$VENV/.dpm_requirements_fleet" 2>/dev/null)" != "$fleet_hash" ]; then
   log "installing the fleet extra (Ray)"
