@@ -102,8 +102,9 @@ def input_fingerprint(bag: str | Path) -> list:
 
 def config_digest(params: dict, image_topic, info_topic, copy_input: bool) -> str:
     """16 hex digits of everything that decides a bag's output besides the bag: the resolved node parameters, the
-    topics, copy_input and the engine file's sha256 (its path alone may point at new weights)."""
-    from dpm_ros.engine.cache import file_sha256
+    topics, copy_input and the engine file's sha256 with its external weights (its path alone may point at new
+    weights)."""
+    from dpm_ros.engine.cache import default_cache_dir, file_sha256, remembered_sha256
     from dpm_ros.ros.engine_select import default_engine_path
 
     spec = (params.get("engine") or "").strip()
@@ -112,7 +113,12 @@ def config_digest(params: dict, image_topic, info_topic, copy_input: bool) -> st
         engine_id = input_fingerprint(src) if src.exists() else spec
     else:
         path = Path(os.path.expanduser(spec)) if spec else default_engine_path()
-        engine_id = file_sha256(path) if path.is_file() else spec
+        if path.suffix == ".onnx" and path.is_file():   # with its external weights; remembered like the TRT cache
+            from dpm_ros.engine.onnx_model import read_onnx_info
+
+            engine_id = remembered_sha256(path, read_onnx_info(path).external_files, default_cache_dir(path))
+        else:
+            engine_id = file_sha256(path) if path.is_file() else spec
     doc = {"params": params, "image_topic": image_topic, "info_topic": info_topic, "copy_input": bool(copy_input),
            "engine": engine_id}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -16,10 +16,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ray", nargs="?", const="auto", default=None, metavar="auto|ADDRESS",
                         help="run on Ray: ADDRESS = a cluster's HOST:PORT (see `ray start`); auto (or no value) = "
                              "RAY_ADDRESS or the cluster started on this machine, else a private one for this run "
-                             "(127.0.0.1 only). Needs pip install 'dpm_ros[fleet]'. Without --ray: local processes")
+                             "(127.0.0.1 only); without a value, put it after IN. Needs pip install 'dpm_ros[fleet]'. "
+                             "Without --ray: local processes")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="worker processes / Ray actors, each loads the engine once (default: local: one per "
-                             "CPU core; Ray: as many as the cluster's CPUs, or GPUs when the engine needs one, fit)")
+                             "CPU core, one for a GPU engine; Ray: as many as the cluster's CPUs, or GPUs when the "
+                             "engine needs one, fit)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, metavar="C",
                         help="Ray: CPUs each worker declares (default 1)")
     parser.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
