@@ -228,10 +228,11 @@ def gpus_needed(params: dict, cluster_gpus: float) -> bool:
 
 
 def run_ray(tasks: list[dict], ray, workers: int | None, cpus: float, gpus: float | None, params: dict,
-            on_result) -> dict:
+            on_result, worker_cls=BatchWorker) -> dict:
     """Run ``tasks`` on ``workers`` actors (default: as many as the cluster's CPUs or GPUs fit), each declaring
     ``cpus`` CPUs and ``gpus`` GPUs (default 1 when the engine needs a GPU, else 0). An actor that dies fails its
-    bag and restarts. Returns what was used: workers, cpus, gpus per worker, cluster resources."""
+    bag and restarts. ``worker_cls``: the actor class (a ``run(task) -> record`` method). Returns what was used:
+    workers, cpus, gpus per worker, cluster resources."""
     from ray.exceptions import RayError
 
     resources = ray.cluster_resources()
@@ -246,7 +247,7 @@ def run_ray(tasks: list[dict], ray, workers: int | None, cpus: float, gpus: floa
         print(f"dpm batch: the Ray cluster fits {fit} worker(s) of {cpus:g} CPU / {gpus:g} GPU, not {workers}; "
               f"using {fit}", file=sys.stderr, flush=True)
     workers = max(1, min(workers or fit, fit, len(tasks)))
-    actor_cls = ray.remote(BatchWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0)
+    actor_cls = ray.remote(worker_cls).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1, max_task_retries=0)
     actors = [actor_cls.remote() for _ in range(workers)]
     queue = list(reversed(tasks))
     flying: dict = {}   # object ref -> (actor, task)

@@ -4,6 +4,7 @@ bag with its error, a second run skips the done bags, each worker opens the engi
 beyond loopback or outlives its test."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import secrets
@@ -112,11 +113,12 @@ ray.shutdown()
 """
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster():
     """A one-node Ray cluster on 127.0.0.1 (head started by ray.init in a child process, no dashboard, no usage
     stats), stopped at the end; checks its listening sockets are loopback and that none of it is left running."""
-    pytest.importorskip("ray")
+    if importlib.util.find_spec("ray") is None:   # not imported here: Ray reads its settings at import
+        pytest.skip("ray is not installed (requirements-fleet.txt; scripts/setup.sh installs it)")
     # loopback only (Ray's switch for a one-machine cluster), no usage stats, and a token of this test's own
     # (token authentication as Ray 2.60 does by default for ray.init, without touching ~/.ray)
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
@@ -213,6 +215,42 @@ def test_batch_in_local_processes_leaves_foreign_files_alone(bags, reference, tm
     assert rc == 1, err
     assert "4 bags: 1 done, 2 skipped (complete), 1 failed" in err
     _ = [(out / f"{n}.mcap").read_bytes() == reference[n] or pytest.fail(n) for n in GOOD]
+
+
+CRASHY_ACTOR = """
+import json, os, sys
+from dpm_ros.batch_workers import connect_ray, run_ray
+
+class Crashy:   # dies (like a segfault) on the bag named 'crash'; defined in __main__, so Ray ships it by value
+    def run(self, task):
+        if task["input"].endswith("crash.mcap"):
+            os._exit(3)
+        return {"input": task["input"], "output": os.path.basename(task["output"]), "status": "done",
+                "error": None, "worker_pid": os.getpid()}
+
+ray, _ = connect_ray(sys.argv[1])
+tasks = [{"input": f"/in/{n}.mcap", "output": f"/out/{n}.mcap", "config_digest": "d", "input_fingerprint": []}
+         for n in ("a", "crash", "b", "c")]
+got = []
+try:
+    used = run_ray(tasks, ray, 2, 1.0, 0.0, {"engine": "", "backend": "onnxruntime"}, got.append, worker_cls=Crashy)
+finally:
+    ray.shutdown()
+print(json.dumps({"records": got, "used": used}))
+"""
+
+
+def test_a_dying_ray_actor_fails_only_its_bag(ray_cluster):
+    address, env, _ = ray_cluster
+    p = subprocess.run([sys.executable, "-c", CRASHY_ACTOR, address], env=env, capture_output=True, text=True,
+                       timeout=180)
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    status = {r["output"]: r["status"] for r in out["records"]}
+    assert status == {"a.mcap": "done", "crash.mcap": "failed", "b.mcap": "done", "c.mcap": "done"}, out
+    crash = next(r for r in out["records"] if r["output"] == "crash.mcap")
+    assert crash["error"].startswith("Ray worker failed: Actor"), crash   # ActorDied / ActorUnavailable
+    assert out["used"]["workers"] == 2
 
 
 def _crashy_worker(conn) -> None:
