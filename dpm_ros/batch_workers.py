@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 import socket
 import sys
 import time
@@ -196,12 +197,15 @@ def _private_ray_wanted(address: str) -> bool:
 def connect_ray(address: str):
     """``ray`` initialised for ``address``: a cluster's ``HOST:PORT`` (or ``ray://``), or ``auto``: the cluster of
     RAY_ADDRESS or of ``ray start`` on this machine, else a private single-node Ray for this run, bound to
-    127.0.0.1, without dashboard. Usage statistics stay off unless RAY_USAGE_STATS_ENABLED says otherwise.
-    Returns (ray module, True when this call started the Ray it must shut down)."""
+    127.0.0.1, without dashboard, with a token of its own. Usage statistics stay off unless RAY_USAGE_STATS_ENABLED
+    says otherwise. Returns (ray module, True when this call started the Ray it must shut down)."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     private = _private_ray_wanted(address)
     if private:   # Ray's own switch for "this machine only": every Ray process binds to the loopback address
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+        if "RAY_AUTH_MODE" not in os.environ:   # token authentication with a token of this run only (Ray's
+            os.environ["RAY_AUTH_MODE"] = "token"   # default would save a lasting one in ~/.ray)
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     try:
         import ray
     except ImportError:
