@@ -266,15 +266,12 @@ def test_a_dying_local_worker_fails_only_its_bag():
     from dpm_ros.batch_workers import run_local
 
     tasks = [{"input": f"/in/{n}.mcap", "output": f"/out/{n}.mcap", "config_digest": "d", "input_fingerprint": []}
-             for n in ("a", "crash", "b", "c", "d")]
+             for n in ("crash", "a", "b")]
     got = []
-    run_local(tasks, 2, got.append, target=_crashy_worker)
-    status = {r["output"]: r["status"] for r in got}
-    assert status == {"a.mcap": "done", "crash.mcap": "failed", "b.mcap": "done", "c.mcap": "done",
-                      "d.mcap": "done"}
+    run_local(tasks, 1, got.append, target=_crashy_worker)   # one worker: a and b need its replacement
+    assert {r["output"]: r["status"] for r in got} == {"crash.mcap": "failed", "a.mcap": "done", "b.mcap": "done"}
     crash = next(r for r in got if r["output"] == "crash.mcap")
     assert crash["error"] == "worker process died (exit code 3)"
-    assert len({r["worker_pid"] for r in got if r["status"] == "done"}) >= 2
 
 
 def test_expand_inputs(tmp_path):
