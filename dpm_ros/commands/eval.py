@@ -23,7 +23,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--batch", type=int, default=16, help="pairs per forward pass")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--cache-dir", default="runs/eval_cache", help="where the generated held-out set is cached")
+    parser.add_argument("--cache-dir", default=None, help="where the generated held-out set is cached as .npz "
+                        "(default: $XDG_CACHE_HOME/dpm_ros/eval, i.e. ~/.cache/dpm_ros/eval)")
     parser.add_argument("--no-cache", action="store_true", help="regenerate the held-out set, write no cache")
     parser.add_argument("--json", default=None, help='write {"methods": {method: {metric: value}}} here')
     parser.add_argument("--real-data", default=None, metavar="DIR",
@@ -50,7 +51,7 @@ def run(args) -> int:
         height, width = net.config.height, net.config.width
     else:
         height, width = args.height or 64, args.width or 64
-    cache = None if args.no_cache else Path(args.cache_dir)
+    cache = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else "default")
     samples = ev.load_eval_set(args.pairs, height, width, cache, progress)
     predictions = {}
     if net is not None:

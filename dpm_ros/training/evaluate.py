@@ -2,8 +2,9 @@
 object-flow EPE), plus motion-mask IoU and ego-motion RPE, for ``model``, ``static`` and ``oracle``.
 
 The held-out set is ``n`` dynamic pairs from make_pair with seeds EVAL_SEED_BASE + i (< TRAIN_SEED_BASE: disjoint
-from every training seed) at the generator's default (realistic) motion, cached under runs/eval_cache/ (keyed by a
-hash of the generator's source). Every metric uses dpm_ros.geometry.metrics after the shared per-pair normalisation
+from every training seed) at the generator's default (realistic) motion, cached as .npz (no pickle: loading it cannot run code) under the per-user
+cache folder ($XDG_CACHE_HOME/dpm_ros/eval, see ``default_eval_cache_dir``), keyed by a hash of the generator's
+source and verified (sha256 and key recorded in a JSON beside it) before use. Every metric uses dpm_ros.geometry.metrics after the shared per-pair normalisation
 of dpm_theory.md: prediction and ground truth of pass 1 are each divided by their mean distance to the origin over
 the valid pixels of the four maps. Scene flow mixes the passes: pass 2 is brought to pass 1's scale with the Sim(3)
 scale of the pixel-aligned ego-motion first. Object poses: dpm_ros.geometry.object_motion on each ground-truth
@@ -14,8 +15,10 @@ normalised units; rotations in degrees.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import pickle
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -51,15 +54,79 @@ def generator_version() -> str:
     return h.hexdigest()[:10]
 
 
-def load_eval_set(n: int, height: int, width: int, cache_dir: Path | None = Path("runs/eval_cache"),
+def default_eval_cache_dir() -> Path:
+    """Per-user cache folder for held-out sets: $XDG_CACHE_HOME/dpm_ros/eval (default ~/.cache/dpm_ros/eval)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "dpm_ros" / "eval"
+
+
+SAMPLE_ARRAYS = ALL_POINT_MAP_NAMES + ("img1", "img2", "valid1", "valid2", "moving1", "moving2", "K", "T_w_c1",
+                                       "T_w_c2", "instances1", "instances2")
+
+
+def _cache_key(n: int, height: int, width: int) -> dict:
+    return dict(format=1, n=n, height=height, width=width, seed_base=EVAL_SEED_BASE, generator=generator_version())
+
+
+def _save_eval_cache(path: Path, samples: list[dict], key: dict) -> None:
+    """Write ``samples`` as one .npz (plain arrays only) and its key + sha256 as ``path``.json, atomically."""
+    arrays = {}
+    for i, s in enumerate(samples):
+        for name in SAMPLE_ARRAYS:
+            arrays[f"{i}/{name}"] = np.asarray(s[name])
+        ids = sorted(s["object_motions"])
+        arrays[f"{i}/object_ids"] = np.asarray(ids, np.int64)
+        arrays[f"{i}/object_motions"] = np.asarray([s["object_motions"][k] for k in ids], float).reshape(-1, 4, 4)
+        arrays[f"{i}/kind"] = np.asarray(s["kind"], np.int64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    tmp.replace(path)
+    meta = path.with_name(path.name + ".json")
+    tmp_meta = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+    tmp_meta.write_text(json.dumps(dict(key, sha256=digest)))
+    tmp_meta.replace(meta)
+
+
+def _load_eval_cache(path: Path, key: dict) -> list[dict] | None:
+    """The cached samples when ``path`` and its JSON exist, the key matches and the sha256 verifies; else None
+    (a stale or damaged cache is said and regenerated). Loaded with allow_pickle=False: no code runs from it."""
+    meta_path = path.with_name(path.name + ".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        data = path.read_bytes()
+        if {k: meta.get(k) for k in key} != key or hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+            raise ValueError("key or sha256 does not match")
+        import io
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            samples = []
+            for i in range(key["n"]):
+                s = {name: z[f"{i}/{name}"] for name in SAMPLE_ARRAYS}
+                s["object_motions"] = {int(k): T for k, T in zip(z[f"{i}/object_ids"], z[f"{i}/object_motions"])}
+                s["kind"] = int(z[f"{i}/kind"])
+                samples.append(s)
+        return samples
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"dpm eval: warning: ignoring the held-out cache {path} ({exc}); regenerating it", file=sys.stderr)
+        return None
+
+
+def load_eval_set(n: int, height: int, width: int, cache_dir: Path | None | str = "default",
                   progress: bool = True) -> list[dict]:
-    """The held-out pairs (generate_sample dicts), from the cache when present, else generated and cached."""
+    """The held-out pairs (generate_sample dicts), from the verified .npz cache in ``cache_dir`` (default: the
+    per-user ``default_eval_cache_dir()``; None: no cache) when present, else generated and cached."""
     cache = None
+    key = _cache_key(n, height, width)
     if cache_dir is not None:
-        cache = Path(cache_dir) / f"eval_{n}_{height}x{width}_seed{EVAL_SEED_BASE}_{generator_version()}.pkl"
-        if cache.exists():
-            with open(cache, "rb") as f:
-                return pickle.load(f)
+        folder = default_eval_cache_dir() if cache_dir == "default" else Path(cache_dir)
+        cache = folder / f"eval_{n}_{height}x{width}_seed{EVAL_SEED_BASE}_{key['generator']}.npz"
+        samples = _load_eval_cache(cache, key)
+        if samples is not None:
+            return samples
     cfg = DataConfig(height=height, width=width)
     seeds = eval_seeds(n)
     if progress:
@@ -67,11 +134,11 @@ def load_eval_set(n: int, height: int, width: int, cache_dir: Path | None = Path
         seeds = tqdm(seeds, desc="held-out pairs", unit="pair")
     samples = [generate_sample(s, cfg, KIND_DYNAMIC, 1.0) for s in seeds]
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(samples, f, protocol=pickle.HIGHEST_PROTOCOL)
-        tmp.replace(cache)
+        try:
+            _save_eval_cache(cache, samples, key)
+        except OSError as exc:
+            print(f"dpm eval: warning: cannot write the held-out cache {cache} ({exc}); continuing without it",
+                  file=sys.stderr)
     return samples
 
 

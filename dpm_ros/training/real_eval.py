@@ -104,7 +104,7 @@ def load_middlebury(data_root: str | Path = DEFAULT_DATA_ROOT) -> RealPair:
     """The Middlebury Motorcycle stereo pair (left, right) with depth1 = f·B / (d + doffs) in metres (2.1–5.0 m);
     inf disparity is invalid."""
     folder = _check_dir(Path(data_root), MIDDLEBURY_DIR)
-    with np.load(folder / "motorcycle_disp.npz") as z:
+    with np.load(folder / "motorcycle_disp.npz", allow_pickle=False) as z:
         disp = z[z.files[0]].astype(np.float64)
     valid = np.isfinite(disp) & (disp + MIDDLEBURY_DOFFS > 0)
     depth = np.where(valid, MIDDLEBURY_F * MIDDLEBURY_BASELINE_M / np.where(valid, disp + MIDDLEBURY_DOFFS, 1.0),
