@@ -16,9 +16,7 @@ ending in ``.mcap`` / ``.db3`` is written as one bare file, any other path as a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -115,26 +113,29 @@ def _latched_qos():
 
 class SequenceBagWriter:
     """Writes deserialised rosbags messages to a rosbag2 (``storage`` "mcap" or "sqlite3"). A path ending in
-    .mcap / .db3 becomes one bare file (written in a temporary folder beside it and moved on ``close``)."""
+    .mcap / .db3 becomes one bare file, any other a rosbag2 folder. Everything is written in a hidden folder beside
+    ``path`` and moved into place by ``close`` (``dpm_ros.outputs``: an existing output is replaced only with
+    ``overwrite``, only when it is a bag, and only once the new one is complete); a failure removes the partial
+    output and leaves the old one. ``inputs``: paths the output must not be."""
 
-    def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False):
+    def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False, inputs=()):
         from rosbags.rosbag2 import StoragePlugin, Writer
+
+        from .outputs import check_output, staging_dir
 
         if storage not in ("mcap", "sqlite3"):
             raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
-        self.path = Path(path)
-        if self.path.exists():
-            if not overwrite:
-                raise ValueError(f"output '{self.path}' already exists (remove it, or pass overwrite)")
-            shutil.rmtree(self.path) if self.path.is_dir() else self.path.unlink()
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"output folder '{self.path.parent}' does not exist")
+        self.path = check_output(path, overwrite, inputs)
         self.bare = self.path.suffix in (".mcap", ".db3")
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", dir=self.path.parent)) if self.bare else None
-        self._dir = self._tmp / "bag" if self.bare else self.path
+        self._tmp = staging_dir(self.path)
+        self._dir = self._tmp / (self.path.stem if self.bare else self.path.name)
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
-        self._writer = Writer(self._dir, version=9, storage_plugin=plugin)
-        self._writer.open()
+        try:
+            self._writer = Writer(self._dir, version=9, storage_plugin=plugin)
+            self._writer.open()
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
         self._conns: dict[str, object] = {}
 
     def write(self, topic: str, msg, stamp_ns: int, latched: bool = False) -> None:
@@ -147,20 +148,39 @@ class SequenceBagWriter:
         self._writer.write(self._conns[topic], int(stamp_ns), typestore().serialize_cdr(msg, msgtype))
 
     def close(self) -> Path:
+        """Finish the bag and move it into place; on failure remove the partial output and raise."""
+        from .outputs import commit_output
+
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-            if self.bare:
-                inner = next(p for p in self._dir.iterdir() if p.suffix in (".mcap", ".db3"))
-                os.replace(inner, self.path)
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+                if self.bare:
+                    inner = next(p for p in self._dir.iterdir() if p.suffix in (".mcap", ".db3"))
+                    commit_output(inner, self.path)
+                else:
+                    commit_output(self._dir, self.path)
+            finally:
                 shutil.rmtree(self._tmp, ignore_errors=True)
         return self.path
+
+    def abort(self) -> None:
+        """Drop the partial output (the old one, if any, is untouched)."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            try:
+                writer.abort()
+            finally:
+                shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            self.abort()
+        else:
+            self.close()
 
 
 def write_sequence(sequence, path: str | Path, storage: str = "mcap", overwrite: bool = False,

@@ -141,6 +141,9 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
     from dpm_ros.ros.pair_step import PairProcessor
     from dpm_ros.ros.static_tf import StaticTransforms
 
+    from dpm_ros.outputs import check_output
+
+    check_output(out_path, overwrite, [in_path])   # before any work: never the input, only a bag with overwrite
     reader = open_reader(in_path)
     try:
         image_topic, info_topic = pick_camera_topics(reader.connections, image_topic, info_topic, in_path)
@@ -164,7 +167,7 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
         conns = reader.connections if copy_input else [c for c in reader.connections if c.topic in wanted]
         classes = {c.topic: resolve_msg_class(c.msgtype) for c in conns if c.topic in wanted}
         stats = ReplayStats()
-        with BagWriter(out_path, overwrite=overwrite, keep_partial=False) as writer:
+        with BagWriter(out_path, overwrite=overwrite, keep_partial=False, inputs=[in_path]) as writer:
             def flush_pair() -> None:
                 if not pending:
                     return

@@ -60,3 +60,75 @@ def test_eval_cache_default_is_per_user(tmp_path, monkeypatch):
     assert ev.default_eval_cache_dir() == tmp_path / "xdg" / "dpm_ros" / "eval"
     ev.load_eval_set(1, H, W, progress=False)
     assert list((tmp_path / "xdg" / "dpm_ros" / "eval").glob("*.npz"))
+
+
+# ---------------------------------------------------------------------------------------------------------- (2)
+def _dpm(*args, cwd=None, timeout=120):
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-m", "dpm_ros.cli", *map(str, args)], cwd=cwd or root,
+                          env=os.environ.copy(), capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stderr
+
+
+def _tiny_sequence(frames=4, **kw):
+    from dpm_ros.synthetic import SyntheticSequence
+    return SyntheticSequence(seed=1, n_frames=frames, height=24, width=32, n_objects=1, renderer="numpy", **kw)
+
+
+def _tree(path: Path) -> dict:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small_bag(tmp_path_factory):
+    from dpm_ros.bag import write_sequence
+    return write_sequence(_tiny_sequence(6), tmp_path_factory.mktemp("bags") / "seq.mcap")
+
+
+def test_overwrite_never_deletes_an_unrelated_folder_the_working_folder_or_the_input(tmp_path, small_bag):
+    """(2) `--overwrite` pointed at a folder of unrelated files, at '.', or at the input leaves all of them."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.tex").write_text("years of work")
+    rc, err = _dpm("synth", "--out", victim, "--frames", 2, "--height", 24, "--width", 32, "--renderer", "numpy",
+                   "--overwrite")
+    assert rc == 1 and "is not one" in err and "Traceback" not in err, err
+    assert (victim / "thesis.tex").read_text() == "years of work"
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("keep")
+    rc, err = _dpm("replay", small_bag, "--out", ".", "--engine", f"oracle:{small_bag}", "--overwrite",
+                   "--no-progress", cwd=work)
+    assert rc == 1 and (work / "notes.txt").read_text() == "keep", err
+    before = small_bag.read_bytes()
+    rc, err = _dpm("replay", small_bag, "--out", small_bag, "--engine", f"oracle:{small_bag}", "--overwrite",
+                   "--no-progress")
+    assert rc == 1 and "input" in err and small_bag.read_bytes() == before, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim", "work"]
+
+
+def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    """(2) A write that fails half-way (here: frame 2 raises, as Ctrl-C would) leaves the old bag byte for byte
+    and no partial or hidden files; a complete one replaces it (file and rosbag2 folder alike)."""
+    from dpm_ros.bag import read_images, write_sequence
+    from dpm_ros.synthetic import SyntheticSequence
+    for name in ("out.mcap", "out_folder"):
+        out = tmp_path / name
+        write_sequence(_tiny_sequence(3), out)
+        old = _tree(out) if out.is_dir() else out.read_bytes()
+        real_frame = SyntheticSequence.frame
+
+        def failing(self, i):
+            if i == 2:
+                raise KeyboardInterrupt
+            return real_frame(self, i)
+
+        monkeypatch.setattr(SyntheticSequence, "frame", failing)
+        with pytest.raises(KeyboardInterrupt):
+            write_sequence(_tiny_sequence(5), out, overwrite=True)
+        monkeypatch.setattr(SyntheticSequence, "frame", real_frame)
+        assert (_tree(out) if out.is_dir() else out.read_bytes()) == old
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+        write_sequence(_tiny_sequence(5), out, overwrite=True)
+        assert len(list(read_images(out))) == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mcap", "out_folder"]

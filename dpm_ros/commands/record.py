@@ -9,7 +9,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("topics", nargs="+", metavar="TOPIC", help="topics to record (subscribed when they appear)")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     parser.add_argument("--max-messages", type=int, default=None, metavar="N", help="stop after N messages in all")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it is a bag (file or rosbag2 folder), once the new one is complete")
     parser.add_argument("--use-sim-time", action="store_true", help="stamp messages with /clock time")
 
 
@@ -27,7 +27,7 @@ def run(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    writer = BagWriter(args.out, overwrite=args.overwrite)
+    writer = BagWriter(args.out, overwrite=args.overwrite, live=True)
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("dpm_record", parameter_overrides=[
         Parameter("use_sim_time", Parameter.Type.BOOL, bool(args.use_sim_time))])

@@ -8,7 +8,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("bag", help="input rosbag2 (directory, .mcap or .db3) with a camera topic; only read")
     parser.add_argument("--out", required=True, help="output: OUT.mcap (one MCAP file) or a rosbag2 folder name")
     add_pipeline_arguments(parser)
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it is a bag (file or rosbag2 "
+                                                                 "folder), once the new one is complete")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
