@@ -217,22 +217,125 @@ def stamp_ns(seconds: float) -> int:
     return int(round(seconds * 1e9))
 
 
+MCAP_MAGIC = b"\x89MCAP0\r\n"
+_RECOVERED_OPS = (0x01, 0x03, 0x04, 0x05, 0x06)   # header, schema, channel, message, chunk
+
+
+def recover_mcap(src: str | Path, dst: str | Path) -> dict:
+    """Copy the complete records of an MCAP file that was never closed (recorder killed, disk full: no summary or
+    footer, maybe a torn last record) to ``dst`` and close it with an empty summary and a footer, so any MCAP reader
+    opens it. Chunks are checked whole (their record fits in the file and decompresses to its stated size).
+    Returns {"messages", "chunks", "bytes_kept", "bytes_total"}; ValueError when ``src`` is not an MCAP file."""
+    import struct
+
+    from rosbags.rosbag2.storage_mcap import decompress
+
+    src, dst = Path(src), Path(dst)
+    total = src.stat().st_size
+    kept = dict(messages=0, chunks=0, bytes_kept=0, bytes_total=total)
+    with open(src, "rb") as f, open(dst, "xb") as out:
+        if f.read(8) != MCAP_MAGIC:
+            raise ValueError(f"'{src}' is not an MCAP file (no MCAP magic)")
+        out.write(MCAP_MAGIC)
+        pos = 8
+        while pos + 9 <= total:
+            head = f.read(9)
+            op, length = head[0], struct.unpack("<Q", head[1:])[0]
+            if op == 0x02 or pos + 9 + length > total:          # footer, or a record cut by the kill
+                break
+            body = f.read(length)
+            if op == 0x06:
+                try:
+                    start_end_size, = struct.unpack_from("<Q", body, 16)
+                    crc, = struct.unpack_from("<I", body, 24)
+                    n, = struct.unpack_from("<I", body, 28)
+                    compression = body[32:32 + n].decode()
+                    size, = struct.unpack_from("<Q", body, 32 + n)
+                    records = body[40 + n:40 + n + size]
+                    raw = decompress(records, compression, start_end_size, crc) if compression else records
+                    if len(records) != size or len(raw) != start_end_size:
+                        break
+                except Exception:   # a torn or damaged chunk: stop at the last good one
+                    break
+                kept["chunks"] += 1
+                q = 0
+                while q + 9 <= len(raw):
+                    kept["messages"] += raw[q] == 0x05
+                    q += 9 + struct.unpack_from("<Q", raw, q + 1)[0]
+            elif op == 0x05:
+                kept["messages"] += 1
+            if op in _RECOVERED_OPS:
+                out.write(head + body)
+            pos += 9 + length
+        kept["bytes_kept"] = pos
+        out.write(bytes([0x0F]) + struct.pack("<QI", 4, 0))                   # data end, no CRC
+        out.write(bytes([0x02]) + struct.pack("<QQQI", 20, 0, 0, 0) + MCAP_MAGIC)   # footer: no summary
+    return kept
+
+
+def _open_unfinished_mcap(path: Path, cause: Exception):
+    """A rosbags Reader on the recovered copy of an MCAP that was never closed (see ``recover_mcap``); the copy
+    lives in a temporary folder removed when the reader is closed."""
+    import tempfile
+
+    from rosbags.rosbag2 import Reader
+
+    tmp = Path(tempfile.mkdtemp(prefix="dpm_recovered_"))
+    try:
+        kept = recover_mcap(path, tmp / path.name)
+        if kept["messages"] == 0:
+            raise ValueError(f"bag '{path}' cannot be read (corrupt, truncated or not a rosbag2): {cause}; it holds "
+                             "no complete message")
+        reader = Reader(tmp / path.name)
+        reader.open()
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    import sys
+    print(f"warning: bag '{path}' was never closed (recorder killed, or disk full): reading its "
+          f"{kept['messages']} messages in {kept['chunks']} complete chunks ({kept['bytes_kept']} of "
+          f"{kept['bytes_total']} bytes); anything after them is lost", file=sys.stderr, flush=True)
+    close = reader.close
+
+    def close_and_clean() -> None:
+        try:
+            close()
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    reader.close = close_and_clean
+    return reader
+
+
 def open_bag(path: str | Path):
     """An opened rosbags Reader for a rosbag2 directory or a bare .mcap / .db3 file (close it when done).
-    Raises FileNotFoundError when missing, ValueError naming the file when it is corrupt, truncated or not a bag."""
+    Raises FileNotFoundError when missing, ValueError naming the file when it is corrupt, truncated or not a bag.
+    An MCAP file that was never closed (killed recorder, full disk) is read up to its last complete chunk, with a
+    warning (``recover_mcap``); so is a rosbag2 folder without metadata.yaml that holds one such file."""
     from rosbags.rosbag2 import Reader
     from rosbags.rosbag2.errors import ReaderError
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"bag '{path}' does not exist")
+    if path.is_dir() and not (path / "metadata.yaml").exists():
+        inner = sorted(path.glob("*.mcap"))
+        if len(inner) == 1:
+            return open_bag(inner[0])
     try:
         reader = Reader(path)
         reader.open()
     except ReaderError as exc:
+        if path.is_file() and path.suffix == ".mcap" and ("end magic" in str(exc) or "footer" in str(exc)):
+            with open(path, "rb") as f:
+                if f.read(8) == MCAP_MAGIC:
+                    return _open_unfinished_mcap(path, exc)
         raise ValueError(f"bag '{path}' cannot be read (corrupt, truncated or not a rosbag2): {exc}") from exc
     except FileNotFoundError as exc:
         raise ValueError(f"bag '{path}' is not a rosbag2 bag (no metadata.yaml, .mcap or .db3): {exc}") from exc
+    except (struct_error(), TypeError, EOFError) as exc:
+        raise ValueError(f"bag '{path}' cannot be read (corrupt, truncated or not a rosbag2): "
+                         f"{type(exc).__name__}: {exc}") from exc
     return reader
 
 
@@ -260,6 +363,11 @@ def register_bag_types(reader, connections=None) -> None:
         added.update({name: fields for name, fields in types.items() if name not in store.fielddefs})
     if added:
         store.register(added)
+
+
+def struct_error():
+    import struct
+    return struct.error
 
 
 def read_messages(path: str | Path, topics: list[str]) -> Iterator[tuple[str, int, object]]:

@@ -132,3 +132,116 @@ def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, 
         write_sequence(_tiny_sequence(5), out, overwrite=True)
         assert len(list(read_images(out))) == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mcap", "out_folder"]
+
+
+# ---------------------------------------------------------------------------------------------------------- (3)
+IMAGES, IMAGE_BYTES = 40, 200_000
+
+
+@pytest.fixture(scope="module")
+def image_bag(tmp_path_factory):
+    """IMAGES rgb8 images of IMAGE_BYTES each on /cam at 20 Hz (distinct random pixels), written with rosbags."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from dpm_ros.bag import image_msg, typestore
+    path = tmp_path_factory.mktemp("images") / "images"
+    rng = np.random.default_rng(12)
+    with Writer(path, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection("/cam", "sensor_msgs/msg/Image", typestore=typestore())
+        for i in range(IMAGES):
+            img = rng.integers(0, 256, (IMAGE_BYTES // 300, 100, 3), dtype=np.uint8)
+            ns = 1_000_000_000 + i * 50_000_000
+            w.write(conn, ns, typestore().serialize_cdr(image_msg(img, ns), "sensor_msgs/msg/Image"))
+    return path
+
+
+def _payloads(path) -> list[bytes]:
+    from dpm_ros.bag import open_bag
+    reader = open_bag(path)
+    try:
+        return [bytes(d) for _, _, d in reader.messages(connections=reader.connections)]
+    finally:
+        reader.close()
+
+
+def _popen_dpm(*args):
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.Popen([sys.executable, "-m", "dpm_ros.cli", *map(str, args)], cwd=root,
+                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _pad4(data: bytes) -> bytes:
+    return data + b"\0" * (-len(data) % 4)
+
+
+def test_a_killed_recorder_leaves_an_mcap_readable_up_to_its_last_flushed_chunk(tmp_path, image_bag):
+    """(3) SIGKILL after every image arrived and one flush period passed: OUT.mcap exists at its own name and the
+    project's reader gives back every image, byte for byte (before: only a hidden folder with an unreadable file)."""
+    import signal
+    import time
+    out = tmp_path / "killed.mcap"
+    rec = _popen_dpm("record", out, "/cam", "--flush-every", 0.3, "--status-every", 1)
+    rc_play = _popen_dpm("play", image_bag, "--wait-for-subscribers", 60, "--delay", 0.5, "--no-progress").wait(120)
+    assert rc_play == 0
+    time.sleep(2.0)                                   # > flush period: the last chunk is on disk
+    rec.send_signal(signal.SIGKILL)
+    _, err = rec.communicate(timeout=30)
+    assert out.is_file(), err
+    assert "received" in err and "written" in err      # the periodic status line
+    got = _payloads(out)
+    sent = [_pad4(d) for d in _payloads(image_bag)]
+    assert len(got) == IMAGES and [_pad4(d) for d in got] == sent
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "hidden leftovers"
+
+
+SMALL_FS = """set -e
+mount -t tmpfs -o size={size} tmpfs {mnt}
+set +e
+{python} -m dpm_ros.cli record {mnt}/out.mcap /cam --flush-every 0.3 --duration 60 --max-messages {n}
+echo "RC=$?" >&2
+{python} - <<'PY' >&2
+import json, sys
+sys.path.insert(0, {root!r})
+from dpm_ros.bag import open_bag
+r = open_bag({mnt_s!r} + "/out.mcap")
+data = [bytes(d).hex() for _, _, d in r.messages(connections=r.connections)]
+print("READBACK=" + json.dumps(data))
+PY
+"""
+
+
+def _in_small_fs(mnt: Path, size: str, n: int):
+    """Start `dpm record` onto a fresh tmpfs of ``size`` at ``mnt``, in a user + mount namespace (no root
+    needed where unprivileged user namespaces are allowed), then read the file back there."""
+    import shutil
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare: cannot make a size-limited file system")
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size=1m tmpfs {mnt}"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
+    script = SMALL_FS.format(size=size, mnt=mnt, mnt_s=str(mnt), python=sys.executable, n=n,
+                             root=str(Path(__file__).resolve().parents[1]))
+    return subprocess.Popen(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_full_disk_stops_the_recorder_with_counts_and_a_readable_file(tmp_path, image_bag):
+    """(3) Recording 8 MB of images onto a 3 MB tmpfs: exit 1, an error naming the cause, received / written /
+    lost counts that add up, and the file read back there holds exactly the 'written' images, byte for byte."""
+    import re
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    rec = _in_small_fs(mnt, "3m", IMAGES)
+    rc_play = _popen_dpm("play", image_bag, "--wait-for-subscribers", 60, "--delay", 0.5, "--no-progress").wait(120)
+    _, out = rec.communicate(timeout=120)
+    err = out.split("READBACK=")[0]
+    assert rc_play == 0
+    assert "RC=1" in err and "No space left on device" in err and "Traceback" not in err, err
+    m = re.search(r"dpm record: received (\d+), written (\d+), lost (\d+)", err.split("RC=")[0])
+    assert m, err
+    received, written, lost = map(int, m.groups())
+    assert received == written + lost and 0 < written < IMAGES and lost > 0, err
+    got = [bytes.fromhex(h) for h in json.loads(out.split("READBACK=")[1].splitlines()[0])]
+    sent = [_pad4(d) for d in _payloads(image_bag)]
+    assert len(got) == written and [_pad4(d) for d in got] == sent[:written]

@@ -136,11 +136,14 @@ class BagWriter:
                     folder.mkdir()
                     self.live_path = folder / inner.name
                 os.rename(inner, self.live_path)
+                shutil.rmtree(self._tmp)   # nothing hidden left behind by a kill (close recreates it)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
         self.connections: dict[str, object] = {}
         self.counts: dict[str, int] = {}
+        self.total = 0     # messages handed to write()
+        self.durable = 0   # of those, how many are in complete chunks on disk (all of them after close)
 
     @staticmethod
     def _free(path: Path) -> Path:
@@ -163,10 +166,12 @@ class BagWriter:
     def write(self, topic: str, stamp_ns: int, data: bytes) -> None:
         self._writer.write(self.connections[topic], int(stamp_ns), data)
         self.counts[topic] += 1
+        self.total += 1
         storage = getattr(self._writer, "storage", None)
         if self.live and storage is not None and getattr(storage, "chunk", None) is not None \
                 and storage.chunk.bio.tell() == 0:
             storage.bio.flush()   # rosbags just closed a full chunk (1 MiB): put it on disk now
+            self.durable = self.total
 
     def flush(self) -> None:
         """Close the pending MCAP chunk (if any) and write it to the file: what was written so far survives a kill.
@@ -177,6 +182,7 @@ class BagWriter:
         if storage.chunk.bio.tell():
             storage.close_chunk()
         storage.bio.flush()
+        self.durable = self.total
 
     def close(self) -> Path:
         """Finish the file(s) and move them into place; returns the written path. On failure (e.g. a full disk)
@@ -189,6 +195,8 @@ class BagWriter:
         writer, self._writer = self._writer, None
         try:
             try:
+                if self.live:
+                    self._target.mkdir(parents=True, exist_ok=True)   # rosbags writes metadata.yaml there
                 writer.close()
             except BaseException:
                 try:
@@ -199,6 +207,7 @@ class BagWriter:
                     raise
                 raise OSError(f"could not finish '{self.live_path}' (it stays readable up to its last complete "
                               f"chunk)") from None
+            self.durable = self.total
             if self.live:
                 if self.bare:
                     if self.live_path != self.path:
@@ -263,10 +272,18 @@ def subscription_qos(publishers):
 
 class BagRecorder:
     """Subscribes (raw) to ``topics`` as their publishers appear and writes every message with its receive time
-    (``node``'s clock, ns). Stops on ``stop``, after ``duration`` seconds, or after ``max_messages`` in total."""
+    (``node``'s clock, ns). Stops on ``stop``, after ``duration`` seconds, after ``max_messages`` in total, or when
+    the output cannot be written (disk full: ``write_error``). Every ``flush_s`` seconds the pending chunk is put on
+    disk (what a kill can lose); every ``status_s`` seconds a log line says received / written / lost so far.
+
+    Counts (``summary()``): ``received`` per topic; ``written``: in the bag; ``lost`` by reason: ``not delivered``
+    (gaps in the publisher's sequence numbers: DDS history overflow or transport loss; counted for topics with one
+    publisher), ``not written`` (received after / with a write failure) and ``not flushed`` (written to the pending
+    chunk but never on disk because the disk filled)."""
 
     def __init__(self, node, writer: BagWriter, topics, duration: float | None = None,
-                 max_messages: int | None = None, stop: threading.Event | None = None, log=None):
+                 max_messages: int | None = None, stop: threading.Event | None = None, log=None,
+                 flush_s: float = 1.0, status_s: float = 10.0):
         if not topics:
             raise ValueError("name at least one topic to record")
         if duration is not None and not duration > 0:
@@ -276,10 +293,17 @@ class BagRecorder:
         self.node, self.writer = node, writer
         self.topics = [t if t.startswith("/") else "/" + t for t in topics]
         self.duration, self.max_messages = duration, max_messages
+        self.flush_s, self.status_s = flush_s, status_s
         self.stop = stop or threading.Event()
         self.log = log or (lambda text: print(f"dpm record: {text}", file=sys.stderr, flush=True))
         self.subscriptions: dict[str, object] = {}
         self.total = 0
+        self.received: dict[str, int] = {}
+        self.not_delivered: dict[str, int] = {}
+        self.not_written = 0
+        self.write_error: str | None = None
+        self._last_seq: dict[str, int] = {}
+        self._single_publisher: dict[str, bool] = {}
 
     def _discover(self) -> None:
         types = dict(self.node.get_topic_names_and_types())
@@ -294,22 +318,71 @@ class BagRecorder:
                 continue
             publishers = self.node.get_publishers_info_by_topic(topic)
             self.writer.add_topic(topic, msgtype, [p.qos_profile for p in publishers])
+            self._single_publisher[topic] = len(publishers) == 1
+            self.received.setdefault(topic, 0)
             self.subscriptions[topic] = self.node.create_subscription(
-                cls, topic, lambda data, t=topic: self._on_message(t, data), subscription_qos(publishers), raw=True)
+                cls, topic, lambda data, info, t=topic: self._on_message(t, data, info),
+                subscription_qos(publishers), raw=True)
             self.log(f"recording {topic} ({msgtype})")
 
-    def _on_message(self, topic: str, data: bytes) -> None:
+    def _count_gap(self, topic: str, info) -> None:
+        """Messages the publisher sent between two we received (its sequence numbers skip), one publisher only."""
+        seq = info.get("publication_sequence_number") if isinstance(info, dict) else None
+        if not seq or not self._single_publisher.get(topic):
+            return
+        last = self._last_seq.get(topic)
+        if last is not None and seq > last + 1:
+            self.not_delivered[topic] = self.not_delivered.get(topic, 0) + seq - last - 1
+        if last is None or seq > last:
+            self._last_seq[topic] = seq
+
+    def _on_message(self, topic: str, data: bytes, info=None) -> None:
         if self.max_messages is not None and self.total >= self.max_messages:
             self.stop.set()
             return
-        self.writer.write(topic, self.node.get_clock().now().nanoseconds, data)
+        self.received[topic] = self.received.get(topic, 0) + 1
+        self._count_gap(topic, info)
+        if self.write_error is not None:
+            self.not_written += 1
+            return
+        try:
+            self.writer.write(topic, self.node.get_clock().now().nanoseconds, data)
+        except OSError as exc:
+            self._write_failed(exc)
+            self.not_written += 1
+            return
         self.total += 1
         if self.max_messages is not None and self.total >= self.max_messages:
             self.stop.set()
 
+    def _write_failed(self, exc: OSError) -> None:
+        self.write_error = f"{type(exc).__name__}: {exc}"
+        self.log(f"error: writing '{self.writer.live_path}' failed ({self.write_error}); stopping. The file keeps "
+                 f"{self.writer.durable} messages in complete chunks")
+        self.stop.set()
+
+    def summary(self) -> dict:
+        """{"received", "written", "lost": {reason: n}} so far (see class doc)."""
+        lost = {}
+        if sum(self.not_delivered.values()):
+            lost["not delivered (publisher sequence gaps: DDS queue overflow or transport loss)"] = \
+                sum(self.not_delivered.values())
+        if self.not_written:
+            lost[f"not written ({self.write_error})"] = self.not_written
+        unflushed = self.writer.total - self.writer.durable if self.write_error else 0
+        if unflushed:
+            lost["not flushed (pending chunk when the write failed)"] = unflushed
+        return dict(received=sum(self.received.values()), written=self.writer.durable if self.write_error
+                    else self.writer.total, lost=lost)
+
+    def status_line(self) -> str:
+        s = self.summary()
+        lost = "; ".join(f"{n} {why}" for why, n in s["lost"].items()) or "none"
+        return f"received {s['received']}, written {s['written']}, lost {sum(s['lost'].values())} ({lost})"
+
     def _drain(self, executor, limit_s: float = 2.0) -> None:
         """After Ctrl-C/SIGTERM or --duration, write what has already arrived (not after --max-messages)."""
-        if self.max_messages is not None and self.total >= self.max_messages:
+        if self.max_messages is not None and self.total >= self.max_messages or self.write_error:
             return
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
@@ -325,6 +398,7 @@ class BagRecorder:
         executor = SingleThreadedExecutor(context=self.node.context)
         executor.add_node(self.node)
         start = next_discovery = time.monotonic()
+        next_flush, next_status = start + self.flush_s, start + self.status_s
         try:
             while not self.stop.is_set():
                 now = time.monotonic()
@@ -333,6 +407,15 @@ class BagRecorder:
                 if now >= next_discovery and len(self.subscriptions) < len(self.topics):
                     self._discover()
                     next_discovery = now + 0.1
+                if now >= next_flush:
+                    next_flush = now + self.flush_s
+                    try:
+                        self.writer.flush()
+                    except OSError as exc:
+                        self._write_failed(exc)
+                if now >= next_status:
+                    next_status = now + self.status_s
+                    self.log(self.status_line())
                 executor.spin_once(timeout_sec=0.05)
             self._drain(executor)
         finally:
