@@ -82,6 +82,7 @@ class ReplayStats:
     counters: dict = field(default_factory=dict)
     scales: list = field(default_factory=list)
     skipped_images: dict = field(default_factory=dict)
+    pairing: dict = field(default_factory=dict)
 
     @property
     def pairs_per_s(self) -> float:
@@ -124,6 +125,29 @@ def pick_depth_topic(connections, params: dict, path) -> str | None:
         raise ValueError(f"scale_source 'depth' needs depth images on {topic}, which '{path}' does not have; set "
                          f"-p depth_topic:=TOPIC (Image topics in the bag: {', '.join(images) or 'none'})")
     return topic
+
+
+def explain_no_pairs(stats: ReplayStats, image_topic: str, params: dict) -> str:
+    """Why a replay made no pair: which check dropped how many of the images read (pairing.FrameRing counters)."""
+    if stats.images == 0:
+        return f"the bag has no message on {image_topic}"
+    c, reasons = stats.pairing, []
+    if stats.skipped_images:
+        reasons.append("unusable images: " + ", ".join(f"{n} {k}" for k, n in stats.skipped_images.items()))
+    if c.get("duplicates"):
+        reasons.append(f"{c['duplicates']} with the same header stamp as the previous image (ignored)")
+    if c.get("stamp_jumps_back"):
+        reasons.append(f"{c['stamp_jumps_back']} with a header stamp older than the previous image (out of order "
+                       "or reversed: the pairing buffer restarts)")
+    if c.get("resolution_changes"):
+        reasons.append(f"{c['resolution_changes']} with another image size than the previous one")
+    if c.get("no_partner"):
+        reasons.append(f"{c['no_partner']} without an earlier image within max_pair_gap = "
+                       f"{params['max_pair_gap']} s (pair_interval {params['pair_interval']} s)")
+    if stats.failed_pairs:
+        reasons.append(f"every one of {stats.failed_pairs} pairs failed in the pipeline, first error: "
+                       f"{stats.first_error}")
+    return f"{stats.images} images on {image_topic}; " + ("; ".join(reasons) or "no pairing check fired")
 
 
 def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | None = None,
@@ -228,6 +252,10 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                 flush_pair()
             stats.wall_s = time.perf_counter() - start
             stats.per_topic = dict(writer.counts)
+            stats.pairing = ring.counters.as_dict()
+            if stats.pairs == 0:   # raised inside the writer: no empty output is left
+                raise ValueError(f"no pair written from '{in_path}': "
+                                 + explain_no_pairs(stats, image_topic, params))
         stats.counters = step.counters()
         if params["scale_source"] != "none" and stats.scales:
             c = stats.counters
@@ -235,8 +263,6 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                   f"(median {float(np.median(stats.scales)):.4g}) per model unit over {len(stats.scales)} pairs; "
                   f"chain breaks {c['scale_chain_breaks']}, depth misses {c['scale_depth_misses']}, "
                   f"bad depth images {c['scale_depth_errors']}", file=sys.stderr, flush=True)
-        if stats.failed_pairs and not stats.pairs:
-            raise ValueError(f"every pair of '{in_path}' failed in the pipeline; first error: {stats.first_error}")
         return stats
     finally:
         reader.close()

@@ -245,3 +245,48 @@ def test_a_full_disk_stops_the_recorder_with_counts_and_a_readable_file(tmp_path
     got = [bytes.fromhex(h) for h in json.loads(out.split("READBACK=")[1].splitlines()[0])]
     sent = [_pad4(d) for d in _payloads(image_bag)]
     assert len(got) == written and [_pad4(d) for d in got] == sent[:written]
+
+
+# ---------------------------------------------------------------------------------------------------------- (4)
+def _bag_with_stamps(path: Path, stamps_s, image_topic="/camera/image_raw"):
+    """A bag of tiny rgb8 images (+ CameraInfo) with these header stamps, written in this order."""
+    from dpm_ros.bag import SequenceBagWriter, camera_info_msg, image_msg
+    K = np.array([[40.0, 0, 16], [0, 40.0, 12], [0, 0, 1]])
+    rng = np.random.default_rng(3)
+    with SequenceBagWriter(path) as w:
+        for i, t in enumerate(stamps_s):
+            ns = int(round(t * 1e9))
+            w.write("/camera/camera_info", camera_info_msg(K, 24, 32, ns), 1_000_000_000 + i)
+            w.write(image_topic, image_msg(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8), ns), 1_000_000_000 + i)
+    return path
+
+
+@pytest.mark.parametrize("kind, stamps, reason", [
+    ("reversed", [2.0 - 0.1 * i for i in range(8)], "older than the previous image"),
+    ("all_zero", [0.0] * 8, "same header stamp"),
+    ("duplicates", [1.0, 1.0, 1.0, 1.0], "same header stamp"),
+    ("too_far", [1.0 + 2.0 * i for i in range(5)], "without an earlier image within max_pair_gap"),
+    ("empty", [], "has no message on /camera/image_raw"),
+])
+def test_replay_with_no_pair_says_why_and_exits_non_zero(tmp_path, small_bag, kind, stamps, reason):
+    """(4) Bags whose stamps give no pair: exit 1, the check that dropped the images with counts, no output."""
+    bag = tmp_path / f"{kind}.mcap"
+    if kind == "empty":
+        from dpm_ros.bag import SequenceBagWriter, camera_info_msg
+        with SequenceBagWriter(bag) as w:        # a camera topic declared, no image on it
+            w.write("/camera/camera_info", camera_info_msg(np.eye(3), 24, 32, 1), 1)
+            w._writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image",
+                                     typestore=__import__("dpm_ros.bag", fromlist=["x"]).typestore())
+    else:
+        _bag_with_stamps(bag, stamps)
+    out = tmp_path / "out.mcap"
+    rc, err = _dpm("replay", bag, "--out", out, "--engine", f"oracle:{small_bag}", "--no-progress")
+    assert rc == 1 and "no pair written" in err and reason in err and "Traceback" not in err, err
+    if stamps:
+        assert f"{len(stamps)} images" in err
+    assert not out.exists()
+
+
+def test_record_of_nothing_says_why_and_exits_non_zero(tmp_path):
+    rc, err = _dpm("record", tmp_path / "none.mcap", "/nobody_publishes_this", "--duration", 1)
+    assert rc == 1 and "nothing recorded" in err and "/nobody_publishes_this" in err, err

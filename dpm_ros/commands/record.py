@@ -66,4 +66,10 @@ def run(args) -> int:
         print(f"dpm record: error: the recording is incomplete ({recorder.write_error or close_error}); "
               f"{path} holds the messages of its complete chunks", file=sys.stderr, flush=True)
         return 1
+    if recorder.summary()["written"] == 0:
+        seen = [t for t, sub in recorder.subscriptions.items() if sub is not None]
+        why = (f"subscribed to {', '.join(seen)} but no message arrived" if seen
+               else "no publisher of a recordable type appeared on " + ", ".join(recorder.topics))
+        print(f"dpm record: error: nothing recorded ({why}); {path} is an empty bag", file=sys.stderr, flush=True)
+        return 1
     return 0

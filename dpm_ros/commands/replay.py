@@ -56,6 +56,10 @@ def run(args) -> int:
     print(f"dpm replay: {stats.images} images, {stats.pairs} pairs in {stats.wall_s:.2f} s "
           f"({stats.pairs_per_s:.2f} pairs/s); wrote {stats.messages_written} messages to {args.out} ({topics})",
           file=sys.stderr, flush=True)
+    dropped = {k: n for k, n in stats.pairing.items() if k not in ("frames_in", "pairs_made") and n}
+    if dropped:
+        print("dpm replay: images that made no pair: " + ", ".join(f"{k} {n}" for k, n in dropped.items()),
+              file=sys.stderr, flush=True)
     if stats.failed_pairs:
         print(f"dpm replay: warning: {stats.failed_pairs} pair(s) failed: {stats.first_error}", file=sys.stderr)
     return 0
