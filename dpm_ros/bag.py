@@ -370,15 +370,30 @@ def struct_error():
     return struct.error
 
 
-def read_messages(path: str | Path, topics: list[str]) -> Iterator[tuple[str, int, object]]:
-    """(topic, bag timestamp ns, deserialised message) for ``topics``, in bag order. Types outside the ROS 2
+def read_messages(path: str | Path, topics: list[str], msgtypes=None) -> Iterator[tuple[str, int, object]]:
+    """(topic, bag timestamp ns, deserialised message) for ``topics``, in bag order. A topic missing from the bag
+    yields nothing (rosbags reads *every* topic when given no connection: never passed on). ``msgtypes``: the
+    types the caller can use; a listed topic of another type raises ValueError before anything is read, and so
+    does a message whose CDR cannot be decoded (naming the bag, topic and position). Types outside the ROS 2
     typestore (``dpm_ros/msg/ObjectMotionArray``, ...) are read with the definitions stored in the bag."""
     reader = open_bag(path)
     try:
         conns = [c for c in reader.connections if c.topic in topics]
+        wrong = [c for c in conns if msgtypes is not None and c.msgtype not in msgtypes]
+        if wrong:
+            raise ValueError(f"bag '{path}': topic {wrong[0].topic} holds {wrong[0].msgtype}, expected "
+                             f"{' or '.join(msgtypes)}")
+        if not conns:
+            return
         register_bag_types(reader, conns)
-        for conn, ns, raw in reader.messages(connections=conns):
-            yield conn.topic, ns, typestore().deserialize_cdr(raw, conn.msgtype)
+        from dpm_ros.ros.bag_player import iterate_messages
+        for i, (conn, ns, raw) in enumerate(iterate_messages(reader, conns)):
+            try:
+                msg = typestore().deserialize_cdr(raw, conn.msgtype)
+            except Exception as exc:   # rosbags raises assorted errors on garbage bytes
+                raise ValueError(f"bag '{path}': message {i} on {conn.topic} is not valid {conn.msgtype} CDR "
+                                 f"({type(exc).__name__}: {exc})") from None
+            yield conn.topic, ns, msg
     finally:
         reader.close()
 
@@ -418,14 +433,20 @@ def read_images(path: str | Path, topic: str | None = None, encoding: str | None
             topic = found[0]
         else:
             raise ValueError(f"bag '{path}': name the image topic, candidates: {found or 'none'}")
-    for _, _, msg in read_messages(path, [topic]):
+    for _, _, msg in read_messages(path, [topic], IMAGE_TYPES):
         yield header_ns(msg), image_to_numpy(msg, encoding), msg.header.frame_id
 
 
 def read_synth_info(path: str | Path) -> dict:
     """The generator JSON of a synthetic bag (``/dpm/synth_info``). ValueError if the bag has none."""
-    for _, _, msg in read_messages(path, [SYNTH_INFO_TOPIC]):
-        return json.loads(msg.data)
+    for _, _, msg in read_messages(path, [SYNTH_INFO_TOPIC], ("std_msgs/msg/String",)):
+        try:
+            info = json.loads(msg.data)
+        except ValueError as exc:
+            raise ValueError(f"bag '{path}': {SYNTH_INFO_TOPIC} is not JSON ({exc})") from None
+        if not isinstance(info, dict) or not isinstance(info.get("params"), dict):
+            raise ValueError(f"bag '{path}': {SYNTH_INFO_TOPIC} has no generator 'params' object")
+        return info
     raise ValueError(f"bag '{path}' has no {SYNTH_INFO_TOPIC} topic: it was not written by `dpm synth`")
 
 
@@ -434,7 +455,7 @@ def read_poses(path: str | Path, child: str = CAMERA_FRAME, parent: str = WORLD_
     from scipy.spatial.transform import Rotation
 
     out = []
-    for _, _, msg in read_messages(path, [TF_TOPIC]):
+    for _, _, msg in read_messages(path, [TF_TOPIC], ("tf2_msgs/msg/TFMessage",)):
         for ts in msg.transforms:
             if ts.child_frame_id == child and ts.header.frame_id == parent:
                 T = np.eye(4)
@@ -447,6 +468,6 @@ def read_poses(path: str | Path, child: str = CAMERA_FRAME, parent: str = WORLD_
 
 def read_camera_info(path: str | Path, topic: str = INFO_TOPIC) -> tuple[np.ndarray, int, int]:
     """(K 3×3, height, width) from the first CameraInfo on ``topic``."""
-    for _, _, msg in read_messages(path, [topic]):
+    for _, _, msg in read_messages(path, [topic], ("sensor_msgs/msg/CameraInfo",)):
         return np.asarray(msg.k, float).reshape(3, 3), int(msg.height), int(msg.width)
     raise ValueError(f"bag '{path}' has no CameraInfo on {topic}")

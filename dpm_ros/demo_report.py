@@ -47,6 +47,8 @@ def read_outputs(path: str | Path) -> dict[int, PairOutputs]:
     out: dict[int, PairOutputs] = {}
     with AnyReader([path], default_typestore=get_typestore(Stores.LATEST)) as reader:
         conns = [c for c in reader.connections if c.topic in OUTPUT_TYPES_SET]
+        if not conns:   # rosbags reads every topic when given no connection
+            return out
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
             ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)

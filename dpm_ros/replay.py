@@ -83,6 +83,7 @@ class ReplayStats:
     scales: list = field(default_factory=list)
     skipped_images: dict = field(default_factory=dict)
     pairing: dict = field(default_factory=dict)
+    undecodable: dict = field(default_factory=dict)
 
     @property
     def pairs_per_s(self) -> float:
@@ -190,6 +191,8 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
         wanted = {image_topic, info_topic, depth_topic, "/tf_static"} - {None}
         conns = reader.connections if copy_input else [c for c in reader.connections if c.topic in wanted]
         classes = {c.topic: resolve_msg_class(c.msgtype) for c in conns if c.topic in wanted}
+        if classes.get(image_topic) is None:
+            raise ValueError(f"cannot load the message class of {image_topic} ({image_conn.msgtype})")
         stats = ReplayStats()
         with BagWriter(out_path, overwrite=overwrite, keep_partial=False, inputs=[in_path]) as writer:
             def flush_pair() -> None:
@@ -227,6 +230,18 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                 if pair is not None:
                     pending[:] = [pair]
 
+            def decode(topic: str, data: bytes):
+                """The message, or None (counted, told once per topic) when its CDR bytes do not decode."""
+                if classes.get(topic) is None:
+                    return None
+                try:
+                    return deserialize_message(data, classes[topic])
+                except Exception as exc:   # rclpy raises various errors on garbage bytes
+                    stats.undecodable[topic] = stats.undecodable.get(topic, 0) + 1
+                    notify("warn", f"cdr:{topic}", f"skipped a message on {topic} whose bytes are not valid "
+                           f"{classes[topic].__name__} CDR ({type(exc).__name__}: {exc})")
+                    return None
+
             start = time.perf_counter()
             total = next(c.msgcount for c in reader.connections if c.topic == image_topic)
             with tqdm(total=total, unit="img", desc="dpm replay", file=sys.stderr, disable=not progress,
@@ -235,20 +250,28 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                     if copy_input:
                         writer.add_topic(conn.topic, conn.msgtype, [])
                         writer.write(conn.topic, stamp_ns, data)
+                    if conn.topic not in wanted:
+                        continue
+                    msg = decode(conn.topic, data)
                     if conn.topic == image_topic:
                         flush_pair()  # the previous pair, once CameraInfo/depth sent with its image have been read
-                        take_image(deserialize_message(data, classes[image_topic]))
                         stats.images += 1
                         bar.update(1)
+                        if msg is None:
+                            stats.skipped_images["undecodable"] = stats.skipped_images.get("undecodable", 0) + 1
+                        else:
+                            take_image(msg)
+                    elif msg is None:
+                        continue
                     elif conn.topic == info_topic:
-                        step.add_camera_info(deserialize_message(data, classes[info_topic]))
+                        step.add_camera_info(msg)
                     elif conn.topic == depth_topic:
                         try:
-                            step.add_depth(deserialize_message(data, classes[depth_topic]))
+                            step.add_depth(msg)
                         except ValueError as exc:
                             notify("warn", "depth_image", f"skipped depth image on {depth_topic}: {exc}")
-                    elif conn.topic == "/tf_static" and classes.get("/tf_static") is not None:
-                        static_tf.add_message(deserialize_message(data, classes["/tf_static"]))
+                    elif conn.topic == "/tf_static":
+                        static_tf.add_message(msg)
                 flush_pair()
             stats.wall_s = time.perf_counter() - start
             stats.per_topic = dict(writer.counts)

@@ -290,3 +290,116 @@ def test_replay_with_no_pair_says_why_and_exits_non_zero(tmp_path, small_bag, ki
 def test_record_of_nothing_says_why_and_exits_non_zero(tmp_path):
     rc, err = _dpm("record", tmp_path / "none.mcap", "/nobody_publishes_this", "--duration", 1)
     assert rc == 1 and "nothing recorded" in err and "/nobody_publishes_this" in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------- (5)
+def _bag_of(path: Path, topics: dict):
+    """A bag with {topic: std_msgs/String text} only (no camera, no synth_info)."""
+    from dpm_ros.bag import SequenceBagWriter, typestore
+    String = typestore().types["std_msgs/msg/String"]
+    with SequenceBagWriter(path) as w:
+        for topic, text in topics.items():
+            w.write(topic, String(data=text), 1_000_000_000)
+    return path
+
+
+def test_a_missing_topic_reads_as_nothing_and_a_wrong_type_is_refused(tmp_path, small_bag):
+    """(5) rosbags reads every topic when given no connection: a missing CameraInfo topic returned a message of
+    another type. Now: missing → the caller's clear error; the topic holding another type → ValueError."""
+    from dpm_ros.bag import read_camera_info, read_messages, read_synth_info
+    bag = _bag_of(tmp_path / "strings.mcap", {"/chatter": "hello"})
+    assert list(read_messages(bag, ["/camera/camera_info"])) == []
+    with pytest.raises(ValueError, match="has no CameraInfo on /camera/camera_info"):
+        read_camera_info(bag)
+    with pytest.raises(ValueError, match="has no /dpm/synth_info"):
+        read_synth_info(bag)
+    wrong = _bag_of(tmp_path / "wrong.mcap", {"/camera/camera_info": "not a CameraInfo"})
+    with pytest.raises(ValueError, match="holds std_msgs/msg/String, expected sensor_msgs/msg/CameraInfo"):
+        read_camera_info(wrong)
+    assert read_camera_info(small_bag)[1:] == (24, 32)
+
+
+def test_oracle_engine_on_a_bag_without_ground_truth_is_a_clear_error(tmp_path, small_bag):
+    """(5) engine:=oracle:<bag without /dpm/synth_info> was an AttributeError traceback."""
+    plain = _bag_with_stamps(tmp_path / "plain.mcap", [1.0 + 0.1 * i for i in range(4)])
+    rc, err = _dpm("replay", small_bag, "--out", tmp_path / "o.mcap", "--engine", f"oracle:{plain}",
+                   "--no-progress")
+    assert rc == 1 and "has no /dpm/synth_info" in err and "Traceback" not in err, err
+
+
+# ---------------------------------------------------------------------------------------------------------- (6)
+def test_a_message_type_named_by_a_bag_never_imports_a_module(tmp_path, monkeypatch):
+    """(6) A bag whose type is `evilpkg/msg/Thing` made `dpm play` import the module `evilpkg`. Only types of the
+    ROS 2 typestore and this package's own are resolved."""
+    from dpm_ros.ros.bag_player import resolve_msg_class
+    marker = tmp_path / "imported"
+    pkg = tmp_path / "site" / "evilpkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (pkg / "msg.py").write_text("class Thing: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    for name in ("evilpkg/msg/Thing", "evilpkg/Thing", "os/msg/Thing"):
+        assert resolve_msg_class(name) is None
+    assert not marker.exists(), "a module named by a bag was imported"
+    assert resolve_msg_class("sensor_msgs/msg/Image").__name__ == "Image"
+    assert resolve_msg_class("dpm_ros/msg/ObjectMotionArray").__name__ == "ObjectMotionArray"
+
+
+def _saved_tiny(tmp_path):
+    from dpm_ros.model import build_model, save_model
+    return save_model(build_model("dpm_tiny"), tmp_path / "tiny.safetensors")
+
+
+def test_model_config_bounds_are_checked_without_building_anything():
+    """(6) Sizes within every per-field bound can still make a huge network: the parameter estimate is bounded
+    too. (Checked on DPMConfig alone: the same JSON given to an unchecked loader would allocate ~50 GB.)"""
+    from dpm_ros.model.config import MAX_PARAMETERS, PRESETS, DPMConfig
+    with pytest.raises(ValueError, match="parameters, above the supported"):
+        DPMConfig(enc_depth=64, enc_embed_dim=4096, enc_num_heads=64)
+    with pytest.raises(ValueError, match="above the supported"):
+        DPMConfig(height=2 ** 20, width=2 ** 20)
+    assert PRESETS["dust3r_vitl_512_dpt"].approx_parameters() < MAX_PARAMETERS / 3
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(enc_embed_dim=1_000_000, enc_num_heads=1000), "above the supported"),
+    (dict(enc_depth="6"), "must be an integer"),
+    (dict(mlp_ratio=float("nan")), "finite number"),
+    (dict(dpt_layer_dims=[1, 2, 3, -4]), "dpt_layer_dims"),
+])
+def test_model_json_is_validated_before_anything_is_allocated(tmp_path, change, message):
+    """(6) The JSON beside the weights set the network's size before any check (one asked for 118 TB)."""
+    import time
+    from dpm_ros.model import load_model
+    path = _saved_tiny(tmp_path)
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta["config"].update(change)
+    side.write_text(json.dumps(meta))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+    assert time.perf_counter() - start < 5.0
+
+
+@pytest.mark.parametrize("damage, message", [("int8", "torch.int8"), ("nan", "NaN/Inf"), ("inf", "NaN/Inf")])
+def test_int8_or_non_finite_weights_are_refused_at_load_and_export(tmp_path, damage, message):
+    """(6) int8 weights or weights full of NaN/Inf exported to an ONNX without a word."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from dpm_ros.model import load_model
+    path = _saved_tiny(tmp_path)
+    sd = load_file(str(path))
+    name = sorted(sd)[3]
+    if damage == "int8":
+        sd[name] = sd[name].to(torch.int8)
+    else:
+        sd[name] = sd[name].clone()
+        sd[name].view(-1)[0] = float(damage)
+    save_file(sd, str(path))
+    with pytest.raises(ValueError, match=message):
+        load_model(path)
+    rc, err = _dpm("export", "--weights", path, "--out", tmp_path / "m.onnx")
+    assert rc != 0 and message.split(".")[-1] in err and "Traceback" not in err, err
+    assert not (tmp_path / "m.onnx").exists()

@@ -43,6 +43,9 @@ def run(args) -> int:
         print(f"dpm play: published {stats.published} messages on {len(player.publishers)} topics in "
               f"{stats.wall_s:.2f} s ({rate:.1f} msg/s){' (stopped)' if stop.is_set() else ''}",
               file=sys.stderr, flush=True)
+        if stats.undecodable:
+            print(f"dpm play: warning: {stats.undecodable} message(s) were not valid CDR and not published",
+                  file=sys.stderr, flush=True)
         return 0
     finally:
         if player is not None:

@@ -49,7 +49,10 @@ class OracleEngine(Engine):
         info = read_synth_info(path)
         # the renderer that wrote the bag (the other one agrees on geometry except on a few edge pixels)
         renderer = "gl" if info.get("renderer") == "gl" and gl_available() else "numpy"
-        seq = SyntheticSequence(**info["params"], renderer=renderer)
+        try:
+            seq = SyntheticSequence(**info["params"], renderer=renderer)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"bag '{path}': /dpm/synth_info parameters are not a SyntheticSequence's: {exc}") from None
         images = [img for _, img, _ in read_images(path, info.get("topics", {}).get("image"))]
         if len(images) != len(seq):
             raise ValueError(f"bag '{path}': {len(images)} images but synth_info describes {len(seq)} frames")

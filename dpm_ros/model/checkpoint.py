@@ -55,11 +55,27 @@ def fill_scratch_aliases(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
     return out
 
 
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_weights(sd: dict[str, torch.Tensor], source: str = "") -> None:
+    """Every tensor floating point (float32/16, bfloat16, float64) and finite; else ValueError naming the first
+    offending tensor (int8 or NaN/Inf weights would load, export and run to garbage without a word)."""
+    for name, t in sd.items():
+        if t.dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"{source or 'weights'}: tensor {name} is {t.dtype}; expected floating point weights "
+                             "(quantised weights are not supported)")
+        if t.numel() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{source or 'weights'}: tensor {name} has {bad} NaN/Inf values of {t.numel()}")
+
+
 def load_state_dict_checked(model: DPMNet, sd: dict[str, torch.Tensor], source: str = "",
                             allow_missing_prefixes: tuple[str, ...] = ()) -> list[str]:
     """Copy ``sd`` into ``model`` after checking every key and shape; raises :class:`CheckpointMismatchError`.
     Keys under ``allow_missing_prefixes`` may be absent; returns the absent ones."""
     sd = fill_scratch_aliases(sd)
+    check_weights(sd, source)
     own = model.state_dict()
     missing = sorted(k for k in own if k not in sd)
     allowed = [k for k in missing if k.startswith(allow_missing_prefixes)] if allow_missing_prefixes else []
@@ -117,7 +133,9 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     """A network saved by :func:`save_model`, in eval mode on ``map_location``; ``model.record`` holds the
     training record."""
     meta = read_model_meta(path)
-    config = DPMConfig.from_dict(meta["config"])
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{path}: its model JSON has no 'config' object")
+    config = DPMConfig.from_dict(meta["config"])   # validated (types, bounded sizes) before anything is allocated
     model = DPMNet(config)
     try:
         weights = load_file(str(path), device="cpu")

@@ -4,6 +4,12 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 
 HEAD_TYPES = ("linear", "dpt")
+# Bounds checked before a network is built from a config (a JSON file beside the weights decides it): DUSt3R ViT-L
+# (~570 M parameters, 1024-wide, 24 deep, 512 px) is well inside them.
+MAX_SIDE, MAX_PATCH, MAX_DIM, MAX_DEPTH, MAX_HEADS, MAX_TOKENS = 4096, 64, 4096, 64, 64, 65536
+MAX_PARAMETERS = 2_000_000_000
+INT_FIELDS = ("height", "width", "patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim",
+              "dec_depth", "dec_num_heads", "dpt_feature_dim")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,26 @@ class DPMConfig:
     motion_init_bias: float = -6.0
 
     def __post_init__(self) -> None:
+        import math
+        for name in INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        for name in ("mlp_ratio", "rope_base", "motion_init_bias"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
+        if not 0 < self.mlp_ratio <= 16 or not self.rope_base > 0:
+            raise ValueError(f"mlp_ratio must be in (0, 16] and rope_base > 0, got {self.mlp_ratio}, {self.rope_base}")
+        limits = dict(height=MAX_SIDE, width=MAX_SIDE, patch_size=MAX_PATCH, enc_embed_dim=MAX_DIM,
+                      dec_embed_dim=MAX_DIM, dpt_feature_dim=MAX_DIM, enc_depth=MAX_DEPTH, dec_depth=MAX_DEPTH,
+                      enc_num_heads=MAX_HEADS, dec_num_heads=MAX_HEADS)
+        for name, limit in limits.items():
+            if getattr(self, name) > limit:
+                raise ValueError(f"{name} {getattr(self, name)} is above the supported {limit}")
+        if not isinstance(self.dpt_layer_dims, (tuple, list)) or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 1 <= d <= MAX_DIM for d in self.dpt_layer_dims):
+            raise ValueError(f"dpt_layer_dims must be integers in [1, {MAX_DIM}], got {self.dpt_layer_dims!r}")
         if self.head_type not in HEAD_TYPES:
             raise ValueError(f"head_type {self.head_type!r} not supported (use one of {HEAD_TYPES})")
         for name in ("height", "width", "patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads",
@@ -49,6 +75,22 @@ class DPMConfig:
                                  f"divisible by 4 (2D RoPE rotates two halves in pairs)")
         if len(self.dpt_layer_dims) != 4:
             raise ValueError(f"dpt_layer_dims needs 4 entries, got {self.dpt_layer_dims}")
+        tokens = (self.height // self.patch_size) * (self.width // self.patch_size)
+        if tokens > MAX_TOKENS:
+            raise ValueError(f"{tokens} tokens per image ({self.height}x{self.width} px, patch {self.patch_size}) is "
+                             f"above the supported {MAX_TOKENS}")
+        if self.approx_parameters() > MAX_PARAMETERS:
+            raise ValueError(f"this config makes a network of about {self.approx_parameters() / 1e9:.1f} G "
+                             f"parameters, above the supported {MAX_PARAMETERS / 1e9:.0f} G; refusing to build it")
+
+    def approx_parameters(self) -> int:
+        """Rough parameter count (transformer blocks: ~12·d² per encoder and ~16·d² per decoder layer, plus the
+        mlp ratio's share): checked before anything is allocated."""
+        r = self.mlp_ratio / 4.0
+        enc = (4 + 8 * r) * self.enc_embed_dim ** 2 * self.enc_depth
+        dec = (8 + 8 * r) * self.dec_embed_dim ** 2 * self.dec_depth
+        dpt = 8 * self.dpt_feature_dim * sum(self.dpt_layer_dims) * 9 if self.head_type == "dpt" else 0
+        return int(enc + dec + dpt)
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -63,14 +105,16 @@ class DPMConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DPMConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        """Inverse of :meth:`to_dict`; unknown keys, wrong types and out-of-bounds sizes raise ValueError."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown model config keys {unknown} (known: {sorted(known)})")
         d = dict(d)
         if "dpt_layer_dims" in d:
-            d["dpt_layer_dims"] = tuple(int(x) for x in d["dpt_layer_dims"])
+            if not isinstance(d["dpt_layer_dims"], (list, tuple)):
+                raise ValueError(f"dpt_layer_dims must be a list of 4 integers, got {d['dpt_layer_dims']!r}")
+            d["dpt_layer_dims"] = tuple(d["dpt_layer_dims"])
         return cls(**d)
 
 

@@ -1,12 +1,13 @@
 """Play a rosbag2 (MCAP or sqlite3) over DDS without rosbag2: rosbags reads the CDR bytes, rclpy publishes them raw.
 
-Each connection is published with its recorded type (imported as ``<pkg>.msg.<Name>``; topics whose type is not
-importable are skipped with a warning) and its recorded QoS (``offered_qos_profiles`` of the bag's metadata or MCAP
+Each connection is published with its recorded type (imported as ``<pkg>.msg.<Name>`` only for a type of the ROS 2
+typestore or this package's, never a module named by the file; other topics are skipped with a warning) and its recorded QoS (``offered_qos_profiles`` of the bag's metadata or MCAP
 channel), at the original timing scaled by ``rate``; ``/clock`` (rosgraph_msgs/Clock) follows the bag time when asked.
 """
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 import threading
 import time
@@ -43,18 +44,43 @@ def no_camera_message(path, connections) -> str:
             f"to process; its topics: {describe_topics(connections)}")
 
 
-def resolve_msg_class(msgtype: str):
-    """The rclpy message class of 'pkg/msg/Name' (also 'pkg/Name'), or None when it cannot be imported."""
-    parts = msgtype.split("/")
-    if len(parts) == 2:
-        parts = [parts[0], "msg", parts[1]]
-    if len(parts) != 3 or not all(parts):
+_MSGTYPE = re.compile(r"([A-Za-z][A-Za-z0-9_]*)/(?:msg/)?([A-Z][A-Za-z0-9]*)")
+
+
+def known_msgtype(msgtype: str, installed: bool = False) -> str | None:
+    """'pkg/msg/Name' when ``msgtype`` ('pkg/msg/Name' or 'pkg/Name') is a type this project may import: one of the
+    ROS 2 typestore (rosbags' Kilted store) or this package's own (msg/*.msg); with ``installed`` also a type whose
+    .msg file an installed interface package ships (share/<pkg>/msg, for types seen on the live graph). Else None:
+    a name read from a file never decides which Python module is imported."""
+    m = _MSGTYPE.fullmatch(msgtype or "")
+    if m is None:
         return None
+    name = f"{m.group(1)}/msg/{m.group(2)}"
+    from rosbags.typesys import Stores, get_typestore
+
+    if name in get_typestore(Stores.ROS2_KILTED).fielddefs:
+        return name
+    from dpm_ros.ros.bag_recorder import SOURCE_MSG_DIR, _msg_file
+
+    if m.group(1) == "dpm_ros" and (SOURCE_MSG_DIR / f"{m.group(2)}.msg").is_file():
+        return name
+    if installed and _msg_file(name) is not None:
+        return name
+    return None
+
+
+def resolve_msg_class(msgtype: str, installed: bool = False):
+    """The rclpy message class of 'pkg/msg/Name' (also 'pkg/Name'), or None when it is not a known type (see
+    ``known_msgtype``) or cannot be imported."""
+    name = known_msgtype(msgtype, installed)
+    if name is None:
+        return None
+    pkg, _, cls = name.split("/")
     try:
-        module = importlib.import_module(f"{parts[0]}.{parts[1]}")
+        module = importlib.import_module(f"{pkg}.msg")
     except ImportError:
         return None
-    return getattr(module, parts[2], None)
+    return getattr(module, cls, None)
 
 
 def qos_from_offered(profiles):
@@ -79,6 +105,7 @@ class PlayStats:
     loops: int = 0
     skipped_topics: tuple = ()
     wall_s: float = 0.0
+    undecodable: int = 0
 
 
 class BagPlayer:
@@ -111,6 +138,8 @@ class BagPlayer:
                 self.reader.close()
                 raise ValueError(text)
         self.connections, self.publishers, skipped = [], {}, []
+        self.classes: dict = {}
+        self._told_garbage: set = set()
         for conn in self.reader.connections:
             if topics and conn.topic not in topics:
                 continue
@@ -119,6 +148,7 @@ class BagPlayer:
                 skipped.append(f"{conn.topic} ({conn.msgtype})")
                 continue
             self.connections.append(conn)
+            self.classes[conn.topic] = cls
             if conn.topic not in self.publishers:
                 same = [c for c in self.reader.connections if c.topic == conn.topic]
                 profiles = [q for c in same for q in getattr(c.ext, "offered_qos_profiles", None) or []]
@@ -139,6 +169,20 @@ class BagPlayer:
 
     def close(self) -> None:
         self.reader.close()
+
+    def _decodes(self, conn, data: bytes) -> bool:
+        """True when ``data`` deserialises as the topic's type (rclpy, C); garbage is counted and never relayed."""
+        from rclpy.serialization import deserialize_message
+        try:
+            deserialize_message(data, self.classes[conn.topic])
+            return True
+        except Exception as exc:   # rclpy raises various errors on garbage bytes
+            self.stats.undecodable += 1
+            if conn.topic not in self._told_garbage:
+                self._told_garbage.add(conn.topic)
+                self.log(f"warning: not publishing messages of {conn.topic} whose bytes are not valid "
+                         f"{conn.msgtype} CDR ({type(exc).__name__}: {exc}); counted")
+            return False
 
     def _publish_clock(self, stamp_ns: int) -> None:
         self._clock_msg.clock.sec, self._clock_msg.clock.nanosec = divmod(int(stamp_ns), 1_000_000_000)
@@ -192,6 +236,8 @@ class BagPlayer:
                         break
                     if self.clock_pub is not None:
                         self._publish_clock(stamp)
+                    if not self._decodes(conn, data):
+                        continue
                     self.publishers[conn.topic].publish(data)
                     self.stats.published += 1
                     bar.update(1)

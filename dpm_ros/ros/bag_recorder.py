@@ -311,7 +311,7 @@ class BagRecorder:
             if topic in self.subscriptions or topic not in types:
                 continue
             msgtype = types[topic][0]
-            cls = resolve_msg_class(msgtype)
+            cls = resolve_msg_class(msgtype, installed=True)
             if cls is None:
                 self.log(f"warning: cannot import '{msgtype}' of {topic}; not recording it")
                 self.subscriptions[topic] = None
