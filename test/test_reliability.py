@@ -403,3 +403,168 @@ def test_int8_or_non_finite_weights_are_refused_at_load_and_export(tmp_path, dam
     rc, err = _dpm("export", "--weights", path, "--out", tmp_path / "m.onnx")
     assert rc != 0 and message.split(".")[-1] in err and "Traceback" not in err, err
     assert not (tmp_path / "m.onnx").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------- (7)
+def _camera_info(fx=200.0, fy=200.0, cx=160.0, cy=120.0, k22=1.0, d=(0.0,) * 5, w=320, h=240):
+    from sensor_msgs.msg import CameraInfo
+    msg = CameraInfo(width=w, height=h, distortion_model="plumb_bob")
+    msg.k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, k22]
+    msg.d = [float(x) for x in d]
+    return msg
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (dict(fx=1e-9), "focal length"), (dict(fy=1e30), "focal length"), (dict(cx=-1e7), "principal point"),
+    (dict(k22=0.0), "last row"), (dict(d=(float("nan"), 0, 0, 0, 0)), "distortion D has non-finite"),
+    (dict(fx=float("inf")), "non-finite"), (dict(w=0), "image size"),
+])
+def test_implausible_camera_info_is_rejected_and_counted(bad, reason):
+    """(7) fx = 1e-9 or 1e30, cx = −1e7, K[2][2] = 0, NaN distortion were accepted and republished."""
+    from dpm_ros.ros.pair_step import PairProcessor, camera_info_problem
+    from dpm_ros.replay import load_params
+    assert camera_info_problem(_camera_info()) is None
+    assert reason in camera_info_problem(_camera_info(**bad))
+    told = []
+    step = PairProcessor(load_params(), None, None, lambda level, kind, text: told.append((kind, text)))
+    assert step.add_camera_info(_camera_info(**bad)) is False
+    assert step.add_camera_info(_camera_info()) is True
+    assert step.counters()["camera_info_rejected"] == 1
+    assert told and told[0][0] == "camera_info" and reason in told[0][1]
+    told.clear()
+    assert step.add_camera_info(_camera_info(d=(0.1, 0, 0, 0, 0))) is True     # used, but said: D is not applied
+    assert told and told[0][0] == "distortion" and "rectified" in told[0][1]
+
+
+def test_node_takes_an_integer_for_a_double_and_names_unknown_parameters(tmp_path, small_bag):
+    """(7) `-p pair_interval:=1` was a traceback; a misspelled parameter was silently ignored."""
+    import time
+    from dpm_ros.ros.harness import NodeProcess
+    args = ["--ros-args", "-p", f"engine:=oracle:{small_bag}", "-p", "pair_interval:=1", "-p", "max_pair_gap:=2",
+            "-p", "pair_intervall:=0.3"]
+    with NodeProcess(args, tmp_path / "node.log") as node:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "dpm_node ready" not in node.log() and node.alive():
+            time.sleep(0.2)
+        log = node.log()
+    assert "dpm_node ready" in log and "pair_interval 1.0 s" in log and "Traceback" not in log, log
+    assert "ignoring unknown parameter(s): pair_intervall (did you mean pair_interval?)" in log, log
+
+
+def test_diagnostics_warn_on_drops_and_latency_and_error_without_pairs():
+    """(7) /diagnostics stayed OK while 39–88 % of the pairs were dropped."""
+    from dpm_ros.ros.diagnostics import NodeHealth
+    from dpm_ros.replay import load_params
+    p = load_params()
+    limits = (p["diag_max_drop_fraction"], p["diag_max_latency"], p["diag_no_pair_timeout"])
+    h = NodeHealth()
+    now = h.started
+    for _ in range(10):
+        h.frame_in(now)
+    for _ in range(6):
+        h.pair_done(10.0, 50.0)
+    level, text, values = h.report({}, dropped_pairs=4, max_drop_fraction=limits[0], max_latency_s=limits[1],
+                                   no_pair_timeout_s=limits[2], now=now)          # 4 of 10 dropped: 40 %
+    assert level == "warn" and "4 of 10 pairs dropped" in text and values["drop_fraction_recent"] == 0.4
+    for _ in range(8):
+        h.pair_done(10.0, 50.0)
+    assert h.report({}, 5, *limits, now=now)[0] == "ok"                           # 1 of 9 since the last report
+    for _ in range(100):
+        h.pair_done(10.0, 2500.0)
+    level, text, _ = h.report({}, 5, *limits, now=now)
+    assert level == "warn" and "mean latency" in text
+    later = h.last_output + limits[2] + 1.0
+    h.frame_in(later)                                                             # images arrive, no pair
+    level, text, _ = h.report({}, 5, *limits, now=later)
+    assert level == "error" and "no pair was published" in text
+
+
+def test_engine_cache_lock_builds_once_and_an_unwritable_cache_serves_memory(tmp_path):
+    """(7) Two processes building the same engine both built it; a read-only or full cache threw the freshly built
+    engine away. The cache protocol (TensorRT's build is the ``build`` callable; here a real function that
+    records each call) is run by two processes at once, then against a read-only folder."""
+    import textwrap
+    script = tmp_path / "build.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})
+        from dpm_ros.engine import cache
+        key = cache.engine_cache_key("0" * 64, "10.0", "gpu", (9, 0), "fp16", {{"img1": (1, 3, 8, 8)}})
+        def build():
+            with open({str(tmp_path / "builds.txt")!r}, "a") as f:
+                f.write("built\\n")
+            time.sleep(2.0)
+            return b"engine-bytes"
+        path, meta, built = cache.get_or_build(sys.argv[1], "m.onnx", key, build)
+        print(built, cache.read_engine_bytes(path).decode())
+    """))
+    folder = tmp_path / "cache"
+    procs = [subprocess.Popen([sys.executable, str(script), str(folder)], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert (tmp_path / "builds.txt").read_text().count("built") == 1
+    assert outs == ["False engine-bytes", "True engine-bytes"]
+    from dpm_ros.engine import cache
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    warnings = []
+    key = cache.engine_cache_key("1" * 64, "10.0", "gpu", (9, 0), "fp16", {"img1": (1, 3, 8, 8)})
+    try:
+        if os.access(ro, os.W_OK):      # root ignores permissions: make the folder a file's child instead
+            ro = tmp_path / "a_file" / "sub"
+            (tmp_path / "a_file").write_text("x")
+        path, _, built = cache.get_or_build(ro, "m.onnx", key, lambda: b"in-memory", warn=warnings.append)
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+    assert built and cache.read_engine_bytes(path) == b"in-memory"
+    assert any("using the engine built in memory" in w for w in warnings)
+
+
+def test_an_8_byte_mcap_and_garbage_cdr_give_clear_errors_not_tracebacks(tmp_path, small_bag):
+    """(7) An 8-byte .mcap was a TypeError traceback; garbage CDR was a traceback in replay."""
+    eight = tmp_path / "eight.mcap"
+    eight.write_bytes(b"\x89MCAP0\r\n")
+    rc, err = _dpm("replay", eight, "--out", tmp_path / "o.mcap", "--engine", f"oracle:{small_bag}",
+                   "--no-progress")
+    assert rc == 1 and str(eight) in err and "cannot be read" in err and "Traceback" not in err, err
+    garbage = _garbage_bag(tmp_path / "garbage.mcap")
+    rc, err = _dpm("replay", garbage, "--out", tmp_path / "g.mcap", "--engine", f"oracle:{small_bag}",
+                   "--no-progress")
+    assert "Traceback" not in err and "not valid" in err and "CDR" in err, err
+    assert rc == 1 and "undecodable" in err      # every image is garbage: no pair, said why
+
+
+def _garbage_bag(path: Path) -> Path:
+    """/camera/image_raw declared as sensor_msgs/Image, every message random bytes."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+
+    from dpm_ros.bag import typestore
+    rng = np.random.default_rng(5)
+    with Writer(path.with_suffix(""), version=9, storage_plugin=StoragePlugin.MCAP) as w:
+        conn = w.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=typestore())
+        for i in range(4):
+            w.write(conn, 1_000_000_000 + i * 100_000_000, rng.integers(0, 256, 64, dtype=np.uint8).tobytes())
+    os.replace(next(path.with_suffix("").glob("*.mcap")), path)
+    return path
+
+
+def test_play_does_not_relay_garbage_cdr(tmp_path):
+    """(7) `dpm play` published garbage CDR as it was; now it is counted and not published."""
+    import rclpy
+
+    from dpm_ros.ros.bag_player import BagPlayer
+    garbage = _garbage_bag(tmp_path / "garbage.mcap")
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    try:
+        node = rclpy.create_node("garbage_player", context=context)
+        logs = []
+        player = BagPlayer(node, garbage, rate=100.0, progress=False, log=logs.append)
+        stats = player.play()
+        player.close()
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)
+    assert stats.published == 0 and stats.undecodable == 4
+    assert any("not valid sensor_msgs/msg/Image CDR" in line for line in logs), logs

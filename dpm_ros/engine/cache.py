@@ -15,6 +15,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 KEY_FIELDS = ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision", "input_shapes",
               "recipe_version", "sm_count", "total_memory_mb")
@@ -163,3 +164,77 @@ def cached_engine(cache_dir: str | Path, onnx_path: str | Path, key: dict) -> Pa
     if not engine.is_file() or engine.stat().st_size == 0:
         return None
     return engine if not mismatched_fields(key, read_metadata(meta_path)) else None
+
+
+# engines built in this process whose cache file could not be written (read-only or full cache): path -> bytes
+_IN_MEMORY: dict[str, bytes] = {}
+
+
+def read_engine_bytes(path: str | Path) -> bytes:
+    """The serialized engine at ``path``: from the file, or the in-memory copy kept when the cache could not be
+    written (see ``get_or_build``)."""
+    blob = _IN_MEMORY.get(str(path))
+    return blob if blob is not None else Path(path).read_bytes()
+
+
+class build_lock:
+    """Exclusive lock ``<engine>.lock`` in the cache folder (fcntl.flock, released when the process dies), so that
+    of several processes missing the same engine one builds it and the others wait and then use it. Where the
+    lock file cannot be created (read-only cache) it is a no-op: each process builds for itself."""
+
+    def __init__(self, engine_path: str | Path, log: Callable[[str], None] | None = None):
+        self.path = Path(str(engine_path) + ".lock")
+        self.log = log or (lambda text: None)
+        self._fd = None
+
+    def __enter__(self):
+        import fcntl
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            self.log(f"cannot create the build lock {self.path} ({exc}); building without it")
+            return self
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.log(f"another process is building {self.path.name[:-5]}; waiting for it")
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self._fd is not None:
+            import fcntl
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def get_or_build(cache_dir: str | Path, onnx_path: str | Path, key: dict, build: Callable[[], bytes],
+                 force: bool = False, warn: Callable[[str], None] | None = None,
+                 **meta_extra) -> tuple[Path, dict, bool]:
+    """The cached engine for ``key`` or, on a miss (or ``force``), ``build()``'s bytes written to the cache under
+    ``build_lock`` (re-checked after waiting: a process that waited uses the engine another one built).
+    Returns (engine path, metadata, built now?). When the cache cannot be written (read-only, full) the engine
+    built is kept in memory (``read_engine_bytes`` serves it) and ``warn`` says so: the build is not thrown away."""
+    warn = warn or (lambda text: None)
+    engine_path, meta_path = engine_paths(cache_dir, onnx_path, key)
+    if not force and cached_engine(cache_dir, onnx_path, key) is not None:
+        return engine_path, read_metadata(meta_path), False
+    with build_lock(engine_path, warn):
+        if not force and cached_engine(cache_dir, onnx_path, key) is not None:
+            return engine_path, read_metadata(meta_path), False   # built by the process we waited for
+        start = time.perf_counter()
+        blob = build()
+        seconds = round(time.perf_counter() - start, 3)
+        meta = {"format": CACHE_FORMAT, "key": key, "created_unix": time.time(), "build_seconds": seconds,
+                "engine_bytes": len(blob), **meta_extra}
+        try:
+            atomic_write_bytes(engine_path, blob)
+            meta = write_metadata(meta_path, key, build_seconds=seconds, engine_bytes=len(blob), **meta_extra)
+            _IN_MEMORY.pop(str(engine_path), None)
+        except OSError as exc:
+            _IN_MEMORY[str(engine_path)] = bytes(blob)
+            warn(f"cannot write the engine cache {engine_path} ({exc}); using the engine built in memory (it is "
+                 "built again by the next process)")
+        return engine_path, meta, True

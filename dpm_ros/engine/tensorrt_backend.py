@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from dpm_ros.engine.base import Engine, EngineInfo
+from dpm_ros.engine.cache import read_engine_bytes
 from dpm_ros.engine.cuda_device import device_props, open_device
 from dpm_ros.engine.onnx_model import read_onnx_info
 from dpm_ros.engine.pair_io import prepare_pair, unbatch_outputs
@@ -76,12 +77,12 @@ class TensorRTEngine(Engine):
         self._runtime = trt.Runtime(trt_logger())
         self.engine_path, self.meta, built = get_or_build_engine(onnx_path, cache_dir, precision, workspace_gb,
                                                                  device_index=device_index)
-        self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+        self._engine = self._runtime.deserialize_cuda_engine(read_engine_bytes(self.engine_path))
         if self._engine is None and not built:  # stale or damaged cache entry: rebuild once
             log.warning("%s: cached engine failed to deserialise; rebuilding", self.engine_path)
             self.engine_path, self.meta, _ = get_or_build_engine(onnx_path, cache_dir, precision, workspace_gb,
                                                                  force=True, device_index=device_index)
-            self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
+            self._engine = self._runtime.deserialize_cuda_engine(read_engine_bytes(self.engine_path))
         if self._engine is None:
             raise RuntimeError(f"{self.engine_path}: TensorRT could not deserialise the engine it just built")
         self._context = self._engine.create_execution_context()

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import re
-import time
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -180,7 +181,11 @@ def build_serialized_engine(onnx_path: str | Path, precision: str = "fp16", work
     if serialized is None:
         raise RuntimeError(f"{source}: TensorRT engine build failed (see the TensorRT log above)")
     if timing_cache_file is not None:
-        cache.atomic_write_bytes(timing_cache_file, memoryview(config.get_timing_cache().serialize()))
+        try:
+            cache.atomic_write_bytes(timing_cache_file, memoryview(config.get_timing_cache().serialize()))
+        except OSError as exc:   # a read-only or full cache must not throw the built engine away
+            log.warning("cannot write the timing cache %s (%s); the next build starts without it",
+                        timing_cache_file, exc)
     return bytes(memoryview(serialized))
 
 
@@ -210,21 +215,25 @@ def get_or_build_engine(onnx_path: str | Path, cache_dir: str | Path | None = No
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(onnx_path)
     key = current_key(onnx_path, precision, device_index, cache_dir)
     engine_path, meta_path = cache.engine_paths(cache_dir, onnx_path, key)
-    if not force and cache.cached_engine(cache_dir, onnx_path, key) is not None:
-        return engine_path, cache.read_metadata(meta_path), False
     stale = cache.mismatched_fields(key, cache.read_metadata(meta_path))
-    log.info("building TensorRT engine %s (%s)", engine_path, "forced" if force else f"cache miss: {stale}")
-    info = read_onnx_info(onnx_path)
-    start = time.perf_counter()
+
     typed = engine_path.with_name(engine_path.name.removesuffix(".engine") + f".{precision}.onnx")
-    blob = build_serialized_engine(onnx_path, precision, workspace_gb,
-                                   cache.timing_cache_path(cache_dir, key["tensorrt_version"], key["gpu_name"],
-                                                           tuple(key["compute_capability"])), report,
-                                   typed_onnx=typed if precision != "fp32" else None, device_index=device_index)
-    seconds = time.perf_counter() - start
-    cache.atomic_write_bytes(engine_path, blob)
-    meta = cache.write_metadata(meta_path, key, onnx_path=str(onnx_path), build_seconds=round(seconds, 3),
-                                engine_bytes=len(blob), onnx_metadata=info.metadata_props(),
-                                workspace_gb=workspace_gb,
-                                typed_onnx=str(typed) if precision != "fp32" else None)
-    return engine_path, meta, True
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        writable = os.access(cache_dir, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:   # a read-only cache: the typed ONNX copy goes to a temporary folder, the engine stays in memory
+        typed = Path(tempfile.mkdtemp(prefix="dpm_typed_onnx_")) / typed.name
+
+    def build() -> bytes:
+        log.info("building TensorRT engine %s (%s)", engine_path, "forced" if force else f"cache miss: {stale}")
+        return build_serialized_engine(onnx_path, precision, workspace_gb,
+                                       cache.timing_cache_path(cache_dir, key["tensorrt_version"], key["gpu_name"],
+                                                               tuple(key["compute_capability"])), report,
+                                       typed_onnx=typed if precision != "fp32" else None, device_index=device_index)
+
+    # one process builds (lock, re-checked after waiting); an unwritable cache keeps the built engine in memory
+    return cache.get_or_build(cache_dir, onnx_path, key, build, force=force, warn=log.warning,
+                              onnx_path=str(onnx_path), onnx_metadata=read_onnx_info(onnx_path).metadata_props(),
+                              workspace_gb=workspace_gb, typed_onnx=str(typed) if precision != "fp32" else None)

@@ -58,31 +58,44 @@ class NodeHealth:
         self.errors: Counter[str] = Counter()
         self.last_error = ""
         self._errors_reported = 0
+        self._dropped_reported = 0
+        self._out_reported = 0
+        self.started = time.monotonic()
+        self.last_frame: float | None = None
+        self.last_output: float | None = None
 
     def error(self, kind: str, text: str) -> None:
         with self._lock:
             self.errors[kind] += 1
             self.last_error = f"{kind}: {text}"
 
-    def frame_in(self) -> None:
+    def frame_in(self, now: float | None = None) -> None:
         with self._lock:
-            self.input_rate.tick()
+            self.input_rate.tick(now)
+            self.last_frame = time.monotonic() if now is None else now
 
     def pair_done(self, inference_ms: float, latency_ms: float, queue_ms: float = 0.0,
                   publish_ms: float = 0.0) -> None:
         """One pair published: pipeline time, arrival of I1 → published, arrival → worker start, publishing."""
         with self._lock:
             self.output_rate.tick()
+            self.last_output = time.monotonic()
             self.inference_ms.add(inference_ms)
             self.latency_ms.add(latency_ms)
             self.queue_ms.add(queue_ms)
             self.publish_ms.add(publish_ms)
 
-    def report(self, counters: dict, dropped_pairs: int) -> tuple[str, str, dict]:
-        """(level, message, values): warn when errors arrived since the last report or pairs were dropped."""
+    def report(self, counters: dict, dropped_pairs: int, max_drop_fraction: float = 1.0,
+               max_latency_s: float = float("inf"), no_pair_timeout_s: float = float("inf"),
+               now: float | None = None) -> tuple[str, str, dict]:
+        """(level, message, values). ERROR: images arrive (one within ``no_pair_timeout_s``) but no pair was
+        published for ``no_pair_timeout_s`` seconds. WARN: bad inputs since the last report; more than
+        ``max_drop_fraction`` of the pairs made since the last report dropped; mean latency of recent pairs above
+        ``max_latency_s``; waiting for a first pair."""
+        now = time.monotonic() if now is None else now
         with self._lock:
             total_err = sum(self.errors.values())
-            values = {"input_rate_hz": self.input_rate.rate(), "output_rate_hz": self.output_rate.rate(),
+            values = {"input_rate_hz": self.input_rate.rate(now), "output_rate_hz": self.output_rate.rate(now),
                       "frames_in": self.input_rate.total, "pairs_out": self.output_rate.total,
                       "pairs_dropped": dropped_pairs, "errors_total": total_err}
             values.update(self.inference_ms.summary("inference_ms"))
@@ -93,8 +106,26 @@ class NodeHealth:
             values.update(counters)
             new_errors = total_err - self._errors_reported
             self._errors_reported = total_err
+            dropped = dropped_pairs - self._dropped_reported
+            published = self.output_rate.total - self._out_reported
+            self._dropped_reported, self._out_reported = dropped_pairs, self.output_rate.total
+            drop_fraction = dropped / (dropped + published) if dropped + published else 0.0
+            values["drop_fraction_recent"] = float(drop_fraction)
+            latency = values.get("latency_ms_mean", 0.0) / 1000.0
+            since_pair = now - (self.last_output if self.last_output is not None else self.started)
+            images_arrive = self.last_frame is not None and now - self.last_frame <= no_pair_timeout_s
+            if images_arrive and since_pair > no_pair_timeout_s:
+                return "error", (f"images arrive but no pair was published for {since_pair:.1f} s (> "
+                                 f"diag_no_pair_timeout {no_pair_timeout_s:g} s); see the pairing_* and errors_* "
+                                 "values"), values
             if new_errors:
                 return "warn", f"{new_errors} bad input(s) skipped; last {self.last_error}", values
+            if drop_fraction > max_drop_fraction:
+                return "warn", (f"{dropped} of {dropped + published} pairs dropped since the last report "
+                                f"({100 * drop_fraction:.0f} % > diag_max_drop_fraction {max_drop_fraction:g}): "
+                                "inference is slower than the camera"), values
+            if latency > max_latency_s:
+                return "warn", (f"mean latency {latency:.3f} s > diag_max_latency {max_latency_s:g} s"), values
             if self.input_rate.total and not self.output_rate.total:
                 return "warn", "waiting for a pair of frames", values
             return "ok", "running", values

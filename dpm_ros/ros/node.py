@@ -30,7 +30,7 @@ from dpm_ros.ros.diagnostics import NodeHealth
 from dpm_ros.ros.engine_select import open_engine
 from dpm_ros.ros.image_convert import ImageFormatError, compressed_to_rgb, image_to_rgb
 from dpm_ros.ros.pair_step import PairProcessor
-from dpm_ros.ros.params import PARAMS, check_choice, descriptor
+from dpm_ros.ros.params import PARAMS, check_choice, coerce_overrides, descriptor, unknown_overrides
 from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static, tf2_lookup
 
 try:  # rclpy ≥ Humble; the class moved between releases
@@ -60,6 +60,11 @@ class DpmNode(Node):
 
     def __init__(self, **kwargs):
         super().__init__("dpm_node", **kwargs)
+        # an integer given for a double (-p pair_interval:=1) is that double; unknown names are said, not ignored
+        self._parameter_overrides = coerce_overrides(self._parameter_overrides)
+        unknown = unknown_overrides(self._parameter_overrides)
+        if unknown:
+            self.get_logger().warning(f"ignoring unknown parameter(s): {', '.join(unknown)} (see config/dpm.yaml)")
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         self.p = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS}
@@ -183,10 +188,8 @@ class DpmNode(Node):
                 self.get_logger().warning(text)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        if not self.step.add_camera_info(msg):
-            self.health.error("camera_info", "CameraInfo with zero focal length ignored")
-            self._warn_throttled("camera_info", "ignored CameraInfo whose K is not finite or has a focal length ≤ 0 "
-                                 f"(fx {msg.k[0]}, fy {msg.k[4]}); K is estimated until a valid one arrives")
+        if not self.step.add_camera_info(msg):   # counted (camera_info_rejected) and told by the step
+            self.health.error("camera_info", self.step.camera_info_problem)
 
     def _on_depth(self, msg: Image) -> None:
         try:
@@ -269,7 +272,8 @@ class DpmNode(Node):
         with self._ring_lock:
             counters = {f"pairing_{k}": v for k, v in self.ring.counters.as_dict().items()}
         counters.update(self.step.counters())
-        level, text, values = self.health.report(counters, self.slot.replaced)
+        level, text, values = self.health.report(counters, self.slot.replaced, self.p["diag_max_drop_fraction"],
+                                                 self.p["diag_max_latency"], self.p["diag_no_pair_timeout"])
         if values["frames_in"] == 0:
             level, text = "warn", (f"no images received on {getattr(self, 'input_topic', 'image')} yet (check the "
                                    f"topic remapping and QoS: qos_reliability={self.p['qos_reliability']})")

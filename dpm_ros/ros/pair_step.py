@@ -100,6 +100,38 @@ class StepOutput:
     timings: dict = field(default_factory=dict)
 
 
+MIN_FOCAL_FRACTION, MAX_FOCAL_FACTOR, PRINCIPAL_MARGIN = 0.05, 50.0, 0.25
+
+
+def camera_info_problem(msg) -> Optional[str]:
+    """Why a CameraInfo cannot be used, or None. Checks: image size > 0; K finite with last row (0, 0, 1); fx, fy
+    in [MIN_FOCAL_FRACTION, MAX_FOCAL_FACTOR] × the larger image side (pixels: 0.05× is beyond any fisheye, 50× a
+    long telephoto); principal point within PRINCIPAL_MARGIN of the image (cx in [−0.25 W, 1.25 W]); D finite."""
+    try:
+        K = np.asarray(msg.k, float).reshape(3, 3)
+        D = np.asarray(msg.d, float)
+    except (TypeError, ValueError) as exc:
+        return f"K or D unreadable ({exc})"
+    W, H = int(msg.width), int(msg.height)
+    if W <= 0 or H <= 0:
+        return f"image size {W}×{H} (width and height must be > 0)"
+    if not np.isfinite(K).all():
+        return f"K has non-finite values ({K.ravel().tolist()})"
+    if not np.allclose(K[2], (0.0, 0.0, 1.0), atol=1e-6) or K[1, 0] != 0:
+        return f"K's last row is {K[2].tolist()} and K[1][0] = {K[1, 0]} (a pinhole K has [0, 0, 1] and 0)"
+    side = max(W, H)
+    lo, hi = MIN_FOCAL_FRACTION * side, MAX_FOCAL_FACTOR * side
+    if not (lo <= K[0, 0] <= hi and lo <= K[1, 1] <= hi):
+        return (f"focal length fx {K[0, 0]:.6g}, fy {K[1, 1]:.6g} px is outside [{lo:.6g}, {hi:.6g}] px for a "
+                f"{W}×{H} image")
+    m = PRINCIPAL_MARGIN
+    if not (-m * W <= K[0, 2] <= (1 + m) * W and -m * H <= K[1, 2] <= (1 + m) * H):
+        return f"principal point ({K[0, 2]:.6g}, {K[1, 2]:.6g}) px is far outside the {W}×{H} image"
+    if not np.isfinite(D).all():
+        return f"distortion D has non-finite values ({D.tolist()})"
+    return None
+
+
 class PairProcessor:
     """The node's per-pair work. ``params``: the node's parameter dict (kept by reference: runtime changes take
     effect after ``params_changed()``); ``engine``: an Engine; ``extrinsic_lookup(camera_frame)``: 4×4 pose of the
@@ -126,6 +158,8 @@ class PairProcessor:
         self._notify = notify or (lambda level, kind, text: None)
         self._camera_infos = StampedBuffer(200)   # stamp -> (K, height, width)
         self.camera_info_misses = 0
+        self.camera_info_rejected = 0
+        self.camera_info_problem = ""
         self.depth_errors = 0
         self.scale_resets = 0
         self._last_t1: Optional[float] = None
@@ -134,10 +168,20 @@ class PairProcessor:
     # --- side inputs (any thread) ---------------------------------------------------------------------------------
 
     def add_camera_info(self, msg) -> bool:
-        """Keep a CameraInfo; False (ignored) when K is not finite or its focal length is not positive."""
-        K = np.asarray(msg.k, float).reshape(3, 3)
-        if not (np.isfinite(K).all() and K[0, 0] > 0 and K[1, 1] > 0):
+        """Keep a CameraInfo; False (ignored, counted in ``camera_info_rejected``, told once per kind) when it fails
+        ``camera_info_problem``. Distortion is not applied (feed rectified images): non-zero D is told once."""
+        problem = camera_info_problem(msg)
+        if problem is not None:
+            self.camera_info_rejected += 1
+            self.camera_info_problem = problem
+            self._notify("warn", "camera_info", f"ignored CameraInfo: {problem}; K is estimated from the point map "
+                         "until a valid one arrives (counted in camera_info_rejected)")
             return False
+        K = np.asarray(msg.k, float).reshape(3, 3)
+        if np.any(np.asarray(msg.d, float) != 0):
+            self._notify("warn", "distortion", f"CameraInfo has distortion ({msg.distortion_model}, D = "
+                         f"{list(np.round(np.asarray(msg.d, float), 4))}) that dpm_node does not apply: feed "
+                         "rectified images (image_rect from image_proc) or the geometry is biased")
         self._camera_infos.add(M.stamp_to_sec(msg.header.stamp), (K, int(msg.height), int(msg.width)))
         return True
 
@@ -158,6 +202,7 @@ class PairProcessor:
         """Numbers for /diagnostics."""
         return dict(odometry_approximate_chains=self.odometry.approximate_chains,
                     odometry_resets=self.odometry.resets, camera_info_misses=self.camera_info_misses,
+                    camera_info_rejected=self.camera_info_rejected,
                     waiting_for_extrinsic=not self.extrinsic_ok, scale_source=self.p["scale_source"],
                     scale_last=float(self.last_scale) if self.last_scale is not None else float("nan"),
                     scale_chain_breaks=self.scale.chain_breaks, scale_depth_misses=self.scale.depth_misses,

@@ -88,6 +88,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("track_max_age", 1.0, "s", "an object unseen this long gets a new id when it returns", runtime=True,
               range=(0.0, 3600.0)),
     ParamSpec("diagnostics_period", 1.0, "s", "period of /diagnostics", range=(0.05, 60.0)),
+    ParamSpec("diag_max_drop_fraction", 0.25, "-", "/diagnostics WARN when more than this fraction of the pairs "
+              "made since the last report were dropped (inference slower than the camera)", runtime=True,
+              range=(0.0, 1.0)),
+    ParamSpec("diag_max_latency", 1.0, "s", "/diagnostics WARN when the mean latency (arrival of I1 → outputs "
+              "published) of recent pairs is above this", runtime=True, range=(0.001, 3600.0)),
+    ParamSpec("diag_no_pair_timeout", 5.0, "s", "/diagnostics ERROR when images arrive but no pair has been "
+              "published for this long", runtime=True, range=(0.1, 3600.0)),
 )
 
 BY_NAME = {p.name: p for p in PARAMS}
@@ -117,3 +124,29 @@ def check_choice(name: str, value) -> Optional[str]:
     if spec is not None and spec.choices and value not in spec.choices:
         return f"parameter '{name}' = '{value}' is not one of: {', '.join(spec.choices)}"
     return None
+
+
+def coerce_overrides(overrides: dict) -> dict:
+    """rclpy Parameter overrides with an integer given for a double parameter (``-p pair_interval:=1``) turned into
+    that double (rclpy would refuse the type); others unchanged. Returns the new dict."""
+    from rclpy.parameter import Parameter
+
+    out = dict(overrides)
+    for name, prm in overrides.items():
+        spec = BY_NAME.get(name)
+        if spec is not None and isinstance(spec.default, float) and prm.type_ == Parameter.Type.INTEGER:
+            out[name] = Parameter(name, Parameter.Type.DOUBLE, float(prm.value))
+    return out
+
+
+def unknown_overrides(names) -> list[str]:
+    """'name (did you mean x?)' for each given parameter name dpm_node does not have (rclpy ignores them)."""
+    import difflib
+
+    out = []
+    for name in sorted(names):
+        if name in BY_NAME or name == "use_sim_time" or name.startswith("qos_overrides."):
+            continue
+        close = difflib.get_close_matches(name, BY_NAME, n=1)
+        out.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    return out
