@@ -106,7 +106,7 @@ class NodeHealth:
             values.update(counters)
             new_errors = total_err - self._errors_reported
             self._errors_reported = total_err
-            dropped = dropped_pairs - self._dropped_reported
+            dropped = max(0, dropped_pairs - self._dropped_reported)
             published = self.output_rate.total - self._out_reported
             self._dropped_reported, self._out_reported = dropped_pairs, self.output_rate.total
             drop_fraction = dropped / (dropped + published) if dropped + published else 0.0
