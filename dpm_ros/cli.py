@@ -4,6 +4,7 @@ subcommand runs, so ``dpm --help`` is fast and needs neither torch nor ROS."""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import importlib.util
 import sys
@@ -59,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except (FileNotFoundError, ValueError) as exc:  # user errors: one clear line, non-zero exit
+        print(f"dpm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:   # disk full, read-only, no permission: one clear line (the writers cleaned up)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
         print(f"dpm {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

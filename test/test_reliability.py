@@ -621,3 +621,26 @@ def test_record_counts_messages_the_transport_never_delivered(tmp_path):
     assert summary["received"] == summary["written"] == 1001, summary
     assert lost == 500, summary
     assert "500 not delivered" in recorder.status_line()
+
+
+def test_replay_onto_a_full_disk_fails_cleanly_and_leaves_nothing(tmp_path, small_bag):
+    """(3) `replay` onto a full disk left partial folders (its writer's close raised and skipped the clean-up)."""
+    import shutil
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare: cannot make a size-limited file system")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+                            f"mount -t tmpfs -o size=1m tmpfs {mnt}"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {probe.stderr.strip()}")
+    for out in ("out.mcap", "out_folder"):
+        script = (f"mount -t tmpfs -o size=24k tmpfs {mnt} && {sys.executable} -m dpm_ros.cli replay {small_bag} "
+                  f"--out {mnt}/{out} --engine oracle:{small_bag} --no-progress; echo RC=$? >&2; "
+                  f"echo LEFT=$(ls -A {mnt} | tr '\\n' ' ') >&2")
+        proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                              cwd=Path(__file__).resolve().parents[1], env=os.environ.copy(), capture_output=True,
+                              text=True, timeout=180)
+        err = proc.stderr
+        assert "RC=1" in err and "No space left on device" in err and "Traceback" not in err, err
+        assert "LEFT=\n" in err or err.rstrip().endswith("LEFT="), err
