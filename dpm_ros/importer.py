@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import glob
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -384,9 +383,9 @@ def import_frames(src: str, out: str | Path, opt: ImportOptions, overwrite: bool
         raise ValueError(f"--rate must be > 0 Hz, got {opt.rate}")
     if not opt.topic.startswith("/"):
         raise ValueError(f"--topic must be an absolute topic name (/camera/image_raw), got '{opt.topic}'")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise ValueError(f"output '{out}' already exists (remove it, or pass --overwrite)")
+    from dpm_ros.outputs import check_output, commit_output
+
+    out = check_output(out, overwrite, [src])   # --overwrite replaces only a bag, never SRC or an unrelated folder
     frames = find_frames(src)
 
     # --- which frames, with which stamps
@@ -505,11 +504,7 @@ def import_frames(src: str, out: str | Path, opt: ImportOptions, overwrite: bool
         if stats.frames == 0:
             raise ValueError(f"'{src}': no frame could be read")
         writer.close()
-        if out.exists():   # overwrite (checked above)
-            import shutil
-
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(written_path, out)
+        commit_output(written_path, out)   # an old bag (checked above) is replaced only now
         ok = True
     finally:
         if not ok:

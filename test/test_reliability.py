@@ -104,7 +104,16 @@ def test_overwrite_never_deletes_an_unrelated_folder_the_working_folder_or_the_i
     rc, err = _dpm("replay", small_bag, "--out", small_bag, "--engine", f"oracle:{small_bag}", "--overwrite",
                    "--no-progress")
     assert rc == 1 and "input" in err and small_bag.read_bytes() == before, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["victim", "work"]
+    frames = tmp_path / "frames"                  # `dpm import` follows the same rules
+    frames.mkdir()
+    import cv2
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), np.full((24, 32, 3), 40 * i, np.uint8))
+    rc, err = _dpm("import", frames, "--out", victim, "--overwrite", "--no-progress")
+    assert rc == 1 and "is not one" in err and (victim / "thesis.tex").read_text() == "years of work", err
+    rc, err = _dpm("import", frames, "--out", frames, "--overwrite", "--no-progress")
+    assert rc == 1 and "input" in err and len(list(frames.iterdir())) == 2, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames", "victim", "work"]
 
 
 def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, monkeypatch):
