@@ -62,6 +62,8 @@ def check_output(path: str | Path, overwrite: bool, inputs=()) -> Path:
         src = Path(inp).resolve()
         if src == target or target in src.parents:
             raise ValueError(f"output '{path}' is (or holds) the input '{inp}'; write to another name")
+        if src.is_dir() and src in target.parents:
+            raise ValueError(f"output '{path}' is inside the input folder '{inp}'; write it elsewhere")
     if target == cwd or target in cwd.parents or target == Path.home().resolve() or target == Path(target.anchor):
         raise ValueError(f"output '{path}' is the working, home or root folder (or a parent of it); refusing")
     if path.is_symlink():

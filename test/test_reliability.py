@@ -104,6 +104,10 @@ def test_overwrite_never_deletes_an_unrelated_folder_the_working_folder_or_the_i
     rc, err = _dpm("replay", small_bag, "--out", small_bag, "--engine", f"oracle:{small_bag}", "--overwrite",
                    "--no-progress")
     assert rc == 1 and "input" in err and small_bag.read_bytes() == before, err
+    rc, err = _dpm("replay", small_bag, "--out", small_bag.parent / "inside.mcap", "--engine", f"oracle:{small_bag}",
+                   "--no-progress")   # (a file beside the input is fine)
+    assert rc == 0, err
+    (small_bag.parent / "inside.mcap").unlink()
     frames = tmp_path / "frames"                  # `dpm import` follows the same rules
     frames.mkdir()
     import cv2
@@ -653,3 +657,25 @@ def test_replay_onto_a_full_disk_fails_cleanly_and_leaves_nothing(tmp_path, smal
         err = proc.stderr
         assert "RC=1" in err and "No space left on device" in err and "Traceback" not in err, err
         assert "LEFT=\n" in err or err.rstrip().endswith("LEFT="), err
+
+
+def test_output_rules_refuse_inputs_parents_and_symlinks(tmp_path, monkeypatch):
+    """(2) The rules of dpm_ros.outputs on their own: inside an input folder, an input's parent, '.', '..', a
+    symlink, and a non-bag with --overwrite are refused; a bag file / bag folder may be replaced."""
+    from dpm_ros.bag import write_sequence
+    from dpm_ros.outputs import check_output
+    folder_bag = write_sequence(_tiny_sequence(2), tmp_path / "folder_bag")
+    file_bag = write_sequence(_tiny_sequence(2), tmp_path / "file_bag.mcap")
+    for out, inputs in ((folder_bag / "x.mcap", [folder_bag]), (tmp_path, [file_bag]), (Path("."), []),
+                        (Path(".."), [])):
+        with pytest.raises(ValueError):
+            check_output(out, True, inputs)
+    (tmp_path / "link.mcap").symlink_to(file_bag)
+    with pytest.raises(ValueError, match="symbolic link"):
+        check_output(tmp_path / "link.mcap", True)
+    (tmp_path / "notes.mcap").write_text("not a bag")
+    with pytest.raises(ValueError, match="is not one"):
+        check_output(tmp_path / "notes.mcap", True)
+    assert check_output(folder_bag, True) == folder_bag and check_output(file_bag, True) == file_bag
+    with pytest.raises(ValueError, match="already exists"):
+        check_output(file_bag, False)
