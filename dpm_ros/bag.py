@@ -128,7 +128,7 @@ class SequenceBagWriter:
         self.path = check_output(path, overwrite, inputs)
         self.bare = self.path.suffix in (".mcap", ".db3")
         self._tmp = staging_dir(self.path)
-        self._dir = self._tmp / (self.path.stem if self.bare else self.path.name)
+        self._dir = self._tmp / ("bag" if self.bare else self.path.name)   # bare: same bytes for any name
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         try:
             self._writer = Writer(self._dir, version=9, storage_plugin=plugin)

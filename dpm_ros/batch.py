@@ -222,6 +222,8 @@ def run_batch(bags: list[Path], out_dir: str | Path, params: dict, *, image_topi
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    from dpm_ros.outputs import check_output
+
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     summary = BatchSummary(bags=len(bags))
@@ -249,6 +251,15 @@ def run_batch(bags: list[Path], out_dir: str | Path, params: dict, *, image_topi
                     summary.failed += 1
                     summary.failures[name] = records[name]["error"]
                     continue
+            try:   # --overwrite replaces only a bag, never the input (dpm_ros.outputs rules)
+                check_output(out, True, [bag])
+            except (ValueError, FileNotFoundError) as exc:
+                records[name] = dead_worker_record(
+                    {"input": str(bag), "output": str(out), "config_digest": digest,
+                     "input_fingerprint": fingerprint}, str(exc))
+                summary.failed += 1
+                summary.failures[name] = records[name]["error"]
+                continue
             tasks.append({"input": str(bag), "output": str(out), "params": params, "image_topic": image_topic,
                           "info_topic": info_topic, "copy_input": copy_input, "config_digest": digest,
                           "input_fingerprint": fingerprint})

@@ -211,7 +211,12 @@ def test_batch_in_local_processes_leaves_foreign_files_alone(bags, reference, tm
     for name in GOOD[:2]:
         assert (out / f"{name}.mcap").read_bytes() == reference[name], name
         assert doc["bags"][f"{name}.mcap"]["worker_engine_loads"] == 1
-    rc, err = finish(dpm(*args, "--overwrite"), timeout=300)      # replaces it; the done ones are still skipped
+    rc, err = finish(dpm(*args, "--overwrite"), timeout=300)      # not a bag: --overwrite leaves it too (#12)
+    assert rc == 1, err
+    assert "4 bags: 0 done, 2 skipped (complete), 2 failed" in err and "is not one" in err
+    assert (out / "charlie.mcap").read_bytes() == b"not ours"
+    (out / "charlie.mcap").write_bytes(reference["alpha"])            # a bag, but not this run's: replaced
+    rc, err = finish(dpm(*args, "--overwrite"), timeout=300)      # the done ones are still skipped
     assert rc == 1, err
     assert "4 bags: 1 done, 2 skipped (complete), 1 failed" in err
     _ = [(out / f"{n}.mcap").read_bytes() == reference[n] or pytest.fail(n) for n in GOOD]

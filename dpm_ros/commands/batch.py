@@ -28,8 +28,9 @@ def add_arguments(parser) -> None:
                         help="Ray: GPUs each worker declares (default 1 when the engine runs on a GPU: tensorrt, "
                              "or auto/torch on a cluster with GPUs; else 0); 0.5 puts two workers on one GPU")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace outputs that exist but are not complete for these settings (default: such a "
-                             "bag fails and its file is left alone); complete ones are always skipped")
+                        help="replace outputs that exist but are not complete for these settings, when they are "
+                             "bags (default: such a bag fails and its file is left alone; a file that is not a bag "
+                             "is never replaced); complete ones are always skipped")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 

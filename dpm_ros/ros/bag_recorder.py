@@ -121,7 +121,7 @@ class BagWriter:
         self.keep_partial, self.live = keep_partial, live
         existed = self.path.exists()
         self._tmp = staging_dir(self.path)
-        self._target = self._tmp / (self.path.stem if self.bare else self.path.name)
+        self._target = self._tmp / ("bag" if self.bare else self.path.name)   # same bytes for any name
         self._writer = Writer(self._target, version=9, storage_plugin=StoragePlugin.MCAP)
         try:
             self._writer.open()
