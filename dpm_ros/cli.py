@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "synth": "write a synthetic dynamic sequence with ground truth as a rosbag2 (MCAP)",
     "bench": "benchmarks of the hot paths (geometry, network, packing); JSON on stdout",
     "train": "train a DPM network on synthetic data (checkpoints, exact resume)",
+    "curve": "continue the shipped model's learning curve from the committed state; evaluate and log a row",
     "eval": "paper-style tables (Lrel, EPE, RPE, mask IoU) on a held-out synthetic set",
     "export": "export weights to ONNX (symmetric pair as one batch)",
     "build-engine": "build a TensorRT engine from an ONNX file (needs an NVIDIA GPU)",

@@ -7,6 +7,7 @@ Training seeds start at TRAIN_SEED_BASE; held-out evaluation seeds (dpm_ros.trai
 """
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -90,18 +91,23 @@ def generate_sample(seed: int, cfg: DataConfig, kind: int = KIND_DYNAMIC, motion
 
 
 class SyntheticPairs(torch.utils.data.Dataset):
-    """Map-style dataset over global sample indices; ``global_batch`` samples make one optimiser step."""
+    """Map-style dataset over global sample indices; ``global_batch`` samples make one optimiser step.
+    ``offset`` is the global index of the run's first sample (a continued learning curve starts after the pairs
+    its earlier runs saw); the curriculum step is counted from there."""
 
-    def __init__(self, cfg: DataConfig, global_batch: int):
+    def __init__(self, cfg: DataConfig, global_batch: int, offset: int = 0):
         if global_batch < 1:
             raise ValueError(f"global_batch must be >= 1, got {global_batch}")
-        self.cfg, self.global_batch = cfg, global_batch
+        if offset < 0:
+            raise ValueError(f"sample offset must be >= 0, got {offset}")
+        self.cfg, self.global_batch, self.offset = cfg, global_batch, offset
 
     def __len__(self) -> int:  # effectively unbounded; the sampler decides what is read
         return 2 ** 40
 
     def __getitem__(self, idx: int) -> dict:
-        step = idx // self.global_batch
+        t0 = time.thread_time()
+        step = (idx - self.offset) // self.global_batch
         kind = sample_kind(idx, self.cfg)
         s = generate_sample(TRAIN_SEED_BASE + idx, self.cfg, kind, motion_scale_at(step, self.cfg))
         # invalid pixels are NaN in the ground truth; the loss masks them, but NaN·0 is NaN: store zeros
@@ -110,6 +116,7 @@ class SyntheticPairs(torch.utils.data.Dataset):
                     valid1=torch.from_numpy(s["valid1"]), valid2=torch.from_numpy(s["valid2"]),
                     moving1=torch.from_numpy(s["moving1"]), moving2=torch.from_numpy(s["moving2"]),
                     kind=torch.tensor(kind, dtype=torch.long))
+        item["gen_cpu_s"] = torch.tensor(time.thread_time() - t0, dtype=torch.float64)  # generator CPU seconds
         return item
 
 
@@ -120,10 +127,12 @@ def _to_input(img: np.ndarray) -> torch.Tensor:
 
 class StepBatches(torch.utils.data.Sampler):
     """Index batches for steps [start_step, total_steps): rank r of w reads
-    idx = step·global_batch + r·local_batch + i, i < local_batch."""
+    idx = offset + step·global_batch + r·local_batch + i, i < local_batch."""
 
-    def __init__(self, start_step: int, total_steps: int, local_batch: int, rank: int = 0, world: int = 1):
+    def __init__(self, start_step: int, total_steps: int, local_batch: int, rank: int = 0, world: int = 1,
+                 offset: int = 0):
         self.start, self.total, self.local, self.rank, self.world = start_step, total_steps, local_batch, rank, world
+        self.offset = offset
 
     def __len__(self) -> int:
         return max(self.total - self.start, 0)
@@ -131,16 +140,19 @@ class StepBatches(torch.utils.data.Sampler):
     def __iter__(self):
         g = self.local * self.world
         for step in range(self.start, self.total):
-            base = step * g + self.rank * self.local
+            base = self.offset + step * g + self.rank * self.local
             yield list(range(base, base + self.local))
 
 
 def make_loader(cfg: DataConfig, start_step: int, total_steps: int, local_batch: int, rank: int = 0,
-                world: int = 1, num_workers: int = 1) -> torch.utils.data.DataLoader:
-    """DataLoader yielding one collated batch per optimiser step, generated in ``num_workers`` processes."""
-    ds = SyntheticPairs(cfg, local_batch * world)
-    sampler = StepBatches(start_step, total_steps, local_batch, rank, world)
-    kw = dict(num_workers=num_workers)
+                world: int = 1, num_workers: int = 1, offset: int = 0,
+                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """DataLoader yielding one collated batch per optimiser step, generated in ``num_workers`` processes
+    (each worker builds whole batches; ``prefetch_factor`` batches per worker are kept ready). Batches carry
+    ``gen_cpu_s`` (B,): the generator's CPU seconds per sample."""
+    ds = SyntheticPairs(cfg, local_batch * world, offset)
+    sampler = StepBatches(start_step, total_steps, local_batch, rank, world, offset)
+    kw = dict(num_workers=num_workers, pin_memory=pin_memory)
     if num_workers > 0:
         # spawn, not fork: a parent that already rendered (OpenGL/EGL context) would deadlock forked workers
         kw.update(prefetch_factor=4, persistent_workers=False, worker_init_fn=_worker_init,
