@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "benchmarks of the hot paths (geometry, network, packing); JSON on stdout"
+HELP = "benchmarks of the hot paths (geometry, network, training, packing); JSON on stdout"
 
 
 def _geometry(args) -> dict:
@@ -31,7 +31,13 @@ def _batch(args) -> dict:
     return run_batch_bench(bags=args.bags, frames=args.bag_frames, height=int(h), width=int(w), ray=not args.no_ray)
 
 
-TARGETS = {"geometry": _geometry, "engine": _engine, "batch": _batch}
+def _train(args) -> dict:
+    from dpm_ros.benchmarks.train import train_target
+
+    return train_target(args)
+
+
+TARGETS = {"geometry": _geometry, "engine": _engine, "batch": _batch, "train": _train}
 
 
 def add_arguments(parser) -> None:
@@ -50,6 +56,9 @@ def add_arguments(parser) -> None:
     from dpm_ros.benchmarks.engine import add_engine_arguments
 
     add_engine_arguments(parser)  # engine target: --preset --weights --resolution --backend --warmup --threads
+    from dpm_ros.benchmarks.train import add_train_arguments
+
+    add_train_arguments(parser)   # train target (also uses --preset and the first --resolution; default 64x64)
 
 
 def run(args) -> int:

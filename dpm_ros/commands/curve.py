@@ -28,6 +28,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--nice", type=int, default=19, help="scheduling niceness of the training process")
     g.add_argument("--steps", type=int, default=None, help="segment length in steps (default: the state's recipe)")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
+    g.add_argument("--max-minutes", type=float, default=None, help="stop after this much wall time (checkpointed)")
+    g.add_argument("--export", type=Path, default=None, help="also write the weights here (.safetensors) at the end")
     g.add_argument("--batch", type=int, default=None)
     g.add_argument("--lr", type=float, default=None)
     g.add_argument("--warmup", type=int, default=None)
@@ -83,7 +85,14 @@ def run(args) -> int:
         if args.nice and os.nice(0) < args.nice:
             os.nice(args.nice - os.nice(0))
         result = curve.continue_training(args.state, args.runs, _overrides(args), args.max_steps,
-                                         progress=not args.no_progress, device=args.device)
+                                         progress=not args.no_progress, device=args.device,
+                                         max_minutes=args.max_minutes)
+        if args.export:
+            from dpm_ros.training import evaluate as ev
+            from dpm_ros.model import save_model
+            pos = curve.checkpoint_position(Path(result["checkpoint"]))
+            net = ev.load_weights(Path(result["checkpoint"]))
+            result["export"] = str(save_model(net, args.export, record={"curve": pos}))
         print(json.dumps(result))
         return 0
     if args.action == "stop":

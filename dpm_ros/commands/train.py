@@ -21,12 +21,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", default=d.out, help="run directory: last.pt, log.jsonl, model.safetensors")
     parser.add_argument("--steps", type=int, default=d.steps, help="total optimiser steps (schedule length)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this call")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop after this much wall time in this call (checkpointed, resumable)")
     parser.add_argument("--batch", type=int, default=d.batch, help="pairs per step per process")
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--warmup", type=int, default=d.warmup, help="linear warm-up steps before the cosine")
     parser.add_argument("--clip", type=float, default=d.clip, help="gradient norm clip")
     parser.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="checkpoint period in steps")
+    parser.add_argument("--ckpt-minutes", type=float, default=d.ckpt_minutes,
+                        help="also checkpoint every this many wall-clock minutes (0: off)")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=d.precision,
+                        help="auto: bf16 autocast on CUDA and on CPUs with native bf16 (loss in fp32), else fp32")
+    parser.add_argument("--schedule", choices=("cosine", "constant"), default=d.schedule,
+                        help="LR after the warm-up: cosine to 2%% at --steps, or constant")
     parser.add_argument("--log-every", type=int, default=d.log_every, help="JSON log period in steps")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch intra-op threads per process")
     parser.add_argument("--workers", type=int, default=d.workers, help="data generation worker processes")
@@ -66,7 +74,8 @@ def config_from_args(args):
     return TrainConfig(preset=args.preset, out=args.out, steps=args.steps, batch=args.batch, lr=args.lr,
                        weight_decay=args.weight_decay, warmup=args.warmup, clip=args.clip,
                        ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
-                       workers=args.workers, seed=args.seed, init=args.init, data=data, loss=loss)
+                       workers=args.workers, seed=args.seed, init=args.init, data=data, loss=loss,
+                       precision=args.precision, schedule=args.schedule, ckpt_minutes=args.ckpt_minutes)
 
 
 def run(args) -> int:
@@ -74,7 +83,7 @@ def run(args) -> int:
     cfg = config_from_args(args)
     trainer = Trainer(cfg, resume=not args.no_resume, device=args.device, progress=not args.no_progress)
     Path(cfg.out, "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    history = trainer.run(max_steps=args.max_steps)
+    history = trainer.run(max_steps=args.max_steps, max_minutes=args.max_minutes)
     if trainer.world > 1:
         import torch.distributed as dist
         dist.barrier()

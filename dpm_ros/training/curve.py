@@ -88,7 +88,8 @@ def segment_config(state: dict, state_path: Path, runs: Path, overrides: dict | 
 
 
 def continue_training(state_path: Path = DEFAULT_STATE, runs: Path = DEFAULT_RUNS, overrides: dict | None = None,
-                      max_steps: int | None = None, progress: bool = True, device: str = "auto") -> dict:
+                      max_steps: int | None = None, progress: bool = True, device: str = "auto",
+                      max_minutes: float | None = None) -> dict:
     """Run (or resume) the segment continuing the committed state, in this process, until its ``steps``,
     ``max_steps`` more steps or SIGTERM/SIGINT (checkpointed). Returns {step, out, checkpoint}."""
     from dpm_ros.training.trainer import CHECKPOINT_NAME, Trainer, TrainConfig
@@ -107,8 +108,11 @@ def continue_training(state_path: Path = DEFAULT_STATE, runs: Path = DEFAULT_RUN
         (out / "curve_base.json").write_text(json.dumps(
             {k: state[k] for k in ("pairs_seen", "cpu_hours", "next_sample", "weights")}, indent=2) + "\n")
     trainer = Trainer(cfg, resume=True, device=device, progress=progress)
-    trainer.run(max_steps=max_steps)
-    return {"step": trainer.step, "out": str(out), "checkpoint": str(out / CHECKPOINT_NAME)}
+    trainer.run(max_steps=max_steps, max_minutes=max_minutes)
+    pairs = int(state["pairs_seen"]) + trainer.step * cfg.batch * trainer.world
+    return {"step": trainer.step, "out": str(out), "checkpoint": str(out / CHECKPOINT_NAME),
+            "pairs_seen": pairs, "wall_s": round(trainer.wall_s, 1), "cpu_s": round(trainer.cpu_s, 1),
+            "device": str(trainer.device), "precision": str(trainer.amp_dtype or "fp32")}
 
 
 def newest_checkpoint(runs: Path) -> Path:

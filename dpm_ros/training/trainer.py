@@ -288,9 +288,9 @@ class Trainer:
         logs.update(t_fwd=t1 - t0, t_loss=t2 - t1, t_bwd=t3 - t2, t_opt=t4 - t3)
         return logs
 
-    def run(self, max_steps: int | None = None) -> list[dict]:
-        """Train until cfg.steps (or ``max_steps`` more steps, or SIGINT/SIGTERM); checkpoint every ``ckpt_every``
-        steps, every ``ckpt_minutes`` and at the end. Returns the per-step logs of this call (``t_data``: seconds
+    def run(self, max_steps: int | None = None, max_minutes: float | None = None) -> list[dict]:
+        """Train until cfg.steps (or ``max_steps`` more steps, ``max_minutes`` of wall time in this call, or
+        SIGINT/SIGTERM); checkpoint every ``ckpt_every`` steps, every ``ckpt_minutes`` and at the end. Returns the per-step logs of this call (``t_data``: seconds
         waiting for the batch; ``cpu_s``: CPU seconds of the run so far, data generation included)."""
         cfg = self.cfg
         end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
@@ -305,7 +305,7 @@ class Trainer:
         history: list[dict] = []
         log_file = open(self.out / "log.jsonl", "a") if main else None
         t_last, cpu_last = time.perf_counter(), time.process_time()
-        t_ckpt = t_last
+        t_ckpt = t_start = t_last
         try:
             it = iter(loader)
             while True:
@@ -336,7 +336,7 @@ class Trainer:
                     if self.step % cfg.ckpt_every == 0 or due:
                         self.checkpoint()
                         t_ckpt = time.perf_counter()
-                if self._stop:
+                if self._stop or (max_minutes is not None and now - t_start >= 60.0 * max_minutes):
                     break
         finally:
             if main:
