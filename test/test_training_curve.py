@@ -127,3 +127,18 @@ def test_continuation_at_another_resolution_and_bad_state_is_refused(tmp_path):
     with pytest.raises(ValueError, match="bad.json"):
         curve.load_state(bad)
     assert main(["curve", "eval", "--runs", str(tmp_path / "none"), "--state", str(state)]) == 1
+
+
+def test_time_based_checkpoints_and_wall_time_limit(tmp_path):
+    """ckpt_minutes checkpoints on wall time alone (here: after every step), max_minutes stops a call early."""
+    from dpm_ros.training.data import DataConfig
+    from dpm_ros.training.trainer import Trainer, TrainConfig
+    cfg = TrainConfig(preset="dpm_tiny", out=str(tmp_path / "r"), steps=50, batch=2, warmup=2, ckpt_every=10 ** 6,
+                      ckpt_minutes=1e-9, log_every=1, workers=0, data=DataConfig(height=32, width=48))
+    tr = Trainer(cfg, resume=False, progress=False)
+    saved = []
+    real = tr.checkpoint
+    tr.checkpoint = lambda: saved.append(tr.step) or real()
+    tr.run(max_steps=3)
+    assert saved == [1, 2, 3, 3]                     # one per step on time, plus the final one
+    assert len(tr.run(max_minutes=0.0)) == 1          # the limit is checked after each step
