@@ -24,7 +24,11 @@ def test_gpu_script_runs_end_to_end_on_cpu_at_a_tiny_preset(tmp_path):
                                  "pairs_seen": 500, "cpu_hours": 0.1, "next_sample": 500,
                                  "continue": {"warmup": 2, "log_every": 1}}))
     out = tmp_path / "collect"
-    env = dict(os.environ, PYTHON=str(Path(os.sys.executable)))
+    # the GPU machine has torch, numpy, OpenCV, safetensors, tqdm only: the run must not need scipy
+    block = tmp_path / "block" / "scipy"
+    block.mkdir(parents=True)
+    (block / "__init__.py").write_text("raise ImportError('scipy is not installed on the GPU machine')\n")
+    env = dict(os.environ, PYTHON=str(Path(os.sys.executable)), PYTHONPATH=str(tmp_path / "block"))
     proc = subprocess.run(["bash", str(ROOT / "scripts" / "gpu_train.sh"), str(out), "--state", str(state),
                            "--device", "cpu", "--batch", "2", "--workers", "1", "--threads", "1", "--minutes", "5",
                            "--", "--max-steps", "4"], env=env, capture_output=True, text=True, timeout=900)
