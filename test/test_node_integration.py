@@ -140,9 +140,8 @@ def out_size(run) -> tuple[int, int]:
     return info.height, info.width
 
 
-def oracle_only(run) -> None:
-    if run["engine"] != "oracle":
-        pytest.skip("exactness against ground truth needs the oracle engine (the shipped model is approximate)")
+# exactness against ground truth: with the oracle engine only (the shipped model is approximate); same node run
+oracle_only = pytest.mark.parametrize("run", ["oracle"], indirect=True)
 
 
 # --- contract -----------------------------------------------------------------------------------------------------
@@ -197,8 +196,8 @@ def test_tf_tree_and_odometry_agree(run):
 # --- exactness with the ground-truth engine ------------------------------------------------------------------------
 
 
+@oracle_only
 def test_motion_mask_iou_with_ground_truth(run):
-    oracle_only(run)
     frames, p = run["frames"], run["probe"]
     masks = by_stamp(p.got("dpm/motion_mask"))
     ious = []
@@ -210,8 +209,8 @@ def test_motion_mask_iou_with_ground_truth(run):
     assert min(ious) >= 0.99, ious
 
 
+@oracle_only
 def test_ego_motion_tf_chain_matches_ground_truth_poses(run):
-    oracle_only(run)
     frames, p = run["frames"], run["probe"]
     tf = {M.stamp_to_sec(ts.header.stamp): M.transform_to_matrix(ts.transform)
           for msg in p.got("tf") for ts in msg.transforms}
@@ -224,8 +223,8 @@ def test_ego_motion_tf_chain_matches_ground_truth_poses(run):
         assert terr <= 1e-3 and rerr <= 1e-3, (f["stamp"], terr, rerr)
 
 
+@oracle_only
 def test_odometry_twist_matches_ground_truth_camera_velocity(run):
-    oracle_only(run)
     frames, p = run["frames"], run["probe"]
     odo = by_stamp(p.got("dpm/odometry"))
     for a, b in zip(frames[:-1], frames[1:]):
@@ -235,8 +234,8 @@ def test_odometry_twist_matches_ground_truth_camera_velocity(run):
         assert np.allclose([tw.x, tw.y, tw.z], v, rtol=1e-3, atol=1e-4)
 
 
+@oracle_only
 def test_object_motions_and_velocities_match_ground_truth(run):
-    oracle_only(run)
     seq, frames, p = run["seq"], run["frames"], run["probe"]
     objs = by_stamp(p.got("dpm/objects"))
     clouds = by_stamp(p.got("dpm/points"))
@@ -268,8 +267,8 @@ def test_object_motions_and_velocities_match_ground_truth(run):
     assert checked >= len(frames) - 1
 
 
+@oracle_only
 def test_object_ids_stable_across_pairs(run):
-    oracle_only(run)
     seq, frames, p = run["seq"], run["frames"], run["probe"]
     objs = by_stamp(p.got("dpm/objects"))
     clouds = by_stamp(p.got("dpm/points"))
