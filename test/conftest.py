@@ -44,19 +44,17 @@ def shared_data() -> Path:
 PARTS = {
     "jazzy": [
         "test_node_integration.py",        # the node over DDS: oracle (exact) and the shipped ONNX model
-        "test_node_stream.py::test_stream_faster_than_inference[onnx]",
+        "test_node_stream.py::test_stream_faster_than_inference[onnx-camera]",   # a live stream on the ONNX model
         "test_node_parts.py",
         "test_messages.py",
         "test_convert_image.py",
         "test_replay.py",                   # dpm replay
         "test_replay_live.py",              # replay == the live node, byte for byte
         "test_play_record.py",              # dpm play / dpm record
-        # the launch file's arguments and process; its LaunchService test runs LaunchService in a thread, which
-        # launch refuses where launch_ros is installed (main thread only): listed once that test runs it in the main
-        # thread (issue #13 does), with #13's real `ros2 launch` tests
-        "test_launch.py::test_launch_arguments_and_node_spec",
-        "test_launch.py::test_command_line_matches_spec",
-        "test_launch.py::test_declared_process_comes_up_and_processes_a_pair",
+        "test_launch.py",                   # the launch file: LaunchService, ros2 launch --show-args
+        "test_launch_testing.py",           # launch_testing of dpm.launch.py (pytest and launch_test)
+        # not test_ros2_tools.py (a `ros2 launch` session driven by ros2 node/param/topic): it passes alone in Jazzy
+        # (6 of 6), but the whole part once hung near its end on the loaded machine; to add when that is understood
         "test_engine_reference.py",         # ONNX Runtime on the shipped model, torch never imported
     ],
     "py310": [
