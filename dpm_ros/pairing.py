@@ -25,6 +25,13 @@ class StampedFrame:
     K: Optional[np.ndarray] = None
     header: Any = None
     received: float = 0.0  # wall time of arrival (seconds, time.monotonic), for end-to-end latency
+    size: Optional[tuple] = None         # camera (H, W) when ``image`` was downscaled on arrival; None: image's own
+    colours: Optional[np.ndarray] = None  # uint8 (h, w, 3) RGB cloud colours at the engine's output grid, or None
+
+    @property
+    def hw(self) -> tuple:
+        """(H, W) of the camera image, pixels (frames of two sizes never pair)."""
+        return tuple(self.size) if self.size is not None else tuple(np.shape(self.image)[:2])
 
 
 @dataclass
@@ -90,7 +97,7 @@ class FrameRing:
             if frame.stamp < last:
                 c.stamp_jumps_back += 1
                 self._frames.clear()
-            elif np.shape(self._frames[-1].image) != np.shape(frame.image):
+            elif self._frames[-1].hw != frame.hw:
                 c.resolution_changes += 1
                 self._frames.clear()
         t1 = frame.stamp

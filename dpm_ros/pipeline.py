@@ -22,10 +22,17 @@ from dpm_ros.geometry.objects import object_fits, object_pixels
 @dataclass
 class Frame:
     """One camera frame: ``image`` uint8 (H, W, 3) RGB, ``stamp`` seconds, ``K`` optional 3×3 intrinsics (pixels)
-    at the image's own resolution (e.g. from CameraInfo)."""
+    at the camera's resolution (e.g. from CameraInfo). ``size``: the camera's (H, W) when ``image`` was already
+    downscaled to the engine's input on arrival (the node does); None = ``image.shape[:2]``."""
     image: np.ndarray
     stamp: float
     K: np.ndarray | None = None
+    size: tuple | None = None
+
+    @property
+    def hw(self) -> tuple:
+        """(H, W) of the camera image, pixels."""
+        return tuple(self.size) if self.size is not None else self.image.shape[:2]
 
 
 @dataclass
@@ -130,7 +137,7 @@ class DPMPipeline:
         h, w = p.shape[:2]
         K = None
         if frame1.K is not None:
-            K = scale_intrinsics(frame1.K, frame1.image.shape[:2], (h, w))
+            K = scale_intrinsics(frame1.K, frame1.hw, (h, w))
         pp = None if K is None else (K[0, 2], K[1, 2])
         focal = estimate_focal(p, maps.get("conf_p1_t1_pi1"), principal_point=pp,
                                stride=min(self.focal_stride, max(1, min(h, w) // 8)))

@@ -1,7 +1,7 @@
 """Offline replay: a rosbag2 with a camera topic in, a bag with dpm_node's outputs out, without DDS.
 
 The very code of ``dpm_node`` runs, without ROS (no rclpy context, no DDS participant): the bag's images go
-through the node's conversion and pairing (``image_to_rgb`` / ``compressed_to_rgb``, ``FrameRing``), and each pair
+through the node's conversion and pairing (``prepare_pixels``, ``FrameRing``), and each pair
 through the node's per-pair step, ``ros.pair_step.PairProcessor`` (pipeline, metric scale, odometry, tracking, output
 messages), fed with the bag's CameraInfo, depth (``scale_source: depth``) and /tf_static in bag order. Every message
 it returns is serialised with ``rclpy.serialization`` (the bytes rclpy would send), its alignment padding zeroed
@@ -161,9 +161,9 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
 
     from dpm_ros.pairing import FrameRing, StampedFrame
     from dpm_ros.ros.engine_select import open_engine
-    from dpm_ros.ros.image_convert import ImageFormatError, compressed_to_rgb, image_to_rgb
+    from dpm_ros.ros.image_convert import ImageFormatError, decode_compressed, image_pixels, prepare_pixels
     from dpm_ros.ros.messages import stamp_to_sec
-    from dpm_ros.ros.pair_step import PairProcessor
+    from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
     from dpm_ros.ros.static_tf import StaticTransforms
 
     from dpm_ros.outputs import check_output
@@ -185,6 +185,7 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                 told.add(kind)
                 print(f"dpm replay: warning: {text}", file=sys.stderr, flush=True)
 
+        engine_hw, out_hw = frame_sizes(engine)   # each image prepared on arrival as the node does
         step = PairProcessor(params, engine, lambda cam: static_tf.lookup(params["base_frame"], cam), notify)
         ring = FrameRing(params["pair_interval"], params["max_pair_gap"], params["buffer_size"])
         pending: list = []
@@ -220,13 +221,14 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
 
             def take_image(msg) -> None:
                 try:
-                    rgb = compressed_to_rgb(msg) if compressed else image_to_rgb(msg)
+                    px, enc = (decode_compressed(msg), "bgr8") if compressed else image_pixels(msg)
+                    image, colours = prepare_pixels(px, enc, engine_hw, out_hw)
                 except ImageFormatError as exc:
                     stats.skipped_images[exc.kind] = stats.skipped_images.get(exc.kind, 0) + 1
                     notify("warn", exc.kind, f"skipped input image: {exc}")
                     return
-                pair = ring.push(StampedFrame(stamp_to_sec(msg.header.stamp), rgb, None, msg.header,
-                                              time.monotonic()))
+                pair = ring.push(StampedFrame(stamp_to_sec(msg.header.stamp), image, None, msg.header,
+                                              time.monotonic(), tuple(px.shape[:2]), colours))
                 if pair is not None:
                     pending[:] = [pair]
 

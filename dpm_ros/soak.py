@@ -5,6 +5,12 @@ Latency = arrival of ``/dpm/odometry`` for a stamp − the moment the image with
 clock, milliseconds). Stamps increase monotonically (wall-clock based) while the images loop over a precomputed
 ``SyntheticSequence``. Drops come from the node's ``/diagnostics`` (``pairs_dropped``: pairs replaced in the
 latest-wins slot) and from the transport (frames published − ``frames_in``).
+
+``subscribe`` names the per-pair outputs the probe subscribes to (the node builds only those: lazy outputs);
+/dpm/odometry always. The probe takes them as raw bytes (no deserialisation) and counts them. Each sample also
+records the CPU share (percent of one core) of this process (the camera publisher and the probe) and of the node,
+the load average, and the node's per-stage latencies from /diagnostics (``stage_*_ms_mean``), so a measurement on
+a shared 2-core machine says how much was left for the node and where its time went.
 """
 from __future__ import annotations
 
@@ -26,8 +32,11 @@ from dpm_ros.dds_env import loopback_env
 
 FRAME_ID = "camera_optical"
 IMAGE_TOPIC, INFO_TOPIC = "/camera/image_raw", "/camera/camera_info"
+OUTPUTS = {"points": "/dpm/points", "motion_mask": "/dpm/motion_mask", "object_labels": "/dpm/object_labels",
+           "depth": "/dpm/depth", "camera_info": "/dpm/camera_info", "objects": "/dpm/objects",
+           "markers": "/dpm/objects/markers"}
 DIAG_KEYS = ("frames_in", "pairs_out", "pairs_dropped", "errors_total", "pairing_no_partner", "input_rate_hz",
-             "output_rate_hz", "inference_ms_mean", "latency_ms_mean")
+             "output_rate_hz", "inference_ms_mean", "latency_ms_mean", "outputs_skipped")
 
 
 @dataclass
@@ -46,6 +55,8 @@ class SoakConfig:
     out: Optional[str] = None
     domain_id: Optional[int] = None
     node_args: list = field(default_factory=list)
+    subscribe: list = field(default_factory=lambda: list(OUTPUTS))   # OUTPUTS keys; odometry always
+    node_command: Optional[list] = None   # instead of dpm_node (e.g. another checkout, for A/B comparisons)
 
     def check(self) -> None:
         if not self.minutes > 0:
@@ -57,6 +68,10 @@ class SoakConfig:
                              f"{self.width}×{self.height}")
         if not self.sample_s > 0:
             raise ValueError(f"--sample-s must be > 0 seconds, got {self.sample_s}")
+        unknown = sorted(set(self.subscribe) - set(OUTPUTS))
+        if unknown:
+            raise ValueError(f"--subscribe: unknown output(s) {', '.join(unknown)} (use {', '.join(OUTPUTS)}, "
+                             "'all' or 'none')")
 
     @property
     def warmup(self) -> float:
@@ -77,6 +92,22 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024.0
     raise ValueError(f"no VmRSS for process {pid}")
+
+
+def parse_subscribe(text: str) -> list:
+    """``--subscribe`` value → list of OUTPUTS keys: "all", "none" or comma-separated names."""
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    if names == ["all"]:
+        return list(OUTPUTS)
+    if names in (["none"], []):
+        return []
+    return names
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds used so far by process ``pid`` (all its threads; /proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values, q: float) -> Optional[float]:
@@ -103,7 +134,7 @@ class StreamProbe:
     """rclpy node (own context and spin thread): publishes the camera stream best-effort like a driver, records
     per-stamp latency from /dpm/odometry and the latest /diagnostics values. Memory stays bounded over hours."""
 
-    def __init__(self):
+    def __init__(self, subscribe: tuple = ()):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from nav_msgs.msg import Odometry
@@ -120,6 +151,8 @@ class StreamProbe:
         reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
         self.node.create_subscription(Odometry, "/dpm/odometry", self._on_odometry, reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
+        self.received = {name: 0 for name in subscribe}   # per-pair output messages received, by OUTPUTS key
+        self._subscribe_outputs(subscribe)
         self._lock = threading.Lock()
         self.sent: dict[int, float] = {}        # stamp (ns) → publish time (monotonic s); pruned
         self.latencies: list[float] = []        # ms, since the last take_latencies()
@@ -129,6 +162,24 @@ class StreamProbe:
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
         self._thread.start()
+
+    def _subscribe_outputs(self, names) -> None:
+        """Raw (undeserialised) best-effort subscriptions: the node sees a subscriber, the probe only counts."""
+        from rclpy.qos import qos_profile_sensor_data
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from visualization_msgs.msg import MarkerArray
+
+        from dpm_ros.msg import ObjectMotionArray
+
+        types = {"points": PointCloud2, "motion_mask": Image, "object_labels": Image, "depth": Image,
+                 "camera_info": CameraInfo, "objects": ObjectMotionArray, "markers": MarkerArray}
+        for name in names:
+            self.node.create_subscription(types[name], OUTPUTS[name], lambda _m, n=name: self._count(n),
+                                          qos_profile_sensor_data, raw=True)
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.received[name] += 1
 
     def _spin(self) -> None:
         try:
@@ -174,6 +225,10 @@ class StreamProbe:
             lat, self.latencies = self.latencies, []
             return lat, self.outputs, dict(self.diag)
 
+    def counts(self) -> dict:
+        with self._lock:
+            return dict(self.received)
+
     def close(self) -> None:
         import rclpy
 
@@ -208,7 +263,25 @@ def summarise(samples: list[dict], all_latencies: list[float], warmup: float, pu
         frames_in=frames_in, frames_lost_in_transport=max(0, published - frames_in) if diag else None,
         drops=int(float(diag.get("pairs_dropped", 0))), no_partner=int(float(diag.get("pairing_no_partner", 0))),
         errors=int(float(diag.get("errors_total", 0))), warmup_s=warmup,
-        duration_s=last.get("t_s", 0.0))
+        duration_s=last.get("t_s", 0.0),
+        publisher_cpu_pct=_mean_of(after, "publisher_cpu_pct"), node_cpu_pct=_mean_of(after, "node_cpu_pct"),
+        loadavg_1min=_mean_of(after, "loadavg_1min"), cpus=os.cpu_count(),
+        stages_ms=stage_summary(after))
+
+
+def _mean_of(samples: list[dict], key: str) -> Optional[float]:
+    vals = [s[key] for s in samples if s.get(key) is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+def stage_summary(samples: list[dict]) -> dict:
+    """Per-stage latency of the node (ms): for each ``stage_*_ms_mean`` of /diagnostics (a mean over the node's last
+    100 pairs or frames), the median over the samples, keyed without the "stage_" / "_ms_mean" affixes."""
+    keys: dict = {}
+    for s in samples:
+        for k, v in s.get("stages", {}).items():
+            keys.setdefault(k, []).append(float(v))
+    return {k[len("stage_"):-len("_ms_mean")]: float(np.median(v)) for k, v in keys.items()}
 
 
 def write_json(path: Optional[Path], doc: dict) -> None:
@@ -255,10 +328,30 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
                            warmup_s=cfg.warmup, domain_id=int(os.environ["ROS_DOMAIN_ID"])),
                source=_git_state(Path(__file__).resolve().parents[1]), started_utc=time.strftime(
                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), complete=False, samples=[], summary={})
-    probe = StreamProbe()
+    probe = StreamProbe(tuple(cfg.subscribe))
     published, all_lat = 0, []
+    cpu_mark: dict = {}
+
+    def sample(proc, now: float, t_start: float) -> dict:
+        """One sample: RSS, latency window, diagnostics, CPU shares since the previous sample, load average."""
+        lat, outputs, diag = probe.take()
+        all_lat.extend(lat)
+        own, node, wall = time.process_time(), cpu_seconds(proc.proc.pid), time.monotonic()
+        prev = cpu_mark.get("mark")
+        cpu_mark["mark"] = (own, node, wall)
+        span = (wall - prev[2]) if prev else 0.0
+        return dict(
+            t_s=round(now - t_start, 3), rss_mb=round(rss_mb(proc.proc.pid), 2), published=published,
+            outputs=outputs, latency_ms_p50=percentile(lat, 50), latency_ms_p95=percentile(lat, 95),
+            latency_n=len(lat), diag={k: diag[k] for k in DIAG_KEYS if k in diag},
+            stages={k: float(v) for k, v in diag.items() if k.startswith("stage_") and k.endswith("_ms_mean")},
+            received=probe.counts(),
+            publisher_cpu_pct=round(100.0 * (own - prev[0]) / span, 1) if span > 0 else None,
+            node_cpu_pct=round(100.0 * (node - prev[1]) / span, 1) if span > 0 else None,
+            loadavg_1min=os.getloadavg()[0])
+
     try:
-        with NodeProcess(args, workdir / "node.log") as proc:
+        with NodeProcess(args, workdir / "node.log", cfg.node_command) as proc:
             end_wait = time.monotonic() + 180
             while not probe.connected():
                 if not proc.alive() or time.monotonic() > end_wait:
@@ -266,6 +359,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
                 time.sleep(0.1)
             time.sleep(0.5)
             doc["node_pid"] = proc.proc.pid
+            sample(proc, time.monotonic(), time.monotonic())   # CPU reference
             log(f"dpm soak: node up (pid {proc.proc.pid}, engine {engine or 'shipped'}), {cfg.minutes} min at "
                 f"{cfg.rate} Hz, {cfg.width}×{cfg.height}; JSON → {out}")
             period, duration = 1.0 / cfg.rate, 60.0 * cfg.minutes
@@ -287,21 +381,11 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
                     if not proc.alive():
                         raise RuntimeError(f"dpm_node died during the soak (rc {proc.proc.returncode}):\n"
                                            f"{proc.log()[-3000:]}")
-                    lat, outputs, diag = probe.take()
-                    all_lat.extend(lat)
-                    doc["samples"].append(dict(
-                        t_s=round(now - t_start, 3), rss_mb=round(rss_mb(proc.proc.pid), 2), published=published,
-                        outputs=outputs, latency_ms_p50=percentile(lat, 50), latency_ms_p95=percentile(lat, 95),
-                        latency_n=len(lat), diag={k: diag[k] for k in DIAG_KEYS if k in diag}))
+                    doc["samples"].append(sample(proc, now, t_start))
                     doc["summary"] = summarise(doc["samples"], all_lat, cfg.warmup, published)
                     write_json(out, doc)
             time.sleep(2.0)  # let the last outputs and a diagnostics message arrive
-            lat, outputs, diag = probe.take()
-            all_lat.extend(lat)
-            doc["samples"].append(dict(
-                t_s=round(time.monotonic() - t_start, 3), rss_mb=round(rss_mb(proc.proc.pid), 2), published=published,
-                outputs=outputs, latency_ms_p50=percentile(lat, 50), latency_ms_p95=percentile(lat, 95),
-                latency_n=len(lat), diag={k: diag[k] for k in DIAG_KEYS if k in diag}))
+            doc["samples"].append(sample(proc, time.monotonic(), t_start))
             doc["summary"] = summarise(doc["samples"], all_lat, cfg.warmup, published)
             doc["summary"]["node_alive_at_end"] = proc.alive()
             rc = proc.stop()
@@ -327,7 +411,11 @@ def format_summary(summary: dict) -> str:
             f"{f(summary.get('latency_ms_p95_last_tenth'))} ms)\n"
             f"{f(summary.get('pairs_per_s'), '.2f')} pairs/s, {summary.get('outputs')} outputs; frames published "
             f"{summary.get('frames_published')}, received {summary.get('frames_in')}; pairs dropped (latest wins) "
-            f"{summary.get('drops')}; errors {summary.get('errors')}")
+            f"{summary.get('drops')}; errors {summary.get('errors')}\n"
+            f"CPU (% of one core): publisher+probe {f(summary.get('publisher_cpu_pct'))}, node "
+            f"{f(summary.get('node_cpu_pct'))} of {summary.get('cpus')} cores; load average "
+            f"{f(summary.get('loadavg_1min'), '.2f')}\n"
+            "stages (ms, mean): " + ", ".join(f"{k} {v:.2f}" for k, v in (summary.get("stages_ms") or {}).items()))
 
 
 def plot_soak(doc: dict, png: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""``dpm soak --minutes N --rate 30 [--out JSON] [--engine ...]``: drive dpm_node with a synthetic camera stream and
+"""``dpm soak --minutes N --rate 30 [--out JSON] [--engine ...] [--subscribe LIST]``: drive dpm_node with a synthetic camera stream and
 log its memory, latency and drops over time (``dpm_ros.soak``). Exit code 1 when the node dies or never answers."""
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def add_arguments(parser) -> None:
                         help="seconds before the memory reference sample (default 20%% of the run, 5..120 s)")
     parser.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: 101..200 from the pid)")
     parser.add_argument("--plot", default=None, metavar="PNG", help="also plot RSS, latency and pairs/s over time")
+    parser.add_argument("--subscribe", default="all", metavar="LIST",
+                        help="per-pair outputs the probe subscribes to, comma-separated, 'all' (default) or 'none' "
+                             "(the node builds only subscribed ones; /dpm/odometry always): points, motion_mask, "
+                             "object_labels, depth, camera_info, objects, markers")
+    parser.add_argument("--node-cmd", default=None, metavar="CMD",
+                        help="run CMD (split like a shell) instead of dpm_node, e.g. another checkout's "
+                             "'env PYTHONPATH=/path/to/old .venv/bin/python -m dpm_ros.ros.node', for A/B runs")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter (repeatable), e.g. --param pair_interval:=0.1")
 
@@ -26,7 +33,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from dpm_ros.soak import SoakConfig, format_summary, plot_soak, run_soak
+    import shlex
+
+    from dpm_ros.soak import SoakConfig, format_summary, parse_subscribe, plot_soak, run_soak
 
     node_args = []
     for p in args.param:
@@ -35,7 +44,9 @@ def run(args) -> int:
         node_args += ["-p", p]
     cfg = SoakConfig(minutes=args.minutes, rate=args.rate, engine=args.engine, width=args.width,
                      height=args.height, frames=args.frames, sample_s=args.sample_s, warmup_s=args.warmup_s,
-                     out=args.out, domain_id=args.domain_id, node_args=node_args)
+                     out=args.out, domain_id=args.domain_id, node_args=node_args,
+                     subscribe=parse_subscribe(args.subscribe),
+                     node_command=shlex.split(args.node_cmd) if args.node_cmd else None)
     try:
         doc = run_soak(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     except RuntimeError as exc:

@@ -31,6 +31,10 @@ class EngineInfo:
 class Engine(abc.ABC):
     """A DPM network behind one call. Thread-compatible: one ``infer`` at a time per instance."""
 
+    #: True when ``infer`` resizes every image with ``pair_io.resize_image`` to ``info()``'s height × width: a caller
+    #: may then make that very resize once per frame, early (the node does on arrival), and ``infer`` does no more.
+    resizes_input: bool = False
+
     @abc.abstractmethod
     def infer(self, img1: np.ndarray, img2: np.ndarray) -> dict[str, np.ndarray]:
         """Point maps for the pair (img1 at t1, img2 at t2); see the module docstring for names and shapes."""

@@ -39,6 +39,8 @@ def choose_providers(device: str = "cpu") -> list[str]:
 class OnnxRuntimeEngine(Engine):
     """A DPM ONNX file run by ONNX Runtime. ``threads``: intra-op threads (default: ONNX Runtime's choice)."""
 
+    resizes_input = True   # prepare_pair → pair_io.resize_image to the network resolution
+
     def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime as ort
 

@@ -65,6 +65,8 @@ class TensorRTEngine(Engine):
     """A DPM network compiled by TensorRT. ``onnx_path``: an exported file; the engine is built on first use and
     cached under ``cache_dir`` (default: ``cache.default_cache_dir``) keyed to this GPU and TensorRT version."""
 
+    resizes_input = True   # prepare_pair → pair_io.resize_image to the network resolution
+
     def __init__(self, onnx_path: str | Path, precision: str = "fp16", cache_dir: str | Path | None = None,
                  device_index: int = 0, cuda_graph: bool = False, workspace_gb: float | None = None):
         trt = import_tensorrt()

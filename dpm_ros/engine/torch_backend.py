@@ -35,6 +35,8 @@ class TorchEngine(Engine):
     fp16 needs CUDA); ``source`` names the weights in errors and info; ``height``/``width``: the resolution images
     are resized to (default: the model's configured one; multiples of the patch size)."""
 
+    resizes_input = True   # prepare_pair → pair_io.resize_image to the network resolution
+
     def __init__(self, model: nn.Module, device: str = "cpu", precision: str = "fp32", compile: bool = False,
                  symmetric: bool = True, source: str = "<torch model>", height: int | None = None,
                  width: int | None = None):

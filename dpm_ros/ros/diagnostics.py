@@ -44,6 +44,27 @@ class Stats:
                 f"{prefix}_max": max(self._v)}
 
 
+STAGES = ("receive", "convert_resize", "queue", "wait", "inference", "geometry", "scale", "odometry_tracking")
+
+
+def stage_key(name: str) -> str:
+    """Diagnostics key of a stage: "inference" → "stage_inference_ms"; "convert:dpm/motion_mask" →
+    "stage_motion_mask_convert_ms", "publish:dpm/objects/markers" → "stage_markers_publish_ms", "publish:tf" →
+    "stage_tf_publish_ms"."""
+    if ":" not in name:
+        return f"stage_{name}_ms"
+    what, topic = name.split(":", 1)
+    short = "markers" if topic.endswith("/markers") else topic.rsplit("/", 1)[-1]
+    return f"stage_{short}_{what}_ms"
+
+
+def stage_order(name: str) -> tuple:
+    """Pipeline order: input stages, then per-output convert/publish, then "total"."""
+    if name in STAGES:
+        return (0, STAGES.index(name), "")
+    return (2, 0, "") if name == "total" else (1, 0, name.split(":", 1)[-1] + name.split(":", 1)[0])
+
+
 class NodeHealth:
     """Everything the node reports; thread-safe (callbacks and the worker both write)."""
 
@@ -55,6 +76,8 @@ class NodeHealth:
         self.latency_ms = Stats()      # arrival of I1 → outputs published (wall clock)
         self.queue_ms = Stats()        # arrival of I1 → worker starts the pair
         self.publish_ms = Stats()      # building and publishing the messages of a pair
+        self.stages: dict[str, Stats] = {}   # per-stage latency (ms), see stage_key
+        self.outputs_skipped = 0             # per-pair messages not built: nobody subscribed (lazy outputs)
         self.errors: Counter[str] = Counter()
         self.last_error = ""
         self._errors_reported = 0
@@ -85,6 +108,19 @@ class NodeHealth:
             self.queue_ms.add(queue_ms)
             self.publish_ms.add(publish_ms)
 
+    def stage(self, name: str, ms: float) -> None:
+        """One sample of a stage's latency (ms)."""
+        with self._lock:
+            self.stages.setdefault(name, Stats()).add(ms)
+
+    def pair_stages(self, stages: dict, skipped: int = 0) -> None:
+        """A pair's stage latencies (ms; keys as PairProcessor.process's ``stages`` plus "queue", "total") and how
+        many per-pair outputs it skipped for lack of subscribers."""
+        with self._lock:
+            for name, ms in stages.items():
+                self.stages.setdefault(name, Stats()).add(ms)
+            self.outputs_skipped += int(skipped)
+
     def report(self, counters: dict, dropped_pairs: int, max_drop_fraction: float = 1.0,
                max_latency_s: float = float("inf"), no_pair_timeout_s: float = float("inf"),
                now: float | None = None) -> tuple[str, str, dict]:
@@ -103,6 +139,12 @@ class NodeHealth:
             values.update(self.queue_ms.summary("queue_ms"))
             values.update(self.publish_ms.summary("publish_ms"))
             values.update({f"errors_{k}": v for k, v in sorted(self.errors.items())})
+            values["outputs_skipped"] = self.outputs_skipped
+            for name in sorted(self.stages, key=stage_order):
+                st = self.stages[name].summary("x")
+                if st:
+                    key = stage_key(name)
+                    values[f"{key}_mean"], values[f"{key}_max"] = st["x_mean"], st["x_max"]
             values.update(counters)
             new_errors = total_err - self._errors_reported
             self._errors_reported = total_err

@@ -20,8 +20,9 @@ class ImageFormatError(ValueError):
         self.kind = kind
 
 
-def image_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8; any row padding) → uint8 (H, W, 3) RGB (a copy)."""
+def image_pixels(msg) -> tuple[np.ndarray, str]:
+    """Checked view onto a sensor_msgs/Image's bytes (no copy): uint8 (H, W, channels) in the message's own channel
+    order (row padding skipped by the view's stride), and the lower-case encoding. Raises ImageFormatError."""
     enc = str(msg.encoding).lower()
     if enc not in _CHANNELS:
         raise ImageFormatError("encoding", f"image encoding '{msg.encoding}' not supported "
@@ -38,18 +39,59 @@ def image_to_rgb(msg) -> np.ndarray:
     if buf.size < step * h:
         raise ImageFormatError("size", f"image data has {buf.size} bytes, expected step×height = {step}×{h} = "
                                        f"{step * h}")
-    px = buf[:step * h].reshape(h, step)[:, :w * ch].reshape(h, w, ch)
+    return buf[:step * h].reshape(h, step)[:, :w * ch].reshape(h, w, ch), enc
+
+
+def to_rgb(px: np.ndarray, enc: str) -> np.ndarray:
+    """uint8 (H, W, channels) pixels in encoding ``enc`` (``image_pixels``) → a new C-contiguous (H, W, 3) RGB array."""
     if enc == "rgb8":
         return px.copy()
     if enc == "bgr8" or enc == "bgra8":
         return np.ascontiguousarray(px[..., 2::-1])
     if enc == "rgba8":
         return np.ascontiguousarray(px[..., :3])
-    return np.repeat(px, 3, axis=2)
+    return np.repeat(px.reshape(px.shape[0], px.shape[1], 1), 3, axis=2)
+
+
+def image_to_rgb(msg) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8; any row padding) → uint8 (H, W, 3) RGB (a copy)."""
+    return to_rgb(*image_pixels(msg))
+
+
+def prepare_pixels(px: np.ndarray, enc: str, engine_hw: tuple[int, int] | None,
+                   out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The two small images a pair needs of a camera frame, made once on arrival without a full-resolution copy:
+    (engine input, cloud colours). ``px``/``enc``: the frame's pixels in their own layout (``image_pixels``; a
+    decoded CompressedImage is "bgr8"). ``engine_hw``: the (height, width) the engine resizes every input to with
+    ``pair_io.resize_image`` (the same call is made here, so the engine's own resize is a no-op and its input is
+    bit-identical), or None for an engine that takes the frame as it is (the full frame, RGB, is returned).
+    ``out_hw``: the engine's output grid; the colours are the frame's nearest pixels there (``resize_nearest``),
+    uint8 (h, w, 3) RGB. Both are computed on the frame's own channel layout and reordered after: resizing is per
+    channel, so the bytes equal those of converting to RGB first."""
+    from dpm_ros.engine.pair_io import resize_image
+
+    if engine_hw is None:
+        engine_img = to_rgb(px, enc)
+    else:
+        engine_img = to_rgb(_as_2d(resize_image(_as_2d(px), *engine_hw)), enc)
+    colours = to_rgb(resize_nearest(px, *out_hw), enc)
+    return engine_img, colours
+
+
+def _as_2d(px: np.ndarray) -> np.ndarray:
+    """(H, W, 1) ↔ (H, W): OpenCV takes and returns one-channel images as 2-D arrays."""
+    if px.ndim == 3 and px.shape[2] == 1:
+        return px[..., 0]
+    return px[..., None] if px.ndim == 2 else px
 
 
 def compressed_to_rgb(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg, png, ...) → uint8 (H, W, 3) RGB."""
+    return np.ascontiguousarray(decode_compressed(msg)[..., ::-1])
+
+
+def decode_compressed(msg) -> np.ndarray:
+    """sensor_msgs/CompressedImage (jpeg, png, ...) → uint8 (H, W, 3) BGR as OpenCV decodes it."""
     import cv2
     from cv2.utils import logging as cv_log
 
@@ -60,7 +102,7 @@ def compressed_to_rgb(msg) -> np.ndarray:
     if img is None:
         raise ImageFormatError("decode", f"compressed image (format '{msg.format}', {buf.size} bytes) could not be "
                                          "decoded")
-    return np.ascontiguousarray(img[..., ::-1])
+    return img
 
 
 def fill_image(msg, array: np.ndarray, encoding: str):
@@ -89,3 +131,33 @@ def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
     return array.take(rows, axis=0).take(cols, axis=1)
+
+
+def nearest_into(small: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Nearest-neighbour upsampling of ``small`` (h, w) into ``out`` (H, W), any strided view (e.g. onto a message's
+    data buffer): exactly ``resize_nearest(small, H, W)`` (pixel-centre mapping), written band by band (one broadcast
+    copy per source row), no full-size intermediate. Returns ``out``."""
+    h, w = small.shape[:2]
+    H, W = out.shape[:2]
+    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
+    wide = small.take(cols, axis=1)                       # (h, W): small
+    starts = np.searchsorted(rows, np.arange(h + 1))      # rows is non-decreasing: source row r fills [s_r, s_r+1)
+    for r in np.flatnonzero(starts[1:] > starts[:-1]):
+        out[starts[r]:starts[r + 1]] = wide[r]
+    return out
+
+
+def image_msg_into(msg, height: int, width: int, encoding: str):
+    """Give sensor_msgs/Image ``msg`` a zeroed data buffer of ``height`` × ``width`` mono8 / mono16 (little-endian)
+    pixels and return a writable (height, width) numpy view onto the message's own buffer, to fill in place."""
+    import array
+
+    dtypes = {"mono8": np.uint8, "mono16": np.dtype("<u2")}
+    if encoding not in dtypes:
+        raise ValueError(f"image_msg_into: encoding '{encoding}' not handled (use {', '.join(dtypes)})")
+    dt = np.dtype(dtypes[encoding])
+    msg.height, msg.width, msg.encoding, msg.is_bigendian = int(height), int(width), encoding, 0
+    msg.step = int(width) * dt.itemsize
+    msg.data = array.array("B", [0]) * (msg.step * int(height))   # the message keeps this very buffer
+    return np.frombuffer(msg.data, dtype=np.uint8).view(dt).reshape(int(height), int(width))

@@ -19,7 +19,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from dpm_ros.msg import ObjectMotion, ObjectMotionArray
 from dpm_ros.pointcloud import FIELDS, cloud_bytes, cloud_layout
-from dpm_ros.ros.image_convert import fill_image, resize_nearest
+from dpm_ros.ros.image_convert import fill_image, image_msg_into, nearest_into
 
 # --- small conversions ------------------------------------------------------------------------------------------
 
@@ -78,14 +78,19 @@ def pointcloud_msg(header: Header, cloud: np.ndarray) -> PointCloud2:
 
 
 def motion_mask_msg(header: Header, mask: np.ndarray, height: int, width: int) -> Image:
-    """mono8 at the INPUT resolution (height × width): 255 moving, 0 static (nearest-neighbour upsampling)."""
-    m = resize_nearest(np.asarray(mask, bool), height, width)
-    return fill_image(Image(header=header), np.where(m, np.uint8(255), np.uint8(0)), "mono8")
+    """mono8 at the INPUT resolution (height × width): 255 moving, 0 static (nearest-neighbour upsampling, written
+    straight into the message's buffer from the small mask)."""
+    msg = Image(header=header)
+    small = np.where(np.asarray(mask, bool), np.uint8(255), np.uint8(0))
+    nearest_into(small, image_msg_into(msg, height, width, "mono8"))
+    return msg
 
 
 def labels_msg(header: Header, labels: np.ndarray, height: int, width: int) -> Image:
-    """mono16 object ids at the INPUT resolution (0 static)."""
-    return fill_image(Image(header=header), resize_nearest(np.asarray(labels, np.uint16), height, width), "mono16")
+    """mono16 object ids at the INPUT resolution (0 static), upsampled straight into the message's buffer."""
+    msg = Image(header=header)
+    nearest_into(np.asarray(labels, np.uint16), image_msg_into(msg, height, width, "mono16"))
+    return msg
 
 
 def depth_msg(header: Header, depth: np.ndarray) -> Image:

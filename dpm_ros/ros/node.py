@@ -28,8 +28,8 @@ from dpm_ros.pairing import FramePair, FrameRing, LatestSlot, StampedFrame
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth
 from dpm_ros.ros.engine_select import open_engine
-from dpm_ros.ros.image_convert import ImageFormatError, compressed_to_rgb, image_to_rgb
-from dpm_ros.ros.pair_step import PairProcessor
+from dpm_ros.ros.image_convert import ImageFormatError, decode_compressed, image_pixels, prepare_pixels
+from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
 from dpm_ros.ros.params import PARAMS, check_choice, coerce_overrides, descriptor, unknown_overrides
 from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static, tf2_lookup
 
@@ -78,6 +78,9 @@ class DpmNode(Node):
 
         self.engine = open_engine(self.p["engine"], self.p["backend"])
         self.engine_info = self.engine.info()
+        # each frame is made ready for the engine once, on arrival (engines that resize with pair_io.resize_image):
+        # the small engine input and the cloud's colours; the full-resolution frame is not kept
+        self._engine_hw, self._out_hw = frame_sizes(self.engine, self.engine_info)
 
         self.health = NodeHealth()
         self.ring = FrameRing(self.p["pair_interval"], self.p["max_pair_gap"], self.p["buffer_size"])
@@ -148,20 +151,28 @@ class DpmNode(Node):
     # --- callbacks (never block) ----------------------------------------------------------------------------------
 
     def _on_image(self, msg: Image) -> None:
-        self._enqueue(msg.header, lambda: image_to_rgb(msg))
+        self._enqueue(msg.header, lambda: image_pixels(msg))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._enqueue(msg.header, lambda: compressed_to_rgb(msg))
+        self._enqueue(msg.header, lambda: (decode_compressed(msg), "bgr8"))
 
-    def _enqueue(self, header, convert) -> None:
+    def _enqueue(self, header, pixels) -> None:
+        """One input frame: a view onto its bytes (``pixels``), downscaled once to what the engine needs, into the
+        ring. Stages: "receive" (I1's stamp → this callback, the node's clock: camera, transport and
+        deserialisation when the camera stamps with this machine's clock) and "convert_resize"."""
+        t0 = time.perf_counter()
         self.health.frame_in()
+        self.health.stage("receive", 1e-6 * (self.get_clock().now().nanoseconds - M.stamp_to_sec(header.stamp) * 1e9))
         try:
-            rgb = convert()
+            px, enc = pixels()
+            image, colours = prepare_pixels(px, enc, self._engine_hw, self._out_hw)
         except ImageFormatError as exc:
             self.health.error(exc.kind, str(exc))
             self._warn_throttled(exc.kind, f"skipped input image: {exc}")
             return
-        frame = StampedFrame(M.stamp_to_sec(header.stamp), rgb, None, header, time.monotonic())
+        size = tuple(px.shape[:2])
+        frame = StampedFrame(M.stamp_to_sec(header.stamp), image, None, header, time.monotonic(), size, colours)
+        self.health.stage("convert_resize", 1000.0 * (time.perf_counter() - t0))
         with self._ring_lock:
             jumps, resized = self.ring.counters.stamp_jumps_back, self.ring.counters.resolution_changes
             pair = self.ring.push(frame)
@@ -169,7 +180,7 @@ class DpmNode(Node):
                 self._warn_throttled("stamp_back", "image stamp went backwards (bag loop or clock reset): pairing "
                                      "restarted (counted in /diagnostics pairing_stamp_jumps_back)")
             if self.ring.counters.resolution_changes != resized:
-                self._warn_throttled("resolution", f"image size changed to {rgb.shape[1]}×{rgb.shape[0]}: pairing "
+                self._warn_throttled("resolution", f"image size changed to {size[1]}×{size[0]}: pairing "
                                      "restarted (counted in /diagnostics pairing_resolution_changes)")
         if pair is not None:
             self.slot.put(pair)
@@ -225,15 +236,27 @@ class DpmNode(Node):
                 self._warn_throttled("pipeline", f"pipeline failed on a pair: {type(exc).__name__}: {exc}",
                                      error=True)
 
+    def _wanted_outputs(self) -> set:
+        """The per-pair topics someone subscribes to now (lazy outputs, as image_pipeline: the others are neither
+        computed nor converted nor published); odometry and TF are always published."""
+        return {topic for topic, pub in self.pubs.items() if pub.get_subscription_count() > 0}
+
     def _process(self, pair: FramePair) -> None:
         queue_ms = 1000.0 * (time.monotonic() - pair.newest.received)
         t0 = time.perf_counter()
-        out = self.step.process(pair, depth_wait=self.p["depth_wait"], camera_info_wait=self.p["camera_info_wait"])
+        wanted = self._wanted_outputs()
+        out = self.step.process(pair, depth_wait=self.p["depth_wait"], camera_info_wait=self.p["camera_info_wait"],
+                                wanted=wanted)
         for topic, msg in out.messages:
+            tick = time.perf_counter()
             self._publisher(topic).publish(msg)
+            out.stages[f"publish:{topic}"] = (out.stages.get(f"publish:{topic}", 0.0)
+                                              + 1000.0 * (time.perf_counter() - tick))
         output_ms = 1000.0 * (time.perf_counter() - t0) - out.inference_ms   # scale, tracking, messages, publish
-        self.health.pair_done(out.inference_ms, 1000.0 * (time.monotonic() - pair.newest.received), queue_ms,
-                              output_ms)
+        latency_ms = 1000.0 * (time.monotonic() - pair.newest.received)
+        self.health.pair_done(out.inference_ms, latency_ms, queue_ms, output_ms)
+        self.health.pair_stages(dict(out.stages, queue=queue_ms, total=latency_ms),
+                                skipped=len(self.pubs) - len(wanted))
         self._last_timings = out.timings
 
     def _publisher(self, topic: str):

@@ -6,6 +6,7 @@ need the accumulated trajectory: see ``odometry.py`` and ``messages.odometry_msg
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -50,29 +51,66 @@ def point_velocity(result) -> np.ndarray:
     return ((b - a) / np.float32(result.dt)).astype(np.float32)
 
 
-def pair_messages(result, header, image1: np.ndarray, ids: list[int] | None = None,
-                  options: OutputOptions | None = None) -> dict:
+PAIR_TOPICS = ("dpm/points", "dpm/motion_mask", "dpm/object_labels", "dpm/depth", "dpm/camera_info", "dpm/objects",
+               "dpm/objects/markers")
+
+
+def cloud_colours(image1: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The cloud's colours: I1 (uint8 (H, W, 3) RGB at the input resolution) sampled at the output grid's pixel
+    centres (nearest neighbour)."""
+    return resize_nearest(image1, height, width)
+
+
+def pair_messages(result, header, image1: np.ndarray | None, ids: list[int] | None = None,
+                  options: OutputOptions | None = None, wanted=None, input_hw: tuple[int, int] | None = None,
+                  colours: np.ndarray | None = None, timings: dict | None = None) -> dict:
     """Messages for one pair. header: I1's header (stamp, optical frame_id); image1: I1 as uint8 (H, W, 3) RGB at
-    the INPUT resolution (masks are published at that size; the cloud is coloured from it at output size)."""
+    the INPUT resolution (masks are published at that size; the cloud is coloured from it at output size).
+    A node that prepared I1 on arrival passes ``input_hw`` (H, W) and ``colours`` (``cloud_colours`` of I1) instead
+    (``image1`` may then be the small engine input or None). ``wanted``: the topic keys to build (None = all of
+    ``PAIR_TOPICS``); the others are neither computed nor converted (lazy outputs: a topic nobody subscribes to) and
+    each built message's bytes equal the eager ones. ``timings``: when a dict, each built message's conversion time
+    in ms is stored under its topic key."""
     opt = options or OutputOptions()
-    H, W = image1.shape[:2]
+    H, W = input_hw if input_hw is not None else image1.shape[:2]
+    want = set(PAIR_TOPICS) if wanted is None else set(wanted)
+    out: dict = {}
+    tick = time.perf_counter()
+
+    def done(topic: str, msg) -> None:
+        nonlocal tick
+        out[topic] = msg
+        now = time.perf_counter()
+        if timings is not None:
+            timings[topic] = 1000.0 * (now - tick)
+        tick = now
+
     p = np.asarray(result.maps["p1_t1_pi1"], np.float32)
     h, w = p.shape[:2]
-    conf = result.maps.get("conf_p1_t1_pi1")
-    conf = np.ones((h, w), np.float32) if conf is None else np.asarray(conf, np.float32)
-    labels = relabel(result.labels1, result.objects, ids)
-    valid = np.isfinite(p).all(-1) & (p[..., 2] > 0) & (conf >= opt.cloud_min_confidence)
-    cloud = build_cloud(p, resize_nearest(image1, h, w), conf, labels, point_velocity(result), valid,
-                        stride=opt.cloud_stride)
-    reps = object_reports(result, ids)
-    depth = np.where(valid, p[..., 2], np.float32(np.nan))
     hd = M.copy_header(header)
-    return {
-        "dpm/points": M.pointcloud_msg(hd, cloud),
-        "dpm/motion_mask": M.motion_mask_msg(hd, result.motion_mask1, H, W),
-        "dpm/object_labels": M.labels_msg(hd, labels, H, W),
-        "dpm/depth": M.depth_msg(hd, depth),
-        "dpm/camera_info": M.camera_info_msg(hd, result.K, h, w),
-        "dpm/objects": M.objects_msg(hd, reps, result.dt, opt.metric),
-        "dpm/objects/markers": M.markers_msg(hd, reps, result.dt),
-    }
+    labels = valid = reps = None
+    if want & {"dpm/points", "dpm/object_labels"}:
+        labels = relabel(result.labels1, result.objects, ids)
+    if want & {"dpm/points", "dpm/depth"}:
+        conf = result.maps.get("conf_p1_t1_pi1")
+        conf = np.ones((h, w), np.float32) if conf is None else np.asarray(conf, np.float32)
+        valid = np.isfinite(p).all(-1) & (p[..., 2] > 0) & (conf >= opt.cloud_min_confidence)
+    if "dpm/points" in want:
+        rgb = colours if colours is not None else cloud_colours(image1, h, w)
+        cloud = build_cloud(p, rgb, conf, labels, point_velocity(result), valid, stride=opt.cloud_stride)
+        done("dpm/points", M.pointcloud_msg(hd, cloud))
+    if "dpm/motion_mask" in want:
+        done("dpm/motion_mask", M.motion_mask_msg(hd, result.motion_mask1, H, W))
+    if "dpm/object_labels" in want:
+        done("dpm/object_labels", M.labels_msg(hd, labels, H, W))
+    if "dpm/depth" in want:
+        done("dpm/depth", M.depth_msg(hd, np.where(valid, p[..., 2], np.float32(np.nan))))
+    if "dpm/camera_info" in want:
+        done("dpm/camera_info", M.camera_info_msg(hd, result.K, h, w))
+    if want & {"dpm/objects", "dpm/objects/markers"}:
+        reps = object_reports(result, ids)
+    if "dpm/objects" in want:
+        done("dpm/objects", M.objects_msg(hd, reps, result.dt, opt.metric))
+    if "dpm/objects/markers" in want:
+        done("dpm/objects/markers", M.markers_msg(hd, reps, result.dt))
+    return out

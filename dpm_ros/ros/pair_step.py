@@ -34,6 +34,14 @@ def pipeline_params(p: dict) -> dict:
                 ego_method=p["ego_method"], use_learned_mask=p["use_learned_mask"])
 
 
+def frame_sizes(engine, info=None) -> tuple:
+    """(engine_hw, out_hw) for ``image_convert.prepare_pixels``: the resolution the engine resizes its inputs to
+    (None when it takes frames as they are, e.g. the oracle) and its output grid, (height, width) pixels."""
+    info = info or engine.info()
+    out_hw = (int(info.height), int(info.width))
+    return (out_hw if getattr(engine, "resizes_input", False) else None), out_hw
+
+
 def depth_to_metres(msg) -> np.ndarray:
     """sensor_msgs/Image depth → float64 (H, W) metres, NaN where invalid. 32FC1: metres (REP 118; NaN/±inf/0
     invalid); 16UC1 / mono16: millimetres (0 invalid). Anything else raises ImageFormatError("depth_encoding")."""
@@ -98,6 +106,7 @@ class StepOutput:
     scale: float
     scale_source: str
     timings: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)   # ms per stage of the pair (see PairProcessor.process)
 
 
 MIN_FOCAL_FRACTION, MAX_FOCAL_FACTOR, PRINCIPAL_MARGIN = 0.05, 50.0, 0.25
@@ -225,14 +234,18 @@ class PairProcessor:
                          f"(camera_info_sync {self.p['camera_info_sync']}): K estimated from the point map")
             return None
         K, h, w = match
-        H, W = frame.image.shape[:2]
+        H, W = frame.hw
         if h and w and (h, w) != (H, W):
             K = np.diag([W / w, H / h, 1.0]) @ K
         return K
 
-    def process(self, pair: FramePair, depth_wait: float = 0.0, camera_info_wait: float = 0.0) -> StepOutput:
+    def process(self, pair: FramePair, depth_wait: float = 0.0, camera_info_wait: float = 0.0,
+                wanted=None) -> StepOutput:
         """Run one pair (I1 = ``pair.newest``). ``depth_wait`` / ``camera_info_wait``: seconds to wait for I1's
-        depth image / CameraInfo when they come late (live node; a bag replay has them in order)."""
+        depth image / CameraInfo when they come late (live node; a bag replay has them in order). ``wanted``: the
+        per-pair topic keys to build (None = all; see ``outputs.pair_messages``); odometry and TF always are.
+        ``StepOutput.stages``: ms per stage ("wait" for I1's CameraInfo, "inference", "geometry", "scale",
+        "odometry_tracking", and per message "convert:<topic key>")."""
         if self._dirty:
             self._dirty = False
             self.pipeline = self._DPMPipeline(self.engine, **pipeline_params(self.p))
@@ -241,27 +254,39 @@ class PairProcessor:
         new, old = pair.newest, pair.older
         if self.p["eps_abs"] > 0:   # metres → this pair's model units, with the best factor known before inference
             self.pipeline.eps_abs = self.p["eps_abs"] / self._scale_guess()
-        f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new, camera_info_wait))
-        f2 = self._Frame(image=old.image, stamp=old.stamp, K=self.camera_k(old))
+        t_wait = time.perf_counter()
+        f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new, camera_info_wait), size=new.size)
+        f2 = self._Frame(image=old.image, stamp=old.stamp, K=self.camera_k(old), size=old.size)
         t0 = time.perf_counter()
         result = self.pipeline.process(f1, f2)
-        inference_ms = 1000.0 * (time.perf_counter() - t0)
-        result, estimate = self._metric(new.stamp, old.stamp, result, depth_wait)
+        t1 = time.perf_counter()
+        inference_ms = 1000.0 * (t1 - t0)
+        result, estimate = self._metric(new.stamp, old.stamp, result, depth_wait)   # includes the depth wait
+        t2 = time.perf_counter()
 
         camera_frame = self.p["camera_frame"] or new.header.frame_id
         header = M.copy_header(new.header, frame_id=camera_frame)
         state = self._update_odometry(camera_frame, new.stamp, old.stamp, np.asarray(result.T_c1_c2, float))
         ids = self._track(new.stamp, result, state.T_odom_camera)
+        t3 = time.perf_counter()
         opts = OutputOptions(self.p["cloud_stride"], self.p["cloud_min_confidence"], self.metric)
-        messages = list(pair_messages(result, header, new.image, ids, opts).items())
+        convert: dict = {}
+        messages = list(pair_messages(result, header, new.image, ids, opts, wanted=wanted, input_hw=new.hw,
+                                      colours=new.colours, timings=convert).items())
         if self.extrinsic_ok:
             child = self.p["base_frame"] or camera_frame
+            tick = time.perf_counter()
             messages.append(("dpm/odometry", M.odometry_msg(header.stamp, self.p["odom_frame"], child,
                                                             state.T_odom_child, state.linear, state.angular)))
             if self.p["publish_tf"]:
                 messages.append(("tf", M.tf_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child)))
-        return StepOutput(messages, inference_ms, estimate.scale, estimate.source,
-                          dict(getattr(result, "timings", {}) or {}))
+            convert["dpm/odometry"] = 1000.0 * (time.perf_counter() - tick)   # with TF
+        timings = dict(getattr(result, "timings", {}) or {})
+        stages = {"wait": 1000.0 * (t0 - t_wait), "inference": timings.get("inference", inference_ms),
+                  "geometry": timings.get("geometry", 0.0), "scale": 1000.0 * (t2 - t1),
+                  "odometry_tracking": 1000.0 * (t3 - t2)}
+        stages.update({f"convert:{k}": v for k, v in convert.items()})
+        return StepOutput(messages, inference_ms, estimate.scale, estimate.source, timings, stages)
 
     def _scale_guess(self) -> float:
         """Metres per model unit before the pair is seen: the fixed factor, else the previous pair's (or the chain's
