@@ -16,6 +16,7 @@ import dpm_ros.engine.oracle  # noqa: E402,F401  (a missing or broken module fai
 
 RATE = 30.0
 MINUTES = 0.25
+SUBSCRIBED = ("points", "motion_mask", "object_labels", "depth", "camera_info", "objects")   # not "markers"
 
 
 def test_rss_reader_matches_proc_status():
@@ -51,7 +52,7 @@ def short_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("soak") / "soak.json"
     cmd = [sys.executable, "-m", "dpm_ros.cli", "soak", "--minutes", str(MINUTES), "--rate", str(RATE),
            "--engine", "oracle", "--width", "128", "--height", "96", "--frames", "10", "--sample-s", "2",
-           "--out", str(out), "--plot", str(out.with_suffix(".png"))]
+           "--out", str(out), "--plot", str(out.with_suffix(".png")), "--subscribe", ",".join(SUBSCRIBED)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ))
     return proc, out
 
@@ -81,3 +82,32 @@ def test_short_soak_writes_samples_and_summary(short_run):
     assert int(diag["pairs_out"]) + s["drops"] <= s["frames_in"]
     assert "RSS after warm-up" in proc.stdout and "pairs/s" in proc.stdout
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_short_soak_reports_stages_cpu_and_builds_only_subscribed_outputs(short_run):
+    proc, out = short_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    s, last = doc["summary"], doc["samples"][-1]
+    assert doc["config"]["subscribe"] == list(SUBSCRIBED)
+    pairs = int(last["diag"]["pairs_out"])
+    # lazy outputs: the one topic nobody subscribed to (markers) is skipped in every pair, the others arrive
+    assert int(last["diag"]["outputs_skipped"]) == pairs, last["diag"]
+    assert set(last["received"]) == set(SUBSCRIBED) and min(last["received"].values()) > 0, last["received"]
+    stages = s["stages_ms"]
+    for key in ("receive", "convert_resize", "queue", "inference", "geometry", "points_convert",
+                "motion_mask_convert", "motion_mask_publish", "odometry_publish", "total"):
+        assert key in stages and 0.0 <= stages[key] < 10000.0, (key, stages)
+    assert "markers_convert" not in stages and "markers_publish" not in stages, stages
+    assert stages["inference"] <= stages["total"]
+    assert 0.0 < s["publisher_cpu_pct"] < 100.0 * s["cpus"] and 0.0 < s["node_cpu_pct"] < 100.0 * s["cpus"], s
+    assert s["loadavg_1min"] >= 0.0 and "publisher+probe" in proc.stdout and "stages (ms, mean)" in proc.stdout
+
+
+def test_subscribe_option():
+    from dpm_ros.soak import OUTPUTS, parse_subscribe
+
+    assert parse_subscribe("all") == list(OUTPUTS) and parse_subscribe("none") == []
+    assert parse_subscribe("points, depth") == ["points", "depth"]
+    with pytest.raises(ValueError, match="unknown output"):
+        SoakConfig(subscribe=["points", "mask"]).check()

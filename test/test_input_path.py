@@ -1,0 +1,181 @@
+"""Issue 14's fast path gives the bytes of the slow one: frames downscaled once on arrival (from a view onto the
+message's bytes) vs full-resolution RGB frames the engine resizes itself; masks and labels upsampled straight into
+the message buffer vs the former full-size arrays; lazily built outputs vs eagerly built ones. Real shipped ONNX
+engine, real pipeline; every message compared as serialised CDR bytes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from rclpy.serialization import serialize_message
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from dpm_ros.pairing import FramePair, FrameRing, StampedFrame
+from dpm_ros.replay import msgtype_of
+from dpm_ros.ros.bag_recorder import canonical_cdr
+from dpm_ros.ros import messages as M
+from dpm_ros.ros.diagnostics import NodeHealth, stage_key
+from dpm_ros.ros.engine_select import open_engine
+from dpm_ros.ros.image_convert import (fill_image, image_msg_into, image_pixels, image_to_rgb, nearest_into,
+                                       prepare_pixels, resize_nearest)
+from dpm_ros.ros.outputs import PAIR_TOPICS, pair_messages
+from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
+from dpm_ros.ros.params import PARAMS
+from dpm_ros.synthetic import SyntheticSequence
+
+H, W = 150, 206          # not a multiple of the 64×64 network: INTER_AREA with fractional weights
+
+
+def image_msg(rgb: np.ndarray, encoding: str, pad: int = 0, stamp_ns: int = 0) -> Image:
+    """rgb (H, W, 3) as a sensor_msgs/Image in ``encoding`` with ``pad`` bytes of row padding."""
+    px = {"rgb8": rgb, "bgr8": rgb[..., ::-1], "rgba8": np.dstack([rgb, np.full(rgb.shape[:2], 9, np.uint8)]),
+          "bgra8": np.dstack([rgb[..., ::-1], np.full(rgb.shape[:2], 9, np.uint8)]), "mono8": rgb[..., :1]}[encoding]
+    rows = np.ascontiguousarray(px).reshape(rgb.shape[0], -1)
+    rows = np.hstack([rows, np.full((rows.shape[0], pad), 77, np.uint8)])
+    msg = Image(height=rgb.shape[0], width=rgb.shape[1], encoding=encoding, step=rows.shape[1])
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp_ns, 1_000_000_000)
+    msg.header.frame_id = "cam_optical"
+    msg.data = rows.tobytes()
+    return msg
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return open_engine("", "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def frames():
+    seq = SyntheticSequence(seed=5, n_frames=4, fps=10.0, height=H, width=W, n_objects=2, renderer="numpy")
+    return [seq.frame(i)["image"] for i in range(len(seq))], seq.K
+
+
+def run_pairs(engine, frames, K, encoding, prepared, wanted=None):
+    """Every pair of the 4 frames through a fresh PairProcessor (CameraInfo for every stamp); list of message lists."""
+    params = {spec.name: spec.default for spec in PARAMS}
+    step = PairProcessor(params, engine)
+    ring = FrameRing(params["pair_interval"], params["max_pair_gap"], params["buffer_size"])
+    engine_hw, out_hw = frame_sizes(engine)
+    outs = []
+    for i, rgb in enumerate(frames[0]):
+        stamp_ns = 1_000_000_000 + i * 100_000_000
+        msg = image_msg(rgb, encoding, pad=3, stamp_ns=stamp_ns)
+        step.add_camera_info(M.camera_info_msg(Header(stamp=msg.header.stamp, frame_id="cam_optical"), K, H, W))
+        t = M.stamp_to_sec(msg.header.stamp)
+        if prepared:
+            px, enc = image_pixels(msg)
+            image, colours = prepare_pixels(px, enc, engine_hw, out_hw)
+            frame = StampedFrame(t, image, None, msg.header, 0.0, tuple(px.shape[:2]), colours)
+        else:   # the former input path: a full-resolution RGB copy, resized by the engine in every pair
+            frame = StampedFrame(t, image_to_rgb(msg), None, msg.header, 0.0)
+        pair = ring.push(frame)
+        if pair is not None:
+            outs.append(step.process(pair, wanted=wanted).messages)
+    assert len(outs) >= 2
+    return outs
+
+
+def cdr(msg) -> bytes:
+    """The message's CDR with alignment padding zeroed (as `dpm replay` writes it; rclpy leaves padding unset)."""
+    return canonical_cdr(serialize_message(msg), msgtype_of(msg))
+
+
+def as_bytes(messages) -> list:
+    return [(topic, cdr(msg)) for topic, msg in messages]
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "rgb8", "rgba8", "mono8"])
+def test_frames_prepared_on_arrival_give_the_bytes_of_full_frames(engine, frames, encoding):
+    assert engine.resizes_input and frame_sizes(engine)[0] is not None
+    full = run_pairs(engine, frames, frames[1], encoding, prepared=False)
+    fast = run_pairs(engine, frames, frames[1], encoding, prepared=True)
+    assert [t for t, _ in full[0]] == list(PAIR_TOPICS) + ["dpm/odometry", "tf"]
+    assert [as_bytes(m) for m in fast] == [as_bytes(m) for m in full]
+
+
+def test_prepared_frame_is_the_engines_own_resize_and_the_colours_its_nearest_pixels(engine, frames):
+    from dpm_ros.engine.pair_io import resize_image
+
+    rgb = frames[0][1]
+    msg = image_msg(rgb, "bgra8", pad=5)
+    px, enc = image_pixels(msg)
+    assert np.shares_memory(px, np.frombuffer(msg.data, np.uint8))     # a view onto the message's bytes, no copy
+    small, colours = prepare_pixels(px, enc, (64, 64), (64, 64))
+    np.testing.assert_array_equal(small, resize_image(rgb, 64, 64))
+    np.testing.assert_array_equal(colours, resize_nearest(rgb, 64, 64))
+    assert small.flags.c_contiguous and small.shape == (64, 64, 3)
+    full, colours2 = prepare_pixels(px, enc, None, (64, 64))        # an engine that takes frames as they are
+    np.testing.assert_array_equal(full, rgb)
+    np.testing.assert_array_equal(colours2, colours)
+
+
+@pytest.mark.parametrize("big", [(12, 16), (480, 640), (481, 641), (720, 1280), (1080, 1920)])
+@pytest.mark.parametrize("small", [(64, 64), (96, 128), (7, 5)])
+def test_mask_and_labels_into_the_message_buffer_equal_the_former_full_size_arrays(big, small):
+    rng = np.random.default_rng(big[0] + small[1])
+    mask = rng.random(small) > 0.6
+    labels = rng.integers(0, 70000, small).astype(np.uint16)
+    hd = Header(frame_id="c")
+    old_mask = fill_image(Image(header=hd), np.where(resize_nearest(mask, *big), np.uint8(255), np.uint8(0)), "mono8")
+    old_labels = fill_image(Image(header=hd), resize_nearest(labels, *big), "mono16")
+    assert cdr(M.motion_mask_msg(hd, mask, *big)) == cdr(old_mask)
+    assert cdr(M.labels_msg(hd, labels, *big)) == cdr(old_labels)
+
+
+def test_nearest_into_fills_any_strided_view_and_the_message_keeps_that_buffer():
+    small = np.arange(12, dtype=np.uint16).reshape(3, 4)
+    canvas = np.zeros((10, 13), np.uint16)
+    nearest_into(small, canvas[2:9, 3:12])                  # a window of a bigger image (e.g. a crop)
+    np.testing.assert_array_equal(canvas[2:9, 3:12], resize_nearest(small, 7, 9))
+    assert canvas[:2].sum() == 0 and canvas[:, :3].sum() == 0 and canvas[9:].sum() == 0
+    msg = Image()
+    view = image_msg_into(msg, 5, 6, "mono16")
+    view[1, 2] = 0x1234
+    assert (msg.step, len(msg.data), bytes(msg.data)[1 * 12 + 4:1 * 12 + 6]) == (12, 60, b"\x34\x12")
+
+
+def test_lazy_outputs_are_the_eager_bytes_and_nothing_else(engine, frames):
+    eager = run_pairs(engine, frames, frames[1], "bgr8", prepared=True)
+    rng = np.random.default_rng(0)
+    subsets = [set()] + [{t} for t in PAIR_TOPICS] + [set(rng.choice(PAIR_TOPICS, 3, replace=False))]
+    for wanted in subsets:
+        lazy = run_pairs(engine, frames, frames[1], "bgr8", prepared=True, wanted=wanted)
+        expect = [[(t, b) for t, b in as_bytes(m) if t in wanted or t in ("dpm/odometry", "tf")] for m in eager]
+        assert [as_bytes(m) for m in lazy] == expect, wanted
+
+
+def test_pair_messages_times_each_message_it_builds():
+    from test_messages import HEADER, fake_result
+
+    timings: dict = {}
+    out = pair_messages(fake_result(), HEADER, np.zeros((12, 16, 3), np.uint8), wanted={"dpm/motion_mask",
+                                                                                        "dpm/objects"},
+                        timings=timings)
+    assert list(out) == ["dpm/motion_mask", "dpm/objects"] and set(timings) == set(out)
+    assert all(0.0 <= v < 1000.0 for v in timings.values())
+
+
+def test_stage_latencies_and_skipped_outputs_in_diagnostics():
+    health = NodeHealth()
+    health.stage("receive", 4.0)
+    health.stage("convert_resize", 2.0)
+    health.stage("convert_resize", 4.0)
+    health.pair_stages({"inference": 10.0, "convert:dpm/motion_mask": 1.5, "publish:dpm/objects/markers": 0.5,
+                        "publish:tf": 0.25, "total": 30.0}, skipped=5)
+    _, _, values = health.report({}, 0)
+    assert values["stage_convert_resize_ms_mean"] == 3.0 and values["stage_convert_resize_ms_max"] == 4.0
+    assert values["stage_motion_mask_convert_ms_mean"] == 1.5 and values["stage_markers_publish_ms_max"] == 0.5
+    assert values["stage_tf_publish_ms_mean"] == 0.25 and values["outputs_skipped"] == 5
+    keys = [k for k in values if k.startswith("stage_") and k.endswith("_mean")]
+    assert keys[:3] == ["stage_receive_ms_mean", "stage_convert_resize_ms_mean", "stage_inference_ms_mean"]
+    assert keys[-1] == "stage_total_ms_mean"
+    assert stage_key("geometry") == "stage_geometry_ms"
+
+
+def test_frames_of_other_sizes_never_pair_after_early_downscale():
+    ring = FrameRing(0.1, 0.5, 8)
+    small = np.zeros((64, 64, 3), np.uint8)
+    assert ring.push(StampedFrame(1.0, small, size=(480, 640))) is None
+    assert ring.push(StampedFrame(1.1, small, size=(720, 1280))) is None     # same small image, other camera size
+    assert ring.counters.resolution_changes == 1
+    assert isinstance(ring.push(StampedFrame(1.2, small, size=(720, 1280))), FramePair)
