@@ -179,3 +179,33 @@ def test_frames_of_other_sizes_never_pair_after_early_downscale():
     assert ring.push(StampedFrame(1.1, small, size=(720, 1280))) is None     # same small image, other camera size
     assert ring.counters.resolution_changes == 1
     assert isinstance(ring.push(StampedFrame(1.2, small, size=(720, 1280))), FramePair)
+
+
+@pytest.mark.parametrize("frame_id", ["", "c", "cam_optical", "a_frame_id_of_17c"])
+@pytest.mark.parametrize("encoding,pad", [("rgb8", 0), ("bgr8", 3), ("mono8", 1), ("bgra8", 0)])
+def test_serialised_image_is_read_in_place_with_every_field(frame_id, encoding, pad):
+    from dpm_ros.ros.image_convert import ImageFormatError, parse_image_cdr
+
+    rgb = np.random.default_rng(1).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    stamp_ns = -3 * 1_000_000_000 + 12345 if frame_id == "c" else 1_700_000_000_123_456_789   # int32 sec < 0 too
+    msg = image_msg(rgb, encoding, pad=pad, stamp_ns=stamp_ns)
+    msg.header.frame_id = frame_id
+    data = serialize_message(msg)
+    raw = parse_image_cdr(data)
+    assert (raw.header.stamp.sec, raw.header.stamp.nanosec, raw.header.frame_id) == \
+        (msg.header.stamp.sec, msg.header.stamp.nanosec, frame_id)
+    assert (raw.height, raw.width, raw.encoding, raw.is_bigendian, raw.step) == \
+        (msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step)
+    assert bytes(raw.data) == bytes(msg.data)
+    px, enc = image_pixels(raw)
+    np.testing.assert_array_equal(to_rgb_of(raw), image_to_rgb(msg))
+    assert np.shares_memory(px, np.frombuffer(data, np.uint8))           # the pixels are not copied
+    for bad in (data[:3], b"\x07\x07" + data[2:], data[:len(data) - 2]):
+        with pytest.raises(ImageFormatError):
+            image_pixels(parse_image_cdr(bad))
+
+
+def to_rgb_of(raw):
+    from dpm_ros.ros.image_convert import to_rgb
+
+    return to_rgb(*image_pixels(raw))

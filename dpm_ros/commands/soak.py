@@ -1,5 +1,6 @@
-"""``dpm soak --minutes N --rate 30 [--out JSON] [--engine ...] [--subscribe LIST]``: drive dpm_node with a synthetic camera stream and
-log its memory, latency and drops over time (``dpm_ros.soak``). Exit code 1 when the node dies or never answers."""
+"""``dpm soak --minutes N --rate 30 [--out JSON] [--engine ...] [--subscribe LIST]``: drive dpm_node with a
+synthetic camera stream and log its memory, latency, drops, CPU shares and per-stage latency over time
+(``dpm_ros.soak``). Exit code 1 when the node dies or never answers."""
 from __future__ import annotations
 
 HELP = "drive the node with a synthetic stream and log memory, latency and drops"

@@ -44,7 +44,8 @@ class Stats:
                 f"{prefix}_max": max(self._v)}
 
 
-STAGES = ("receive", "convert_resize", "queue", "wait", "inference", "geometry", "scale", "odometry_tracking")
+STAGES = ("receive", "deserialize", "convert_resize", "queue", "wait", "inference", "geometry", "scale",
+          "odometry_tracking")
 
 
 def stage_key(name: str) -> str:

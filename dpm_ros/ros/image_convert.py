@@ -42,8 +42,69 @@ def image_pixels(msg) -> tuple[np.ndarray, str]:
     return buf[:step * h].reshape(h, step)[:, :w * ch].reshape(h, w, ch), enc
 
 
+class RawImage:
+    """A sensor_msgs/Image read straight from its serialised CDR bytes (``parse_image_cdr``): the same fields, with
+    ``data`` a memoryview onto those bytes (no copy) and ``header.stamp.sec/nanosec``, ``header.frame_id``."""
+    __slots__ = ("header", "height", "width", "encoding", "is_bigendian", "step", "data")
+
+    def __init__(self, header, height, width, encoding, is_bigendian, step, data):
+        self.header, self.height, self.width, self.encoding = header, height, width, encoding
+        self.is_bigendian, self.step, self.data = is_bigendian, step, data
+
+
+def parse_image_cdr(data) -> RawImage:
+    """Serialised sensor_msgs/Image (CDR as a raw subscription delivers it: 4-byte encapsulation header, then the
+    fields aligned to their size from the byte after it) → ``RawImage`` whose pixels are a view onto ``data``.
+    Raises ImageFormatError("decode") on bytes that are not such a message."""
+    import struct
+    from types import SimpleNamespace
+
+    buf = memoryview(data).cast("B")
+    if len(buf) < 4 or buf[0] != 0 or buf[1] not in (0, 1):
+        raise ImageFormatError("decode", "serialised image: not a plain CDR message (encapsulation "
+                                         f"{bytes(buf[:2]).hex() or 'missing'})")
+    end = "<" if buf[1] == 1 else ">"
+    pos = 4
+
+    def u32() -> int:
+        nonlocal pos
+        pos = 4 + ((pos - 4 + 3) & ~3)
+        if pos + 4 > len(buf):
+            raise ImageFormatError("decode", "serialised image: truncated")
+        (v,) = struct.unpack_from(end + "I", buf, pos)
+        pos += 4
+        return v
+
+    def string() -> str:
+        nonlocal pos
+        n = u32()
+        if pos + n > len(buf) or n < 1:
+            raise ImageFormatError("decode", "serialised image: bad string length")
+        text = bytes(buf[pos:pos + n - 1]).decode("utf-8", "replace")
+        pos += n
+        return text
+
+    sec = u32()
+    sec = sec - (1 << 32) if sec >= 1 << 31 else sec   # int32
+    nanosec = u32()
+    frame_id = string()
+    height, width = u32(), u32()
+    encoding = string()
+    if pos >= len(buf):
+        raise ImageFormatError("decode", "serialised image: truncated")
+    is_bigendian = buf[pos]
+    pos += 1
+    step = u32()
+    n = u32()
+    if pos + n > len(buf):
+        raise ImageFormatError("decode", f"serialised image: data has {len(buf) - pos} bytes, header says {n}")
+    header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id=frame_id)
+    return RawImage(header, height, width, encoding, is_bigendian, step, buf[pos:pos + n])
+
+
 def to_rgb(px: np.ndarray, enc: str) -> np.ndarray:
-    """uint8 (H, W, channels) pixels in encoding ``enc`` (``image_pixels``) → a new C-contiguous (H, W, 3) RGB array."""
+    """uint8 (H, W, channels) pixels in encoding ``enc`` (``image_pixels``) → a new C-contiguous (H, W, 3) RGB
+    array."""
     if enc == "rgb8":
         return px.copy()
     if enc == "bgr8" or enc == "bgra8":
@@ -65,16 +126,17 @@ def prepare_pixels(px: np.ndarray, enc: str, engine_hw: tuple[int, int] | None,
     decoded CompressedImage is "bgr8"). ``engine_hw``: the (height, width) the engine resizes every input to with
     ``pair_io.resize_image`` (the same call is made here, so the engine's own resize is a no-op and its input is
     bit-identical), or None for an engine that takes the frame as it is (the full frame, RGB, is returned).
-    ``out_hw``: the engine's output grid; the colours are the frame's nearest pixels there (``resize_nearest``),
-    uint8 (h, w, 3) RGB. Both are computed on the frame's own channel layout and reordered after: resizing is per
+    ``out_hw``: the engine's output grid; the colours are ``outputs.cloud_colours`` of the frame, uint8 (h, w, 3)
+    RGB. Both are computed on the frame's own channel layout and reordered after: resizing is per
     channel, so the bytes equal those of converting to RGB first."""
     from dpm_ros.engine.pair_io import resize_image
+    from dpm_ros.ros.outputs import cloud_colours   # the one definition of the cloud's colour sampling
 
     if engine_hw is None:
         engine_img = to_rgb(px, enc)
     else:
         engine_img = to_rgb(_as_2d(resize_image(_as_2d(px), *engine_hw)), enc)
-    colours = to_rgb(resize_nearest(px, *out_hw), enc)
+    colours = to_rgb(cloud_colours(px, *out_hw), enc)
     return engine_img, colours
 
 

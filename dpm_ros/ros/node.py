@@ -1,6 +1,8 @@
 """``dpm_node``: camera frames in; point clouds, motion masks, ego-motion (odometry + TF), object motions and
 diagnostics out. Thin glue: conversions live in ``messages``/``outputs``, pairing in ``dpm_ros.pairing``, geometry in
-``dpm_ros.pipeline``. Callbacks only convert and enqueue; one worker thread runs the pipeline (latest pair wins).
+``dpm_ros.pipeline``. Callbacks take a view onto the image bytes, downscale it once to what the engine needs and
+enqueue; one worker thread runs the pipeline (latest pair wins) and builds only the outputs someone subscribes to
+(checked per pair; odometry and TF always). /diagnostics carries each stage's latency (``stage_*_ms_mean/max``).
 
 Run: ``dpm_node --ros-args -r image:=/camera/image_raw -r camera_info:=/camera/camera_info -p engine:=...``
 Metric outputs from an RGB-D camera: ``-p scale_source:=depth -r depth:=/camera/depth/image_raw`` (32FC1 m or 16UC1
@@ -28,7 +30,8 @@ from dpm_ros.pairing import FramePair, FrameRing, LatestSlot, StampedFrame
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth
 from dpm_ros.ros.engine_select import open_engine
-from dpm_ros.ros.image_convert import ImageFormatError, decode_compressed, image_pixels, prepare_pixels
+from dpm_ros.ros.image_convert import (ImageFormatError, decode_compressed, image_pixels, parse_image_cdr,
+                                       prepare_pixels)
 from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
 from dpm_ros.ros.params import PARAMS, check_choice, coerce_overrides, descriptor, unknown_overrides
 from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static, tf2_lookup
@@ -103,7 +106,8 @@ class DpmNode(Node):
             self.create_subscription(CompressedImage, self.input_topic, self._on_compressed, qos)
         else:
             self.input_topic = self.resolve_topic_name("image")
-            self.create_subscription(Image, "image", self._on_image, qos)
+            # raw: the serialised bytes, read in place (parse_image_cdr) instead of deserialised into a message
+            self.create_subscription(Image, "image", self._on_image, qos, raw=True)
         if self.p["use_camera_info"]:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
         if self.p["scale_source"] == "depth":
@@ -150,21 +154,26 @@ class DpmNode(Node):
 
     # --- callbacks (never block) ----------------------------------------------------------------------------------
 
-    def _on_image(self, msg: Image) -> None:
-        self._enqueue(msg.header, lambda: image_pixels(msg))
+    def _on_image(self, data: bytes) -> None:
+        def read():
+            msg = parse_image_cdr(data)
+            return (msg.header, *image_pixels(msg))
+        self._enqueue(read)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._enqueue(msg.header, lambda: (decode_compressed(msg), "bgr8"))
+        self._enqueue(lambda: (msg.header, decode_compressed(msg), "bgr8"))
 
-    def _enqueue(self, header, pixels) -> None:
-        """One input frame: a view onto its bytes (``pixels``), downscaled once to what the engine needs, into the
-        ring. Stages: "receive" (I1's stamp → this callback, the node's clock: camera, transport and
-        deserialisation when the camera stamps with this machine's clock) and "convert_resize"."""
+    def _enqueue(self, read) -> None:
+        """One input frame: ``read()`` → (header, a view onto its pixels, encoding); downscaled once to what the
+        engine needs, into the ring. Stages: "receive" (I1's stamp → this callback on the node's clock: camera,
+        transport and the middleware, when the camera stamps with this machine's clock), "deserialize" (reading the
+        bytes; decoding for compressed input) and "convert_resize"."""
+        now_ns = self.get_clock().now().nanoseconds
         t0 = time.perf_counter()
         self.health.frame_in()
-        self.health.stage("receive", 1e-6 * (self.get_clock().now().nanoseconds - M.stamp_to_sec(header.stamp) * 1e9))
         try:
-            px, enc = pixels()
+            header, px, enc = read()
+            t1 = time.perf_counter()
             image, colours = prepare_pixels(px, enc, self._engine_hw, self._out_hw)
         except ImageFormatError as exc:
             self.health.error(exc.kind, str(exc))
@@ -172,7 +181,9 @@ class DpmNode(Node):
             return
         size = tuple(px.shape[:2])
         frame = StampedFrame(M.stamp_to_sec(header.stamp), image, None, header, time.monotonic(), size, colours)
-        self.health.stage("convert_resize", 1000.0 * (time.perf_counter() - t0))
+        self.health.stage("receive", 1e-6 * (now_ns - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)))
+        self.health.stage("deserialize", 1000.0 * (t1 - t0))
+        self.health.stage("convert_resize", 1000.0 * (time.perf_counter() - t1))
         with self._ring_lock:
             jumps, resized = self.ring.counters.stamp_jumps_back, self.ring.counters.resolution_changes
             pair = self.ring.push(frame)

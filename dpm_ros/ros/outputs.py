@@ -56,8 +56,8 @@ PAIR_TOPICS = ("dpm/points", "dpm/motion_mask", "dpm/object_labels", "dpm/depth"
 
 
 def cloud_colours(image1: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The cloud's colours: I1 (uint8 (H, W, 3) RGB at the input resolution) sampled at the output grid's pixel
-    centres (nearest neighbour)."""
+    """The cloud's colours: I1 (uint8 (H, W, C) at the input resolution, any channel order) sampled at the output
+    grid's pixel centres (nearest neighbour)."""
     return resize_nearest(image1, height, width)
 
 
