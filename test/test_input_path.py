@@ -209,3 +209,13 @@ def to_rgb_of(raw):
     from dpm_ros.ros.image_convert import to_rgb
 
     return to_rgb(*image_pixels(raw))
+
+
+def test_bench_io_reports_before_and_now_with_identical_outputs():
+    from dpm_ros.benchmarks.io_path import run_io
+
+    r = run_io(96, 128, repeats=2)
+    assert r["outputs_identical"] is True and r["engine_input"] == "64x64" and r["camera"] == "128x96"
+    for part in (r["per_frame"]["before"], r["per_frame"]["now"], r["per_pair_outputs"]["now_all"]):
+        assert 0.0 <= part["cpu_ms"] < 10000.0 and 0.0 < part["wall_ms"] < 10000.0
+    assert r["per_pair_outputs"]["now_none"]["cpu_ms"] <= r["per_pair_outputs"]["now_all"]["cpu_ms"] + 1.0

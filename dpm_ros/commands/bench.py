@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "benchmarks of the hot paths (geometry, network, training, packing); JSON on stdout"
+HELP = "benchmarks of the hot paths (geometry, network, training, packing, the node's image in/out); JSON on stdout"
 
 
 def _geometry(args) -> dict:
@@ -37,7 +37,13 @@ def _train(args) -> dict:
     return train_target(args)
 
 
-TARGETS = {"geometry": _geometry, "engine": _engine, "batch": _batch, "train": _train}
+def _io(args) -> dict:
+    from dpm_ros.benchmarks.io_path import run_io
+
+    return run_io(height=args.height, width=args.width, repeats=args.repeats, seed=args.seed)
+
+
+TARGETS = {"geometry": _geometry, "engine": _engine, "batch": _batch, "train": _train, "io": _io}
 
 
 def add_arguments(parser) -> None:
