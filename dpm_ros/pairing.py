@@ -27,6 +27,7 @@ class StampedFrame:
     received: float = 0.0  # wall time of arrival (seconds, time.monotonic), for end-to-end latency
     size: Optional[tuple] = None         # camera (H, W) when ``image`` was downscaled on arrival; None: image's own
     colours: Optional[np.ndarray] = None  # uint8 (h, w, 3) RGB cloud colours at the engine's output grid, or None
+    source: Any = None   # (pixels view, encoding) of a frame whose downscale was deferred (``image`` None until then)
 
     @property
     def hw(self) -> tuple:
@@ -144,6 +145,11 @@ class LatestSlot(Generic[T]):
             self._cond.wait_for(lambda: self._item is not None or self._closed, timeout=timeout)
             item, self._item = self._item, None
             return item
+
+    @property
+    def pending(self) -> bool:
+        """True while an item waits that the worker has not taken (it is behind: the next put drops one)."""
+        return self._item is not None
 
     def close(self) -> None:
         with self._cond:

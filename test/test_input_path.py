@@ -62,7 +62,10 @@ def run_pairs(engine, frames, K, encoding, prepared, wanted=None):
         msg = image_msg(rgb, encoding, pad=3, stamp_ns=stamp_ns)
         step.add_camera_info(M.camera_info_msg(Header(stamp=msg.header.stamp, frame_id="cam_optical"), K, H, W))
         t = M.stamp_to_sec(msg.header.stamp)
-        if prepared:
+        if prepared == "deferred" and i % 2:   # the node left the downscale to the worker (PairProcessor)
+            px, enc = image_pixels(msg)
+            frame = StampedFrame(t, None, None, msg.header, 0.0, tuple(px.shape[:2]), None, (px, enc))
+        elif prepared:
             px, enc = image_pixels(msg)
             image, colours = prepare_pixels(px, enc, engine_hw, out_hw)
             frame = StampedFrame(t, image, None, msg.header, 0.0, tuple(px.shape[:2]), colours)
@@ -89,8 +92,10 @@ def test_frames_prepared_on_arrival_give_the_bytes_of_full_frames(engine, frames
     assert engine.resizes_input and frame_sizes(engine)[0] is not None
     full = run_pairs(engine, frames, frames[1], encoding, prepared=False)
     fast = run_pairs(engine, frames, frames[1], encoding, prepared=True)
+    late = run_pairs(engine, frames, frames[1], encoding, prepared="deferred")
     assert [t for t, _ in full[0]] == list(PAIR_TOPICS) + ["dpm/odometry", "tf"]
     assert [as_bytes(m) for m in fast] == [as_bytes(m) for m in full]
+    assert [as_bytes(m) for m in late] == [as_bytes(m) for m in full]
 
 
 def test_prepared_frame_is_the_engines_own_resize_and_the_colours_its_nearest_pixels(engine, frames):

@@ -44,7 +44,7 @@ class Stats:
                 f"{prefix}_max": max(self._v)}
 
 
-STAGES = ("receive", "deserialize", "convert_resize", "queue", "wait", "inference", "geometry", "scale",
+STAGES = ("receive", "deserialize", "convert_resize", "queue", "convert_resize_late", "wait", "inference", "geometry", "scale",
           "odometry_tracking")
 
 
@@ -79,6 +79,7 @@ class NodeHealth:
         self.publish_ms = Stats()      # building and publishing the messages of a pair
         self.stages: dict[str, Stats] = {}   # per-stage latency (ms), see stage_key
         self.outputs_skipped = 0             # per-pair messages not built: nobody subscribed (lazy outputs)
+        self.frames_deferred = 0             # input frames whose downscale was left to the worker (it was behind)
         self.errors: Counter[str] = Counter()
         self.last_error = ""
         self._errors_reported = 0
@@ -141,6 +142,7 @@ class NodeHealth:
             values.update(self.publish_ms.summary("publish_ms"))
             values.update({f"errors_{k}": v for k, v in sorted(self.errors.items())})
             values["outputs_skipped"] = self.outputs_skipped
+            values["frames_deferred"] = self.frames_deferred
             for name in sorted(self.stages, key=stage_order):
                 st = self.stages[name].summary("x")
                 if st:

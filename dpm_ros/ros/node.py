@@ -171,19 +171,27 @@ class DpmNode(Node):
         now_ns = self.get_clock().now().nanoseconds
         t0 = time.perf_counter()
         self.health.frame_in()
+        # While the worker is behind (a pair waits untaken, so pairs are being dropped) the downscale is left to the
+        # worker, which makes it only for frames of pairs it runs; otherwise it is made here, in parallel with the
+        # worker's pair. Same bytes either way.
+        defer = self.slot.pending
         try:
             header, px, enc = read()
             t1 = time.perf_counter()
-            image, colours = prepare_pixels(px, enc, self._engine_hw, self._out_hw)
+            image, colours = (None, None) if defer else prepare_pixels(px, enc, self._engine_hw, self._out_hw)
         except ImageFormatError as exc:
             self.health.error(exc.kind, str(exc))
             self._warn_throttled(exc.kind, f"skipped input image: {exc}")
             return
         size = tuple(px.shape[:2])
-        frame = StampedFrame(M.stamp_to_sec(header.stamp), image, None, header, time.monotonic(), size, colours)
+        frame = StampedFrame(M.stamp_to_sec(header.stamp), image, None, header, time.monotonic(), size, colours,
+                             (px, enc) if defer else None)
         self.health.stage("receive", 1e-6 * (now_ns - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)))
         self.health.stage("deserialize", 1000.0 * (t1 - t0))
-        self.health.stage("convert_resize", 1000.0 * (time.perf_counter() - t1))
+        if not defer:
+            self.health.stage("convert_resize", 1000.0 * (time.perf_counter() - t1))
+        else:
+            self.health.frames_deferred += 1
         with self._ring_lock:
             jumps, resized = self.ring.counters.stamp_jumps_back, self.ring.counters.resolution_changes
             pair = self.ring.push(frame)

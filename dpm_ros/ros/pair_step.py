@@ -42,6 +42,18 @@ def frame_sizes(engine, info=None) -> tuple:
     return (out_hw if getattr(engine, "resizes_input", False) else None), out_hw
 
 
+def ensure_prepared(frame, engine_hw, out_hw) -> bool:
+    """Make a frame whose downscale was deferred (``frame.source`` set, ``image`` None) ready: engine input and
+    cloud colours by ``prepare_pixels``, the source pixels released. True when it had to."""
+    if frame.image is not None:
+        return False
+    from dpm_ros.ros.image_convert import prepare_pixels
+
+    frame.image, frame.colours = prepare_pixels(*frame.source, engine_hw, out_hw)
+    frame.source = None
+    return True
+
+
 def depth_to_metres(msg) -> np.ndarray:
     """sensor_msgs/Image depth → float64 (H, W) metres, NaN where invalid. 32FC1: metres (REP 118; NaN/±inf/0
     invalid); 16UC1 / mono16: millimetres (0 invalid). Anything else raises ImageFormatError("depth_encoding")."""
@@ -154,6 +166,7 @@ class PairProcessor:
         self.p = params
         self._Frame, self._DPMPipeline = Frame, DPMPipeline
         self.engine = engine
+        self._sizes = frame_sizes(engine)
         self.pipeline = DPMPipeline(engine, **pipeline_params(params))
         self._dirty = False
         self.tracker = ObjectTracker(params["track_gate_abs"], params["track_gate_rel"], params["track_max_age"])
@@ -244,17 +257,20 @@ class PairProcessor:
         """Run one pair (I1 = ``pair.newest``). ``depth_wait`` / ``camera_info_wait``: seconds to wait for I1's
         depth image / CameraInfo when they come late (live node; a bag replay has them in order). ``wanted``: the
         per-pair topic keys to build (None = all; see ``outputs.pair_messages``); odometry and TF always are.
-        ``StepOutput.stages``: ms per stage ("wait" for I1's CameraInfo, "inference", "geometry", "scale",
-        "odometry_tracking", and per message "convert:<topic key>")."""
+        ``StepOutput.stages``: ms per stage ("convert_resize_late" when a frame's downscale was deferred to here,
+        "wait" for I1's CameraInfo, "inference", "geometry", "scale", "odometry_tracking", and per message
+        "convert:<topic key>")."""
         if self._dirty:
             self._dirty = False
             self.pipeline = self._DPMPipeline(self.engine, **pipeline_params(self.p))
             self.tracker.gate_abs, self.tracker.gate_rel = self.p["track_gate_abs"], self.p["track_gate_rel"]
             self.tracker.max_age = self.p["track_max_age"]
         new, old = pair.newest, pair.older
+        t_prep = time.perf_counter()
+        late = sum(ensure_prepared(f, *self._sizes) for f in (new, old))   # frames the node left unprepared
+        t_wait = time.perf_counter()
         if self.p["eps_abs"] > 0:   # metres → this pair's model units, with the best factor known before inference
             self.pipeline.eps_abs = self.p["eps_abs"] / self._scale_guess()
-        t_wait = time.perf_counter()
         f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new, camera_info_wait), size=new.size)
         f2 = self._Frame(image=old.image, stamp=old.stamp, K=self.camera_k(old), size=old.size)
         t0 = time.perf_counter()
@@ -285,6 +301,8 @@ class PairProcessor:
         stages = {"wait": 1000.0 * (t0 - t_wait), "inference": timings.get("inference", inference_ms),
                   "geometry": timings.get("geometry", 0.0), "scale": 1000.0 * (t2 - t1),
                   "odometry_tracking": 1000.0 * (t3 - t2)}
+        if late:
+            stages["convert_resize_late"] = 1000.0 * (t_wait - t_prep)
         stages.update({f"convert:{k}": v for k, v in convert.items()})
         return StepOutput(messages, inference_ms, estimate.scale, estimate.source, timings, stages)
 
