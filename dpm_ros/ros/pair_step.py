@@ -166,7 +166,7 @@ class PairProcessor:
         self.p = params
         self._Frame, self._DPMPipeline = Frame, DPMPipeline
         self.engine = engine
-        self._sizes = frame_sizes(engine)
+        self._sizes: Optional[tuple] = None   # frame_sizes(engine), when a deferred frame first needs it
         self.pipeline = DPMPipeline(engine, **pipeline_params(params))
         self._dirty = False
         self.tracker = ObjectTracker(params["track_gate_abs"], params["track_gate_rel"], params["track_max_age"])
@@ -247,7 +247,7 @@ class PairProcessor:
                          f"(camera_info_sync {self.p['camera_info_sync']}): K estimated from the point map")
             return None
         K, h, w = match
-        H, W = frame.hw
+        H, W = getattr(frame, "size", None) or frame.image.shape[:2]   # camera size (image may be downscaled)
         if h and w and (h, w) != (H, W):
             K = np.diag([W / w, H / h, 1.0]) @ K
         return K
@@ -267,7 +267,10 @@ class PairProcessor:
             self.tracker.max_age = self.p["track_max_age"]
         new, old = pair.newest, pair.older
         t_prep = time.perf_counter()
-        late = sum(ensure_prepared(f, *self._sizes) for f in (new, old))   # frames the node left unprepared
+        late = 0
+        if new.image is None or old.image is None:   # frames whose downscale the node left to this worker
+            self._sizes = self._sizes or frame_sizes(self.engine)
+            late = sum(ensure_prepared(f, *self._sizes) for f in (new, old))
         t_wait = time.perf_counter()
         if self.p["eps_abs"] > 0:   # metres → this pair's model units, with the best factor known before inference
             self.pipeline.eps_abs = self.p["eps_abs"] / self._scale_guess()
