@@ -29,7 +29,7 @@ OUTPUT_TOPICS = (
     ("dpm/objects", "dpm_ros/ObjectMotionArray", "per-object rigid motion and velocity"),
     ("dpm/objects/markers", "visualization_msgs/MarkerArray", "boxes and velocity arrows"),
     ("/tf", "tf2_msgs/TFMessage", "odom_frame → base_frame (or camera)"),
-    ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "rates, latency, drops, errors, engine"),
+    ("/diagnostics", "diagnostic_msgs/DiagnosticArray", "rates, latency per stage, drops, errors, engine"),
 )
 EXAMPLE = """\
   dpm_node --ros-args -r image:=/camera/image_raw -r camera_info:=/camera/camera_info \\
@@ -54,6 +54,7 @@ def help_text() -> str:
     lines += [f"  {name:<22} {kind:<32} {text}" for name, kind, text in INPUT_TOPICS]
     lines += ["", "publishes:"]
     lines += [f"  {name:<22} {kind:<32} {text}" for name, kind, text in OUTPUT_TOPICS]
+    lines += ["  (per-pair outputs are built only while someone subscribes; odometry and /tf always)"]
     lines += ["", "parameters ([runtime] = may change while running; the others are read-only after start):",
               f"  {'name':<22} {'unit':<9} {'default':<14} description"]
     for p in PARAMS:
