@@ -224,3 +224,27 @@ def test_bench_io_reports_before_and_now_with_identical_outputs():
     for part in (r["per_frame"]["before"], r["per_frame"]["now"], r["per_pair_outputs"]["now_all"]):
         assert 0.0 <= part["cpu_ms"] < 10000.0 and 0.0 < part["wall_ms"] < 10000.0
     assert r["per_pair_outputs"]["now_none"]["cpu_ms"] <= r["per_pair_outputs"]["now_all"]["cpu_ms"] + 1.0
+
+
+def test_node_reads_other_cdr_encapsulations_through_rclpy():
+    """The node's raw image callback reads standard CDR in place; bytes parse_image_cdr refuses go to rclpy's
+    deserialiser, and what that cannot read either is an ImageFormatError (counted by _enqueue), never another
+    exception out of the callback."""
+    from types import SimpleNamespace
+
+    from dpm_ros.ros.image_convert import ImageFormatError, parse_image_cdr
+    from dpm_ros.ros.node import DpmNode
+
+    rgb = np.random.default_rng(2).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    data = serialize_message(image_msg(rgb, "bgr8", pad=2, stamp_ns=5_000_000_001))
+    seen = []
+    fake = SimpleNamespace(_enqueue=lambda read: seen.append(read()))
+    DpmNode._on_image(fake, data)
+    header, px, enc = seen[-1]
+    np.testing.assert_array_equal(px[..., ::-1], rgb)
+    assert (header.stamp.sec, header.stamp.nanosec, enc) == (5, 1, "bgr8")
+    with pytest.raises(ImageFormatError):
+        parse_image_cdr(b"\x00\x07" + data[2:])
+    fake2 = SimpleNamespace(_enqueue=lambda read: seen.append(read()))
+    with pytest.raises(ImageFormatError, match="deserialised|decode|serialised"):
+        DpmNode._on_image(fake2, b"\x00\x07\x00\x00garbage")

@@ -156,7 +156,14 @@ class DpmNode(Node):
 
     def _on_image(self, data: bytes) -> None:
         def read():
-            msg = parse_image_cdr(data)
+            try:
+                msg = parse_image_cdr(data)
+            except ImageFormatError:   # bytes this reader does not take (e.g. another CDR encapsulation): rclpy's
+                from rclpy.serialization import deserialize_message
+                try:
+                    msg = deserialize_message(data, Image)
+                except Exception as exc:   # rclpy raises various errors on garbage bytes
+                    raise ImageFormatError("decode", f"image message could not be deserialised ({exc})") from None
             return (msg.header, *image_pixels(msg))
         self._enqueue(read)
 
