@@ -47,6 +47,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--motion-scale-start", type=float, default=dd.motion_scale_start,
                         help="curriculum: displacement multiplier at step 0, decaying linearly to 1")
     parser.add_argument("--curriculum-steps", type=int, default=dd.curriculum_steps)
+    parser.add_argument("--p-flying", type=float, default=0.5,
+                        help="share of 'flying' scenes (random primitives, no floor); the rest are rooms (default 0.5)")
+    parser.add_argument("--p-room-modes", type=float, default=0.5,
+                        help="share of rooms with forward/turning/sideways/shaking camera motion (default 0.5)")
+    parser.add_argument("--p-augment", type=float, default=0.8,
+                        help="share of pairs with photometric augmentation: exposure, WB, blur, noise, JPEG "
+                             "(default 0.8)")
     parser.add_argument("--w-flow", type=float, default=lw.flow, help="weight of the object-flow term")
     parser.add_argument("--w-delta", type=float, default=lw.delta, help="weight of the raw-Δ term")
     parser.add_argument("--w-gate", type=float, default=lw.gate, help="weight of the gate BCE term")
@@ -69,7 +76,8 @@ def config_from_args(args):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     data = DataConfig(height=args.height, width=args.width, p_same_time=args.p_same_time, p_static=args.p_static,
-                      motion_scale_start=args.motion_scale_start, curriculum_steps=args.curriculum_steps)
+                      motion_scale_start=args.motion_scale_start, curriculum_steps=args.curriculum_steps,
+                      p_flying=args.p_flying, p_room_modes=args.p_room_modes, p_augment=args.p_augment)
     loss = LossWeights(flow=args.w_flow, delta=args.w_delta, gate=args.w_gate)
     return TrainConfig(preset=args.preset, out=args.out, steps=args.steps, batch=args.batch, lr=args.lr,
                        weight_decay=args.weight_decay, warmup=args.warmup, clip=args.clip,

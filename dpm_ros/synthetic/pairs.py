@@ -76,7 +76,7 @@ def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, 
     camera-to-world); ``instances1``, ``instances2`` (H, W) int32 (0 = static, k = moving object k);
     ``object_motions`` {k: 4×4 world-frame rigid motion t1 -> t2} for the moving objects; ``valid1``, ``valid2``,
     ``moving1``, ``moving2`` (H, W) bool; ``depth1``, ``depth2`` (H, W) float32 z (m, NaN invalid); ``t1``, ``t2``
-    (s); ``seed``; ``kind``; ``attempt`` (which redraw was kept; 0 = the seed's first scene).
+    (s); ``seed``; ``kind``; ``family``; ``attempt`` (which redraw was kept; 0 = the seed's first scene).
     """
     if height < 2 or width < 2:
         raise ValueError(f"image size must be at least 2×2 pixels, got {height}×{width}")
@@ -104,7 +104,7 @@ def make_pair(seed: int, height: int = 64, width: int = 64, n_objects: int = 4, 
     T2 = scene.camera.pose(t2)
     r2 = render(scene, t2, T2, K, height, width, renderer)
     out = pair_from_renders(scene, K, t1, t2, T1, T2, r1, r2)
-    out.update(seed=int(seed), kind=config.kind, attempt=attempt)
+    out.update(seed=int(seed), kind=config.kind, family=config.family, attempt=attempt)
     return out
 
 

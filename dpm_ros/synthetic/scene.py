@@ -1,5 +1,8 @@
-"""Procedural dynamic scenes: a textured room (floor, walls, ceiling), static clutter and rigid objects (boxes,
-ellipsoids) that translate and rotate over time, seen by a moving pinhole camera under random lighting.
+"""Procedural dynamic scenes, two families. ``room``: a textured room (floor, walls, ceiling), static clutter and rigid
+objects (boxes, ellipsoids, cylinders) that translate and rotate over time, seen by a moving pinhole camera under random
+lighting. ``flying``: random textured primitives at random depths and orientations in front of the camera inside a
+randomly rotated, randomly sized textured box (the background), so no floor, horizon or "lower rows are nearer" holds
+and only two-view matching explains the depth (the FlyingChairs / FlyingThings3D idea).
 
 A scene is pure description: primitives in their own local frames, poses as functions of time, texture and light
 parameters. ``raycast.py`` and ``gl.py`` render it; ``pairs.py`` turns renders into the eight ground-truth point maps.
@@ -16,6 +19,17 @@ import numpy as np
 
 ROOM, BOX, ELLIPSOID, CYLINDER = 0, 1, 2, 3
 N_WAVES = 4
+FAMILIES = ("room", "flying")
+
+CAMERA_MODES = {
+    # mode: (translation range m, rotation range deg, translation axis in the camera frame or None = random,
+    #        rotation axis or None = random) over one pair (t1 -> t2)
+    "forward": ((0.05, 0.5), (0.0, 2.0), (0.0, 0.0, 1.0), None),
+    "turning": ((0.0, 0.1), (2.0, 10.0), (0.0, 0.0, 1.0), (0.0, 1.0, 0.0)),
+    "sideways": ((0.05, 0.4), (0.0, 2.0), (1.0, 0.0, 0.0), None),
+    "shaking": ((0.0, 0.05), (0.5, 4.0), None, None),
+}
+"""Per-pair camera motion of ``camera_motion="modes"`` (a pair spans ~0.1–0.3 s of a robot or hand-held camera)."""
 
 
 def rotvec_to_matrix(rv: np.ndarray) -> np.ndarray:
@@ -169,8 +183,16 @@ class SceneConfig:
       ceiling (sky pixels are invalid); ``light_ambient``: ambient light range; ``image_noise``: range of the
       standard deviation (grey levels) of Gaussian sensor noise added to the images (deterministic per seed/frame);
       ``shadows``: hard shadows of the directional light.
+    - ``family``: "room" or "flying" (see the module docstring; "flying" is for pairs, not sequences).
+    - ``camera_motion``: "orbit" (the room's legacy motion: translation in a random direction plus pan/tilt/roll
+      towards the target) or "modes" (what a robot or hand-held camera does, one per pair, equally likely:
+      ``forward`` along the optical axis, ``turning`` about the camera's vertical axis, ``sideways`` along its x axis,
+      ``shaking`` small rotations and translations about random axes; magnitudes in ``CAMERA_MODES``). Flying scenes
+      always use "modes".
     """
     kind: str = "dynamic"
+    family: str = "room"
+    camera_motion: str = "orbit"
     moving_prob: float = 1.0
     object_radius: tuple[float, float] = (0.25, 0.7)
     object_translation: tuple[float, float] = (0.05, 0.4)
@@ -188,6 +210,10 @@ class SceneConfig:
     def __post_init__(self):
         if self.kind not in ("dynamic", "static"):
             raise ValueError(f"kind must be 'dynamic' or 'static', got {self.kind!r}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        if self.camera_motion not in ("orbit", "modes"):
+            raise ValueError(f"camera_motion must be 'orbit' or 'modes', got {self.camera_motion!r}")
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
             if isinstance(v, tuple) and (len(v) != 2 or v[0] > v[1] or v[0] < 0):
@@ -240,6 +266,10 @@ def random_scene(seed: int | tuple[int, ...], n_objects: int, config: SceneConfi
         raise ValueError(f"n_objects must be >= 0, got {n_objects}")
     if style == "pair" and time_gap == 0:
         raise ValueError("time_gap must be non-zero (t2 - t1, seconds)")
+    if config.family == "flying":
+        if style != "pair":
+            raise ValueError("the flying family makes pairs only (style='pair'); sequences use family='room'")
+        return _flying_scene(seed, n_objects, config, time_gap)
     rng = np.random.default_rng(seed)
     half = np.array([rng.uniform(9.0, 11.0), rng.uniform(9.0, 11.0), rng.uniform(1.5, 3.0)])  # room half-extents
     room_centre = np.array([0.0, 0.0, half[2] - 0.1])   # room floor 0.1 m below the floor slab (no z-fighting)
@@ -308,6 +338,8 @@ def random_scene(seed: int | tuple[int, ...], n_objects: int, config: SceneConfi
         rig = CameraRig(Trajectory(pos, v=_unit(rng) * cam_trans / g),
                         Trajectory(target, v=perp * np.linalg.norm(view) * np.tan(cam_rot * (1 - split)) / g),
                         roll0, cam_rot * split * rng.choice([-1, 1]) / g)
+    if config.camera_motion == "modes" and not seq:   # own stream: the room itself is the same as with "orbit"
+        rig = _mode_rig(np.random.default_rng([*np.atleast_1d(seed).tolist(), 4242]), pos, target, roll0, time_gap)
     tilt = np.radians(rng.uniform(20, 70))
     light_dir = np.array([np.cos(ang + rng.uniform(-2, 2)) * np.cos(tilt),
                           np.sin(ang + rng.uniform(-2, 2)) * np.cos(tilt), np.sin(tilt)])
@@ -315,5 +347,97 @@ def random_scene(seed: int | tuple[int, ...], n_objects: int, config: SceneConfi
                   _u(rng, config.light_ambient), rng.uniform(0.5, 0.9))
     fov = _u(rng, config.fov_deg)
     noise = _u(rng, config.image_noise) if config.image_noise[1] > 0 else 0.0   # drawn last: same scene either way
+    seeds = tuple(int(v) for v in np.atleast_1d(seed))
+    return Scene(prims, light, rig, fov, noise, seeds, bool(config.shadows))
+
+
+def _mode_rig(rng: np.random.Generator, pos: np.ndarray, target: np.ndarray, roll0: float,
+              time_gap: float) -> CameraRig:
+    """A linear camera rig over one pair (t = 0 → ``time_gap``) that starts at look_at(pos, target, roll0) and makes
+    one of the ``CAMERA_MODES`` motions (mode drawn uniformly; translation and rotation expressed in the start
+    camera's frame, rotation decomposed into pan/tilt of the target and a roll rate)."""
+    mode = list(CAMERA_MODES)[int(rng.integers(len(CAMERA_MODES)))]
+    trans_rng, rot_rng, t_axis, r_axis = CAMERA_MODES[mode]
+    R = look_at(pos, target, roll0)[:3, :3]
+    x, y, z = R[:, 0], R[:, 1], R[:, 2]
+    t_dir = _unit(rng) if t_axis is None else np.asarray(t_axis, float) * rng.choice([-1.0, 1.0])
+    if mode == "forward":
+        t_dir = np.abs(t_dir) * (1.0 if rng.uniform() < 0.8 else -1.0)   # mostly forward, sometimes reversing
+    r_dir = _unit(rng) if r_axis is None else np.asarray(r_axis, float) * rng.choice([-1.0, 1.0])
+    trans, rot = _u(rng, trans_rng), np.radians(_u(rng, rot_rng))
+    g = abs(time_gap)
+    v = (R @ t_dir) * trans / g
+    dist = float(np.linalg.norm(np.asarray(target, float) - pos))
+    pitch, yaw, roll = rot * r_dir
+    target_v = v + dist * (np.tan(yaw) * x - np.tan(pitch) * y) / g
+    return CameraRig(Trajectory(np.asarray(pos, float), v=v), Trajectory(np.asarray(target, float), v=target_v),
+                     roll0, roll / g)
+
+
+def _ray_exit(prim: Primitive, origin: np.ndarray, direction: np.ndarray) -> float:
+    """Distance (m) along a unit world ray from ``origin`` (inside the ROOM primitive ``prim``) to its wall."""
+    from .raycast import intersect   # raycast imports this module
+    T_l_w = invert_pose(prim.pose(0.0))
+    t = intersect(prim, T_l_w[:3, :3] @ origin + T_l_w[:3, 3], T_l_w[:3, :3] @ direction)
+    return float(t) if np.isfinite(t) else 50.0
+
+
+def _flying_scene(seed, n_objects: int, config: SceneConfig, time_gap: float) -> Scene:
+    """A "flying" scene: camera at the origin looking in a random direction with a random roll, inside a randomly
+    rotated textured box (half-extents 3–25 m, the background); 3–10 static and ``n_objects`` moving primitives at
+    log-uniform depths along random rays of the view (1–15 m static, 1.2–8 m moving), sized 4–30 % of their depth;
+    camera motion from ``CAMERA_MODES``; object motion from ``config`` like the rooms'."""
+    rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 77])
+    g = abs(time_gap)
+    fov = _u(rng, config.fov_deg)
+    forward = _unit(rng)
+    forward[2] *= 0.6                                       # keep look_at away from straight up / down
+    forward /= np.linalg.norm(forward)
+    pos = np.zeros(3)
+    roll0 = rng.uniform(-np.pi, np.pi)
+    T0 = look_at(pos, forward * 3.0, roll0)
+    half = rng.uniform(3.0, 25.0, 3)
+    R_room = rotvec_to_matrix(_unit(rng) * rng.uniform(0, np.pi))
+    centre = R_room @ (rng.uniform(-1, 1, 3) * np.maximum(half - 1.5, 0.0))   # camera >= 1.5 m from every wall
+    room = Primitive(ROOM, half, Trajectory(centre), R_room, np.zeros(3), 0,
+                     open_top=bool(rng.uniform() < config.open_sky_prob), **_texture(rng, rng.uniform(0.5, 4.0)))
+    prims = [room]
+    tan_x = np.tan(np.radians(fov) / 2)
+
+    def place(depth_range, size_frac):
+        """A primitive's centre on a random ray of the (slightly enlarged) view, its size, kind and bound."""
+        ray_c = np.array([rng.uniform(-1.15, 1.15) * tan_x, rng.uniform(-1.15, 1.15) * tan_x * 0.8, 1.0])
+        ray_w = T0[:3, :3] @ (ray_c / np.linalg.norm(ray_c))
+        wall = _ray_exit(room, pos, ray_w)
+        lo, hi = depth_range[0], min(depth_range[1], 0.85 * wall)
+        depth = float(np.exp(rng.uniform(np.log(lo), np.log(max(hi, lo * 1.01)))))
+        kind = (BOX, ELLIPSOID, CYLINDER)[int(np.searchsorted([0.4, 0.75], rng.uniform()))]
+        r = min(depth * rng.uniform(*size_frac), 0.4 * depth)
+        size = r * rng.uniform(0.4, 1.0, 3)
+        bound = float(size.max()) if kind == ELLIPSOID else float(np.linalg.norm(size))
+        return pos + ray_w * depth, size, kind, bound, r
+
+    for _ in range(int(rng.integers(3, 11))):               # static primitives
+        c, size, kind, bound, r = place((1.5, 15.0), (0.04, 0.3))
+        prims.append(Primitive(kind, size, Trajectory(c), rotvec_to_matrix(_unit(rng) * rng.uniform(0, np.pi)),
+                               np.zeros(3), 0, **_texture(rng, max(r, 0.2))))
+    dynamic = config.kind == "dynamic"
+    for k in range(1, n_objects + 1):                         # moving primitives
+        c, size, kind, bound, r = place((1.2, 8.0), (0.06, 0.3))
+        trans, rot = _u(rng, config.object_translation), np.radians(_u(rng, config.object_rotation_deg))
+        direction, axis = _unit(rng), _unit(rng)
+        moves = dynamic and rng.uniform() < config.moving_prob
+        path, omega, label = Trajectory(c), np.zeros(3), 0
+        if moves:
+            end = c + direction * trans
+            if np.linalg.norm(end - pos) < bound + 0.6:       # would hit the camera: move away from it instead
+                direction = (c - pos) / np.linalg.norm(c - pos)
+            path.v, omega, label = direction * trans / g, axis * rot / g, k
+        prims.append(Primitive(kind, size, path, rotvec_to_matrix(_unit(rng) * rng.uniform(0, np.pi)), omega,
+                               label, **_texture(rng, max(r, 0.2))))
+    rig = _mode_rig(rng, pos, forward * 3.0, roll0, time_gap)
+    light_dir = _unit(rng)
+    light = Light(light_dir, rng.uniform(0.75, 1.0, 3), _u(rng, config.light_ambient), rng.uniform(0.5, 0.9))
+    noise = _u(rng, config.image_noise) if config.image_noise[1] > 0 else 0.0
     seeds = tuple(int(v) for v in np.atleast_1d(seed))
     return Scene(prims, light, rig, fov, noise, seeds, bool(config.shadows))

@@ -1,7 +1,10 @@
 """On-the-fly synthetic training pairs (dpm_ros.synthetic.make_pair) for the DPM network.
 
 Every sample is a pure function of its global index ``idx``: seed = TRAIN_SEED_BASE + idx, the sample kind (Table 6:
-dynamic / same-time / static) and the curriculum stage are derived from ``idx`` too. So a resumed run sees exactly
+dynamic / same-time / static), the scene family and camera motion (the scene mix: ``p_flying`` flying scenes, the
+rest rooms of which ``p_room_modes`` use the robot / hand-held camera modes), whether the images are photometrically
+augmented (``p_augment``, dpm_ros.synthetic.augment: images only, geometry exact) and the curriculum stage are
+derived from ``idx`` too. So a resumed run sees exactly
 the data it would have seen, whatever the worker processes did, and DDP ranks read disjoint indices.
 Training seeds start at TRAIN_SEED_BASE; held-out evaluation seeds (dpm_ros.training.evaluate) lie below it.
 """
@@ -32,6 +35,9 @@ class DataConfig:
     p_static: float = 0.15
     motion_scale_start: float = 3.0
     curriculum_steps: int = 3000
+    p_flying: float = 0.0       # share of "flying" scenes (dpm_ros.synthetic.scene); the rest are rooms
+    p_room_modes: float = 0.0   # share of rooms whose camera makes the CAMERA_MODES motions (else the orbit rig)
+    p_augment: float = 0.0      # share of pairs with photometric augmentation (exposure, WB, blur, noise, JPEG)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,6 +65,14 @@ def sample_kind(idx: int, cfg: DataConfig) -> int:
     return KIND_DYNAMIC
 
 
+def sample_scene(idx: int, cfg: DataConfig) -> tuple[str, str, bool]:
+    """(family, camera_motion, augment) of sample ``idx`` (deterministic; the scene mix of ``cfg``)."""
+    u = np.random.default_rng([idx, 11]).random(3)
+    family = "flying" if u[0] < cfg.p_flying else "room"
+    motion = "modes" if family == "flying" or u[1] < cfg.p_room_modes else "orbit"
+    return family, motion, bool(u[2] < cfg.p_augment)
+
+
 def motion_scale_at(step: int, cfg: DataConfig) -> float:
     """Curriculum: displacement multiplier at an optimiser step (start → 1, linear, then 1)."""
     if cfg.curriculum_steps <= 0:
@@ -68,17 +82,24 @@ def motion_scale_at(step: int, cfg: DataConfig) -> float:
 
 
 def generate_sample(seed: int, cfg: DataConfig, kind: int = KIND_DYNAMIC, motion_scale: float = 1.0,
-                    n_objects: int | None = None) -> dict:
+                    n_objects: int | None = None, family: str = "room", camera_motion: str = "orbit",
+                    augment: bool = False) -> dict:
     """One pair as numpy arrays: the eight maps (metres, named camera's optical frame, NaN where invalid),
     img1/img2 uint8, valid1/2, moving1/2 (pixels of moving objects; none for the static kind), K, T_w_c1/T_w_c2,
-    instances1/2, object_motions, kind."""
+    instances1/2, object_motions, kind, family. ``family`` "room" | "flying", ``camera_motion`` "orbit" | "modes"
+    (SceneConfig), ``augment``: photometric augmentation of the images (ground truth unchanged)."""
     from dpm_ros.synthetic import make_pair
+    from dpm_ros.synthetic.augment import photometric
     if n_objects is None:
         n_objects = int(np.random.default_rng([seed, 3]).integers(cfg.n_objects_min, cfg.n_objects_max + 1))
     gen_kind = "static" if kind == KIND_STATIC else "dynamic"
-    pair = make_pair(seed, cfg.height, cfg.width, n_objects, kind=gen_kind, **motion_knobs(motion_scale))
+    pair = make_pair(seed, cfg.height, cfg.width, n_objects, kind=gen_kind, family=family,
+                     camera_motion=camera_motion, **motion_knobs(motion_scale))
     out = {name: np.asarray(pair[name], np.float32) for name in ALL_POINT_MAP_NAMES}
     out["img1"], out["img2"] = np.asarray(pair["img1"], np.uint8), np.asarray(pair["img2"], np.uint8)
+    if augment:
+        out["img1"], out["img2"] = photometric(out["img1"], out["img2"], seed)
+    out["family"] = family
     for key in ("valid1", "valid2", "moving1", "moving2"):
         out[key] = np.asarray(pair[key], bool)
     if kind == KIND_STATIC:
@@ -109,7 +130,9 @@ class SyntheticPairs(torch.utils.data.Dataset):
         t0 = time.process_time()   # the process: the GL renderer (llvmpipe) draws in threads of its own
         step = (idx - self.offset) // self.global_batch
         kind = sample_kind(idx, self.cfg)
-        s = generate_sample(TRAIN_SEED_BASE + idx, self.cfg, kind, motion_scale_at(step, self.cfg))
+        family, camera_motion, augment = sample_scene(idx, self.cfg)
+        s = generate_sample(TRAIN_SEED_BASE + idx, self.cfg, kind, motion_scale_at(step, self.cfg),
+                            family=family, camera_motion=camera_motion, augment=augment)
         # invalid pixels are NaN in the ground truth; the loss masks them, but NaN·0 is NaN: store zeros
         item = {name: torch.from_numpy(np.nan_to_num(s[name], nan=0.0)) for name in ALL_POINT_MAP_NAMES}
         item.update(img1=_to_input(s["img1"]), img2=_to_input(s["img2"]),
