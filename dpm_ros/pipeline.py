@@ -13,7 +13,8 @@ import numpy as np
 
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
 from dpm_ros.engine.base import Engine, check_image
-from dpm_ros.geometry import (EGO_METHODS, ego_motion, estimate_focal, intrinsics, scale_intrinsics, scene_flow,
+from dpm_ros.engine.pair_io import crop_intrinsics
+from dpm_ros.geometry import (EGO_METHODS, ego_motion, estimate_focal, intrinsics, scene_flow,
                               to_matrix)
 from dpm_ros.geometry.flow import flows_and_masks
 from dpm_ros.geometry.objects import object_fits, object_pixels
@@ -137,7 +138,7 @@ class DPMPipeline:
         h, w = p.shape[:2]
         K = None
         if frame1.K is not None:
-            K = scale_intrinsics(frame1.K, frame1.hw, (h, w))
+            K = crop_intrinsics(frame1.K, frame1.hw, (h, w))   # the engine centre-crops, then resizes
         pp = None if K is None else (K[0, 2], K[1, 2])
         focal = estimate_focal(p, maps.get("conf_p1_t1_pi1"), principal_point=pp,
                                stride=min(self.focal_stride, max(1, min(h, w) // 8)))

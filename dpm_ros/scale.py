@@ -6,7 +6,7 @@ Point maps are up to scale: every pair is in its own model units. ``ScaleEstimat
 - ``none``:  s = 1 (model units);
 - ``fixed``: s = a known factor;
 - ``depth``: s = median over valid pixels of ``depth(I1) / z(P1(t1,π1))`` against a metric depth image of I1
-  (the RGB-D case); pairs without a usable depth image fall back to the chain below, then to the last factor;
+  registered to it (the RGB-D case; cut to the engine's centre crop like the image); pairs without a usable depth image fall back to the chain below, then to the last factor;
 - ``chain``: one consistent scale along the sequence. Each pair's frames are remembered as metric 3-D shapes (the
   frame's points at its own time, per output pixel). A new pair that holds a remembered frame f gets
   ``s = median(‖X_metric(f) − c‖ / ‖X_model(f) − c'‖)`` over pixels valid in both, c and c' the centroids of those
@@ -25,6 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
+
+from dpm_ros.engine.pair_io import crop_image
 
 SCALE_SOURCES = ("none", "fixed", "depth", "chain")
 
@@ -187,7 +189,8 @@ class ScaleEstimator:
             depth = np.asarray(depth1, dtype=np.float64)
             if depth.ndim != 2:
                 raise ValueError(f"scale: depth image must be (H, W), got shape {depth.shape}")
-            ratio, n = median_ratio(resize_nearest(depth, *z1.shape), z1, conf1)
+            # the engine centre-cropped the image to its aspect: the same window of the registered depth image
+            ratio, n = median_ratio(resize_nearest(crop_image(depth, *z1.shape), *z1.shape), z1, conf1)
             if n >= self.min_pixels:
                 estimate = ScaleEstimate(ratio, "depth", n)
         if estimate is None and self.source == "depth":

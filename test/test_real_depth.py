@@ -170,7 +170,58 @@ def test_evaluation_end_to_end_on_a_random_tiny_model(shared_data):
     # correlation computed against the ground truth itself (1.0) or a reversed one would fail here
     assert abs(ft["model"]["rank_corr"]) < 0.3 and abs(mb["model"]["rank_corr"]) < 0.3
     assert ft["model"]["rank_corr"] != mb["model"]["rank_corr"]
+    assert -1 <= mb["model"]["rank_corr_row_rule"] <= 1 and 0.3 < mb["row_rule"]["rank_corr"] < 0.8
+    for k in ("left_right", "right_left"):
+        assert 0 <= result["ego_motion"][k]["direction_error_deg"] <= 180
     assert 2.1 <= mb["gt_depth_range"][0] and mb["gt_depth_range"][1] <= 5.02
+
+
+def test_row_rule_and_direction_error():
+    rows = real_eval.row_rule_depth(4, 3)
+    assert rows[0].tolist() == [4, 4, 4] and rows[-1].tolist() == [1, 1, 1]      # lower rows nearer
+    v = np.repeat(np.arange(10.0)[:, None], 5, 1)
+    assert rank_correlation(rows := real_eval.row_rule_depth(10, 5), 10.0 - v) == pytest.approx(1.0)
+    assert rank_correlation(rows, v) == pytest.approx(-1.0)
+    err = real_eval.translation_direction_error_deg
+    assert err([0.2, 0, 0], [1, 0, 0]) == pytest.approx(0.0)
+    assert err([-0.2, 0, 0], [1, 0, 0]) == pytest.approx(180.0)
+    assert err([0.1, 0.1, 0], [1, 0, 0]) == pytest.approx(45.0)
+    assert err([0, 0, 0], [1, 0, 0]) == 180.0
+
+
+def test_ego_motion_of_the_ground_truth_middlebury_maps_is_exact(shared_data):
+    """The Middlebury ego-motion protocol on ground-truth point maps (an engine that returns them): the direction
+    error is ~0 in both pair orders, so the model's number measures the model, not the protocol."""
+    from dpm_ros.engine.base import Engine, EngineInfo
+    pair = load_middlebury(shared_data)
+    f, cx, cy, b = real_eval.MIDDLEBURY_F, real_eval.MIDDLEBURY_CX, real_eval.MIDDLEBURY_CY, real_eval.MIDDLEBURY_BASELINE_M
+    H, W = 96, 128
+    top, left, ch, cw = 0, 0, 0, 0
+    from dpm_ros.engine.pair_io import crop_box, crop_intrinsics
+    K = crop_intrinsics(np.array([[f, 0, cx], [0, f, cy], [0, 0, 1.0]]), pair.depth1.shape, (H, W))
+    top, left, ch, cw = crop_box(*pair.depth1.shape, H, W)
+    d = cv2.resize(np.where(pair.valid1, pair.depth1, np.nan)[top:top + ch, left:left + cw], (W, H),
+                   interpolation=cv2.INTER_NEAREST)
+    d = np.where(np.isfinite(d), d, np.nanmedian(d))
+    v, u = np.mgrid[0:H, 0:W]
+    P = np.stack([(u - K[0, 2]) * d / K[0, 0], (v - K[1, 2]) * d / K[1, 1], d], -1).astype(np.float32)
+    left_img = pair.img1
+
+    class GroundTruth(Engine):
+        """P1 in camera 1; camera 2 at +x·b (left→right) or −x·b (right→left), static scene."""
+        def infer(self, img1, img2):
+            s = 1.0 if img1 is left_img else -1.0
+            Q = P - np.float32([s * b, 0, 0])          # the same points in camera 2
+            maps = {"p1_t1_pi1": P, "p1_t2_pi1": P, "p2_t2_pi1": P, "p2_t1_pi1": P,
+                    "p2_t2_pi2": Q, "p2_t1_pi2": Q, "p1_t1_pi2": Q, "p1_t2_pi2": Q}
+            return {**maps, **{"conf_" + k: np.ones((H, W), np.float32) for k in maps}}
+
+        def info(self):
+            return EngineInfo(backend="gt", device="cpu", precision="fp32", height=H, width=W, symmetric=True)
+
+    ego = real_eval.middlebury_ego_motion(GroundTruth(), pair)
+    for k in ("left_right", "right_left"):
+        assert ego[k]["direction_error_deg"] < 1.0 and ego[k]["rotation_deg"] < 0.1
 
 
 def test_cli_writes_json(shared_data, tmp_path, capsys):

@@ -86,6 +86,17 @@ def test_depth_at_input_resolution_is_sampled_at_output_pixel_centres():
     np.testing.assert_array_equal(resize_nearest(depth_in, H, W), seq.depth[1])
 
 
+def test_depth_of_a_wider_camera_is_cut_to_the_engine_crop():
+    """A depth image of a wider camera than the network's aspect: only its centre crop (what the engine saw) counts;
+    garbage in the cropped-off sides changes nothing."""
+    seq = Sequence(2, seed=2)
+    maps, T = seq.pair(1, 0, lam=2.0)
+    side = W // 2
+    depth_in = np.concatenate([np.full((H, side), 1e3), seq.depth[1], np.full((H, side), 1e3)], axis=1)
+    est = ScaleEstimator("depth").update(seq.stamps[1], seq.stamps[0], maps, T, depth1=depth_in)
+    assert est.scale == pytest.approx(2.0, rel=1e-5)
+
+
 def test_depth_with_noise_is_within_5_percent():
     seq = Sequence(2, seed=3)
     maps, T = seq.pair(1, 0, lam=0.8)

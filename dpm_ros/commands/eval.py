@@ -18,9 +18,12 @@ def add_arguments(parser) -> None:
                         help="model weights (.safetensors with its .json beside it, or a training checkpoint last.pt)")
     parser.add_argument("--pairs", type=int, default=200, help="held-out pairs (seeds 0..N-1, never trained on)")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of model,static,oracle")
-    parser.add_argument("--height", type=int, default=None, help="resolution for oracle-only runs "
-                        "(default: the model's)")
+    parser.add_argument("--height", type=int, default=None, help="evaluation resolution: the model runs at it too "
+                        "(any multiple of its patch size; default: the model's)")
     parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--family", choices=("room", "flying"), default="room",
+                        help="held-out scene family: room (the card's set) or flying (random primitives, "
+                             "robot / hand-held camera motions)")
     parser.add_argument("--batch", type=int, default=16, help="pairs per forward pass")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--cache-dir", default=None, help="where the generated held-out set is cached as .npz "
@@ -48,11 +51,11 @@ def run(args) -> int:
     net = None
     if {"model", "static"} & set(methods):
         net = ev.load_weights(Path(args.weights))
-        height, width = net.config.height, net.config.width
+        height, width = args.height or net.config.height, args.width or net.config.width
     else:
         height, width = args.height or 64, args.width or 64
     cache = None if args.no_cache else (Path(args.cache_dir) if args.cache_dir else "default")
-    samples = ev.load_eval_set(args.pairs, height, width, cache, progress)
+    samples = ev.load_eval_set(args.pairs, height, width, cache, progress, family=args.family)
     predictions = {}
     if net is not None:
         model_preds = ev.predict_model(net, samples, args.batch, progress)
@@ -68,7 +71,9 @@ def run(args) -> int:
     real = None
     if args.real_data and net is not None:
         from dpm_ros.training.real_eval import evaluate_real_depth, format_table
-        real = evaluate_real_depth(net, Path(args.real_data))
+        from dpm_ros.engine.torch_backend import TorchEngine
+        engine = TorchEngine(net, device="cpu", symmetric=True, source=str(args.weights), height=height, width=width)
+        real = evaluate_real_depth(engine, Path(args.real_data))
         print("\nscale-aligned depth of P1(t1,pi1) on real pairs\n" + format_table(real))
     if args.json:
         ev.write_json(results, Path(args.json), real)

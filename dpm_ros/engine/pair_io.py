@@ -1,5 +1,8 @@
-"""Shared by every backend: an image pair in (checked, resized to the network resolution with cv2.INTER_AREA,
-normalised like DUSt3R), the network's batched outputs out as one float32 array per map at network resolution."""
+"""Shared by every backend: an image pair in (checked, centre-cropped to the network's aspect ratio — never squashed
+— then resized to the network resolution with cv2.INTER_AREA, normalised like DUSt3R), the network's batched outputs
+out as one float32 array per map at network resolution. ``crop_box`` says which input pixels the outputs cover:
+``crop_intrinsics`` maps a camera's K onto the output grid, ``uncrop_nearest`` puts an output-size map back onto the
+input grid."""
 from __future__ import annotations
 
 import cv2
@@ -9,11 +12,59 @@ from dpm_ros.engine.base import check_image
 from dpm_ros.engine.onnx_model import DUST3R_NORMALISATION
 
 
+def crop_box(in_height: int, in_width: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(top, left, h, w): the largest centred window of an ``in_height`` × ``in_width`` image with the aspect ratio of
+    ``height`` × ``width`` (the network's), pixels. The whole image when the aspects already agree to within a pixel
+    of the window."""
+    if min(in_height, in_width, height, width) < 1:
+        raise ValueError(f"crop_box needs positive sizes, got {in_width}x{in_height} -> {width}x{height}")
+    if in_width * height > in_height * width:        # wider than the network: crop the sides
+        h, w = in_height, min(in_width, max(1, int(round(in_height * width / height))))
+    else:                                             # taller: crop top and bottom
+        h, w = min(in_height, max(1, int(round(in_width * height / width)))), in_width
+    return (in_height - h) // 2, (in_width - w) // 2, h, w
+
+
+def crop_intrinsics(K: np.ndarray, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> np.ndarray:
+    """K (3×3, pixels) of the ``in_hw`` camera image mapped onto the network's ``out_hw`` output grid: shift the
+    principal point by the centre crop of ``crop_box``, then scale (pixel-centre convention). Square input pixels
+    stay square to within the crop's rounding (< 1 input pixel)."""
+    from dpm_ros.geometry.camera import scale_intrinsics
+    top, left, h, w = crop_box(*in_hw, *out_hw)
+    Kc = np.array(K, dtype=np.float64)
+    if Kc.shape != (3, 3):
+        raise ValueError(f"K: expected a 3x3 matrix, got shape {Kc.shape}")
+    Kc[0, 2] -= left
+    Kc[1, 2] -= top
+    return scale_intrinsics(Kc, (h, w), out_hw)
+
+
+def crop_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The centre window of ``img`` (H, W, ...) with the aspect of ``height`` × ``width`` (a view, no copy)."""
+    top, left, h, w = crop_box(img.shape[0], img.shape[1], height, width)
+    return img[top:top + h, left:left + w]
+
+
+def uncrop_nearest(array: np.ndarray, in_height: int, in_width: int, fill=0) -> np.ndarray:
+    """An output-grid map (h, w, ...) on the input grid (in_height, in_width, ...): nearest-neighbour upsampled into
+    the crop window of ``crop_box``, ``fill`` outside it."""
+    array = np.asarray(array)
+    h, w = array.shape[:2]
+    top, left, ch, cw = crop_box(in_height, in_width, h, w)
+    out = np.full((in_height, in_width) + array.shape[2:], fill, dtype=array.dtype)
+    rows = np.minimum(((np.arange(ch) + 0.5) * h / ch).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(cw) + 0.5) * w / cw).astype(np.int64), w - 1)
+    out[top:top + ch, left:left + cw] = array.take(rows, axis=0).take(cols, axis=1)
+    return out
+
+
 def resize_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """uint8 (H, W, 3) → uint8 (height, width, 3) by area averaging (no-op when already that size)."""
+    """uint8 (H, W, 3) → uint8 (height, width, 3): centre crop to the aspect of height × width (``crop_box``), then
+    area averaging (no-op when already that size)."""
     if img.shape[:2] == (height, width):
         return img
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
+    img = crop_image(img, height, width)
+    return cv2.resize(np.ascontiguousarray(img), (width, height), interpolation=cv2.INTER_AREA)
 
 
 def normalise_images(images: np.ndarray, normalisation: dict = DUST3R_NORMALISATION,

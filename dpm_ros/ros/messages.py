@@ -19,6 +19,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from dpm_ros.msg import ObjectMotion, ObjectMotionArray
 from dpm_ros.pointcloud import FIELDS, cloud_bytes, cloud_layout
+from dpm_ros.engine.pair_io import crop_box
 from dpm_ros.ros.image_convert import fill_image, image_msg_into, nearest_into
 
 # --- small conversions ------------------------------------------------------------------------------------------
@@ -78,19 +79,27 @@ def pointcloud_msg(header: Header, cloud: np.ndarray) -> PointCloud2:
 
 
 def motion_mask_msg(header: Header, mask: np.ndarray, height: int, width: int) -> Image:
-    """mono8 at the INPUT resolution (height × width): 255 moving, 0 static (nearest-neighbour upsampling, written
-    straight into the message's buffer from the small mask)."""
+    """mono8 at the INPUT resolution (height × width): 255 moving, 0 static (nearest-neighbour upsampling into the
+    engine's centre crop, 0 outside it, written straight into the message's buffer from the small mask)."""
     msg = Image(header=header)
     small = np.where(np.asarray(mask, bool), np.uint8(255), np.uint8(0))
-    nearest_into(small, image_msg_into(msg, height, width, "mono8"))
+    _uncrop_into(small, image_msg_into(msg, height, width, "mono8"))
     return msg
 
 
 def labels_msg(header: Header, labels: np.ndarray, height: int, width: int) -> Image:
-    """mono16 object ids at the INPUT resolution (0 static), upsampled straight into the message's buffer."""
+    """mono16 object ids at the INPUT resolution (0 static; 0 outside the engine's centre crop), upsampled straight
+    into the message's buffer."""
     msg = Image(header=header)
-    nearest_into(np.asarray(labels, np.uint16), image_msg_into(msg, height, width, "mono16"))
+    _uncrop_into(np.asarray(labels, np.uint16), image_msg_into(msg, height, width, "mono16"))
     return msg
+
+
+def _uncrop_into(small: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``small`` (h, w) upsampled into the engine's centre-crop window of the zeroed input-size ``out`` (H, W)."""
+    top, left, ch, cw = crop_box(out.shape[0], out.shape[1], small.shape[0], small.shape[1])
+    nearest_into(small, out[top:top + ch, left:left + cw])
+    return out
 
 
 def depth_msg(header: Header, depth: np.ndarray) -> Image:

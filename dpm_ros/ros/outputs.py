@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from dpm_ros.engine.pair_io import crop_image
 from dpm_ros.pointcloud import build_cloud
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.image_convert import resize_nearest
@@ -57,8 +58,8 @@ PAIR_TOPICS = ("dpm/points", "dpm/motion_mask", "dpm/object_labels", "dpm/depth"
 
 def cloud_colours(image1: np.ndarray, height: int, width: int) -> np.ndarray:
     """The cloud's colours: I1 (uint8 (H, W, C) at the input resolution, any channel order) sampled at the output
-    grid's pixel centres (nearest neighbour)."""
-    return resize_nearest(image1, height, width)
+    grid's pixel centres (nearest neighbour) over the engine's centre crop."""
+    return resize_nearest(crop_image(image1, height, width), height, width)
 
 
 def pair_messages(result, header, image1: np.ndarray | None, ids: list[int] | None = None,

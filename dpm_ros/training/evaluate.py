@@ -64,8 +64,11 @@ SAMPLE_ARRAYS = ALL_POINT_MAP_NAMES + ("img1", "img2", "valid1", "valid2", "movi
                                        "T_w_c2", "instances1", "instances2")
 
 
-def _cache_key(n: int, height: int, width: int) -> dict:
-    return dict(format=1, n=n, height=height, width=width, seed_base=EVAL_SEED_BASE, generator=generator_version())
+def _cache_key(n: int, height: int, width: int, family: str = "room") -> dict:
+    key = dict(format=1, n=n, height=height, width=width, seed_base=EVAL_SEED_BASE, generator=generator_version())
+    if family != "room":        # the rooms' key (and so their cache files) as before
+        key["family"] = family
+    return key
 
 
 def _save_eval_cache(path: Path, samples: list[dict], key: dict) -> None:
@@ -116,23 +119,29 @@ def _load_eval_cache(path: Path, key: dict) -> list[dict] | None:
 
 
 def load_eval_set(n: int, height: int, width: int, cache_dir: Path | None | str = "default",
-                  progress: bool = True) -> list[dict]:
+                  progress: bool = True, family: str = "room") -> list[dict]:
     """The held-out pairs (generate_sample dicts), from the verified .npz cache in ``cache_dir`` (default: the
-    per-user ``default_eval_cache_dir()``; None: no cache) when present, else generated and cached."""
+    per-user ``default_eval_cache_dir()``; None: no cache) when present, else generated and cached.
+    ``family`` "room" (the orbit camera of the model card's set) or "flying" (its CAMERA_MODES motions); no
+    photometric augmentation."""
     cache = None
-    key = _cache_key(n, height, width)
+    key = _cache_key(n, height, width, family)
     if cache_dir is not None:
         folder = default_eval_cache_dir() if cache_dir == "default" else Path(cache_dir)
-        cache = folder / f"eval_{n}_{height}x{width}_seed{EVAL_SEED_BASE}_{key['generator']}.npz"
+        tag = "" if family == "room" else f"_{family}"
+        cache = folder / f"eval_{n}_{height}x{width}{tag}_seed{EVAL_SEED_BASE}_{key['generator']}.npz"
         samples = _load_eval_cache(cache, key)
         if samples is not None:
+            for sample in samples:
+                sample["family"] = family
             return samples
     cfg = DataConfig(height=height, width=width)
     seeds = eval_seeds(n)
     if progress:
         from tqdm import tqdm
         seeds = tqdm(seeds, desc="held-out pairs", unit="pair")
-    samples = [generate_sample(s, cfg, KIND_DYNAMIC, 1.0) for s in seeds]
+    motion = "modes" if family == "flying" else "orbit"
+    samples = [generate_sample(s, cfg, KIND_DYNAMIC, 1.0, family=family, camera_motion=motion) for s in seeds]
     if cache is not None:
         try:
             _save_eval_cache(cache, samples, key)

@@ -5,7 +5,14 @@ Protocol (the standard monocular one): centre-crop both images and the ground tr
 resize images with the engine's own resizing and the ground truth with nearest neighbour, take the z of
 ``p1_t1_pi1`` (camera 1's optical frame, model units) as the predicted depth, scale it by median(gt) / median(pred)
 over valid pixels, then report AbsRel = mean |d̂ − d| / d and δ<1.25 = share of pixels with max(d̂/d, d/d̂) < 1.25.
-A constant prediction (what a model with no depth knowledge scores after alignment) is reported beside it.
+A constant prediction (what a model with no depth knowledge scores after alignment) is reported beside it, and so
+is the "lower rows are nearer" rule (depth = rows from the bottom + 1, what a floor prior predicts): Spearman of the
+model's depth against ground truth (``rank_corr``) and against that rule (``rank_corr_row_rule``; near 1 = the model
+predicts the floor prior, not the scene).
+
+Ego-motion on Middlebury (true relative pose: camera 2 is 0.193 m along camera 1's +x, no rotation): the
+pipeline's default ego-motion (``DPMPipeline``, symmetric engine) on (left, right) and on (right, left); the
+translation direction error is the angle between ``T_c1_c2``'s translation and ±x (degrees), with the rotation angle.
 
 CLI: ``python -m dpm_ros.training.real_eval --weights engines/dpm_small.safetensors [--json PATH]``.
 """
@@ -27,6 +34,7 @@ MIDDLEBURY_DIR = "skimage_middlebury_motorcycle"
 FLYINGTHINGS_FX = 1050.0
 # Middlebury 2014 Motorcycle at 741 x 500 (data README): f px, baseline m, doffs px; depth = f·B / (d + doffs).
 MIDDLEBURY_F, MIDDLEBURY_BASELINE_M, MIDDLEBURY_DOFFS = 994.978, 0.193001, 31.086
+MIDDLEBURY_CX, MIDDLEBURY_CY = 311.193, 254.877
 DELTA_THRESHOLD = 1.25
 
 
@@ -200,6 +208,21 @@ def rank_correlation(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None 
     return float(spearmanr(p, g).statistic)
 
 
+def row_rule_depth(height: int, width: int) -> np.ndarray:
+    """The "lower rows are nearer" rule as a depth map (H, W): rows counted from the bottom, + 1 (scale-free)."""
+    return np.repeat((height - np.arange(height, dtype=np.float64))[:, None], width, axis=1)
+
+
+def translation_direction_error_deg(t: np.ndarray, true_dir: np.ndarray) -> float:
+    """Angle (degrees, 0–180) between translation ``t`` (3,) and the true direction ``true_dir`` (3,); 180 for a
+    zero translation (no direction at all)."""
+    t, d = np.asarray(t, np.float64), np.asarray(true_dir, np.float64)
+    n = float(np.linalg.norm(t))
+    if not np.isfinite(n) or n == 0.0:
+        return 180.0
+    return float(np.degrees(np.arccos(np.clip(t @ d / (n * np.linalg.norm(d)), -1.0, 1.0))))
+
+
 def constant_baseline_errors(gt: np.ndarray, valid: np.ndarray | None = None) -> dict:
     """Errors of a constant depth (= median of the ground truth, what any constant scores after alignment)."""
     _, g = _valid_pixels(np.zeros_like(gt, np.float64), gt, valid)
@@ -208,17 +231,18 @@ def constant_baseline_errors(gt: np.ndarray, valid: np.ndarray | None = None) ->
 
 # --------------------------------------------------------------------------------------------------- evaluation
 def as_engine(engine_or_model):
-    """An Engine from an Engine, a DPMNet (torch backend, CPU, first pass only) or a model file path."""
+    """An Engine from an Engine, a DPMNet (torch backend, CPU, symmetric: both passes, as the node runs it) or a
+    model file path."""
     from dpm_ros.engine import Engine, load_engine
     if isinstance(engine_or_model, Engine):
         return engine_or_model
     if isinstance(engine_or_model, (str, Path)):
-        return load_engine(engine_or_model, symmetric=False) if Path(engine_or_model).suffix == ".safetensors" \
+        return load_engine(engine_or_model, symmetric=True) if Path(engine_or_model).suffix == ".safetensors" \
             else load_engine(engine_or_model)
     from dpm_ros.model import DPMNet
     if isinstance(engine_or_model, DPMNet):
         from dpm_ros.engine.torch_backend import TorchEngine
-        return TorchEngine(engine_or_model, device="cpu", symmetric=False,
+        return TorchEngine(engine_or_model, device="cpu", symmetric=True,
                            source=f"<{engine_or_model.config.preset} model>")
     raise ValueError(f"expected an Engine, a DPMNet or a model file path, got {type(engine_or_model).__name__}")
 
@@ -232,32 +256,68 @@ def evaluate_pair(engine, pair: RealPair) -> dict:
     if z.shape != gt.shape:
         raise ValueError(f"engine returned p1_t1_pi1 of {z.shape[1]}x{z.shape[0]}, expected its info() resolution "
                          f"{info.width}x{info.height}")
-    return {"model": {**aligned_depth_errors(z, gt, valid), "rank_corr": rank_correlation(z, gt, valid)},
+    rows = row_rule_depth(*gt.shape)
+    return {"model": {**aligned_depth_errors(z, gt, valid), "rank_corr": rank_correlation(z, gt, valid),
+                      "rank_corr_row_rule": rank_correlation(z, rows, valid)},
             "constant": constant_baseline_errors(gt, valid),
+            "row_rule": {**aligned_depth_errors(rows, gt, valid), "rank_corr": rank_correlation(rows, gt, valid)},
             "gt_depth_range": [float(gt[valid].min()), float(gt[valid].max())], "gt_unit": pair.unit,
             "crop_hw": list(img1.shape[:2]), "network_hw": [info.height, info.width]}
 
 
+def middlebury_ego_motion(engine, pair: RealPair | None = None, data_root: str | Path = DEFAULT_DATA_ROOT) -> dict:
+    """The pipeline's default ego-motion on the Middlebury pair in both orders: ``{"left_right": {...},
+    "right_left": {...}}``, each with ``direction_error_deg`` (translation of T_c1_c2 vs +x resp. −x), ``rotation_deg``
+    (true: 0), ``t`` (model units) and ``method``. Full-size images and the true K go in, as the node gets them."""
+    from dpm_ros.pipeline import DPMPipeline, Frame
+    pair = pair or load_middlebury(data_root)
+    K = np.array([[MIDDLEBURY_F, 0, MIDDLEBURY_CX], [0, MIDDLEBURY_F, MIDDLEBURY_CY], [0, 0, 1.0]])
+    pipe = DPMPipeline(engine)
+    out = {}
+    for name, a, b, sign in (("left_right", pair.img1, pair.img2, 1.0), ("right_left", pair.img2, pair.img1, -1.0)):
+        r = pipe.process(Frame(a, 0.0, K), Frame(b, 0.1, K))
+        R, t = r.T_c1_c2[:3, :3], r.T_c1_c2[:3, 3]
+        rot = float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
+        out[name] = {"direction_error_deg": translation_direction_error_deg(t, [sign, 0.0, 0.0]),
+                     "rotation_deg": rot, "t": [float(v) for v in t], "method": r.ego_method}
+    return out
+
+
 def evaluate_real_depth(engine_or_model, data_root: str | Path = DEFAULT_DATA_ROOT) -> dict:
-    """``{"datasets": {"flyingthings": {...}, "middlebury": {...}}, "engine": {...}}``; each dataset holds
-    ``model`` and ``constant`` with ``abs_rel``, ``delta1``, ``n_pixels`` (and the model's ``scale``,
-    ``nonpositive_share``, ``rank_corr``). ``engine_or_model``: an Engine, a DPMNet or a .onnx / .safetensors path."""
+    """``{"datasets": {"flyingthings": {...}, "middlebury": {...}}, "ego_motion": {...}, "engine": {...}}``; each
+    dataset holds ``model``, ``constant`` and ``row_rule`` with ``abs_rel``, ``delta1``, ``n_pixels`` (and the
+    model's ``scale``, ``nonpositive_share``, ``rank_corr``, ``rank_corr_row_rule``; the row rule's ``rank_corr``);
+    ``ego_motion`` is :func:`middlebury_ego_motion`. ``engine_or_model``: an Engine, a DPMNet or a .onnx /
+    .safetensors path."""
     engine = as_engine(engine_or_model)
     info = engine.info()
-    datasets = {name: evaluate_pair(engine, load(data_root)) for name, load in LOADERS.items()}
-    return {"datasets": datasets,
+    pairs = {name: load(data_root) for name, load in LOADERS.items()}
+    datasets = {name: evaluate_pair(engine, pair) for name, pair in pairs.items()}
+    return {"datasets": datasets, "ego_motion": middlebury_ego_motion(engine, pairs["middlebury"]),
             "engine": {"backend": info.backend, "precision": info.precision, "height": info.height,
                        "width": info.width, **{k: v for k, v in info.extra.items() if isinstance(v, (str, int))}}}
 
 
 def format_table(result: dict) -> str:
     """A Markdown table: one row per dataset and method."""
-    lines = ["| data | method | AbsRel ↓ | δ<1.25 ↑ | Spearman ↑ | pixels |", "|---|---|---|---|---|---|"]
+    lines = ["| data | method | AbsRel ↓ | δ<1.25 ↑ | Spearman vs GT ↑ | Spearman vs row rule | pixels |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in result["datasets"].items():
-        for method in ("model", "constant"):
+        for method in ("model", "constant", "row_rule"):
+            if method not in r:
+                continue
             m = r[method]
             rank = f"{m['rank_corr']:.3f}" if "rank_corr" in m else "–"
-            lines.append(f"| {name} | {method} | {m['abs_rel']:.3f} | {m['delta1']:.3f} | {rank} | {m['n_pixels']} |")
+            rows = f"{m['rank_corr_row_rule']:.3f}" if "rank_corr_row_rule" in m else ("1.000" if method == "row_rule"
+                                                                                     else "–")
+            lines.append(f"| {name} | {method} | {m['abs_rel']:.3f} | {m['delta1']:.3f} | {rank} | {rows} | "
+                         f"{m['n_pixels']} |")
+    ego = result.get("ego_motion")
+    if ego:
+        lines += ["", "| Middlebury ego-motion | translation direction error (°) ↓ | rotation (°, true 0) | method |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k.replace('_', ' → ')} | {v['direction_error_deg']:.1f} | {v['rotation_deg']:.2f} | "
+                  f"{v['method']} |" for k, v in ego.items()]
     return "\n".join(lines)
 
 
@@ -266,9 +326,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", required=True, help="model file: .safetensors (torch) or .onnx")
     parser.add_argument("--data", default=str(DEFAULT_DATA_ROOT), help="shared data folder (default %(default)s)")
     parser.add_argument("--json", help="also write the result as JSON to this path")
+    parser.add_argument("--height", type=int, default=None, help=".safetensors only: run the network at this "
+                        "resolution (default: its own; any multiple of the patch size)")
+    parser.add_argument("--width", type=int, default=None)
     args = parser.parse_args(argv)
     try:
-        result = evaluate_real_depth(args.weights, args.data)
+        model = args.weights
+        if (args.height or args.width) and Path(args.weights).suffix == ".safetensors":
+            from dpm_ros.engine.torch_backend import TorchEngine
+            from dpm_ros.model.checkpoint import load_model
+            model = TorchEngine(load_model(args.weights), device="cpu", symmetric=True, source=args.weights,
+                                height=args.height, width=args.width)
+        result = evaluate_real_depth(model, args.data)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
