@@ -101,3 +101,22 @@ def test_real_data_depth_table_goes_into_the_json(tiny_run, shared_data, capsys)
     assert set(doc["real_depth"]["datasets"]) == {"flyingthings", "middlebury"}
     assert np.isfinite(doc["real_depth"]["datasets"]["middlebury"]["model"]["abs_rel"])  # random weights: any value
     assert "AbsRel" in capsys.readouterr().out
+    assert set(doc["real_depth"]["ego_motion"]) == {"left_right", "right_left"}
+
+
+def test_flying_held_out_set_at_another_resolution(tiny_run, capsys):
+    """--family flying: flying scenes (seeds 0..N-1, disjoint from training), cached apart from the rooms; --height /
+    --width run the model at that resolution."""
+    from dpm_ros.cli import main
+    root, weights = tiny_run
+    out = root / "fly.json"
+    assert main(["eval", "--weights", str(weights), "--pairs", "3", "--family", "flying", "--height", "24",
+                 "--width", "32", "--cache-dir", str(root / "cache3"), "--json", str(out), "--no-progress"]) == 0
+    doc = json.loads(out.read_text())["methods"]
+    assert doc["oracle"]["lrel_p1_t1_pi1"] == pytest.approx(0.0, abs=1e-6)
+    cached = sorted(p.name for p in (root / "cache3").iterdir())
+    assert len(cached) == 1 and "_24x32_flying_" in cached[0]
+    fly = ev.load_eval_set(3, 24, 32, root / "cache3", progress=False, family="flying")
+    room = ev.load_eval_set(3, 24, 32, None, progress=False)
+    assert all(s["family"] == "flying" for s in fly) and all(s["family"] == "room" for s in room)
+    assert fly[0]["img1"].shape == (24, 32, 3) and not np.array_equal(fly[0]["img1"], room[0]["img1"])
