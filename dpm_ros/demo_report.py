@@ -89,6 +89,22 @@ def _resample(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return a[rows][:, cols]
 
 
+def _to_output(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """An input-resolution array on the engine's (h, w) output grid: its centre crop to the output's aspect (what
+    the engine saw), then nearest-neighbour resampled."""
+    from dpm_ros.engine.pair_io import crop_image
+    return _resample(crop_image(a, h, w), h, w)
+
+
+def _crop_window(H: int, W: int, h: int, w: int) -> np.ndarray:
+    """bool (H, W): the input pixels inside the engine's centre crop for an (h, w) output."""
+    from dpm_ros.engine.pair_io import crop_box
+    top, left, ch, cw = crop_box(H, W, h, w)
+    m = np.zeros((H, W), bool)
+    m[top:top + ch, left:left + cw] = True
+    return m
+
+
 @dataclass
 class SequenceScore:
     """Per-pair metrics (lists) and trajectory metrics of one run; ``table()`` gives the markdown."""
@@ -145,8 +161,8 @@ def score_sequence(input_bag: str | Path, outputs: dict[int, PairOutputs], seque
         gt = sequence.pair(i, j)
         score.n_pairs += 1
         h, w = rec.xyz.shape[:2]
-        g1, g2 = _resample(gt["p1_t1_pi1"], h, w), _resample(gt["p1_t2_pi1"], h, w)
-        valid = np.isfinite(rec.xyz).all(-1) & _resample(gt["valid1"], h, w)
+        g1, g2 = _to_output(gt["p1_t1_pi1"], h, w), _to_output(gt["p1_t2_pi1"], h, w)
+        valid = np.isfinite(rec.xyz).all(-1) & _to_output(gt["valid1"], h, w)
         if valid.sum() < 3:
             continue
         pred = {"p1_t1_pi1": rec.xyz, "p1_t2_pi1": rec.xyz + rec.velocity * rec.dt}
@@ -156,12 +172,13 @@ def score_sequence(input_bag: str | Path, outputs: dict[int, PairOutputs], seque
         add("lrel_p1_t2_pi1", lrel(pn["p1_t2_pi1"], gn["p1_t2_pi1"], valid))
         f_pred, f_gt = pn["p1_t2_pi1"] - pn["p1_t1_pi1"], gn["p1_t2_pi1"] - gn["p1_t1_pi1"]
         add("of_epe_fwd", epe(f_pred, f_gt, valid))
-        moving_small = _resample(gt["moving1"], h, w) & valid
+        moving_small = _to_output(gt["moving1"], h, w) & valid
         if moving_small.any():
             add("of_epe_fwd_moving", epe(f_pred, f_gt, moving_small))
         if rec.mask is not None:
             gt_mask = _resample(gt["moving1"], *rec.mask.shape)
-            add("mask_iou", mask_iou(rec.mask, gt_mask, _resample(gt["valid1"], *rec.mask.shape)))
+            seen = _resample(gt["valid1"], *rec.mask.shape) & _crop_window(*rec.mask.shape, h, w)
+            add("mask_iou", mask_iou(rec.mask, gt_mask, seen))
         if rec.labels is not None and rec.objects:
             inst = _resample(gt["instances1"], *rec.labels.shape)
             T_c1_w = np.linalg.inv(gt["T_w_c1"])
@@ -255,15 +272,18 @@ def draw_overview(outputs: dict[int, PairOutputs], sequence, score: SequenceScor
     except ValueError:
         f = None
     if f is not None:
-        lab_small = _resample(labels, h, w)
-        sy, sx = labels.shape[0] / h, labels.shape[1] / w
+        from dpm_ros.engine.pair_io import crop_box
+        lab_small = _to_output(labels, h, w)
+        top, left, ch, cw = crop_box(*labels.shape[:2], h, w)
+        sy, sx = ch / h, cw / w
         for oid in np.unique(lab_small[lab_small > 0]):
             sel = (lab_small == oid) & np.isfinite(rec.xyz).all(-1)
             if sel.sum() < 3:
                 continue
             X, V = rec.xyz[sel].mean(0), rec.velocity[sel].mean(0)
             Y = X + 0.5 * V
-            pu = lambda P: ((f * P[0] / P[2] + (w - 1) / 2 + 0.5) * sx - 0.5, (f * P[1] / P[2] + (h - 1) / 2 + 0.5) * sy - 0.5)  # noqa: E731
+            pu = lambda P: ((f * P[0] / P[2] + (w - 1) / 2 + 0.5) * sx - 0.5 + left,  # noqa: E731
+                            (f * P[1] / P[2] + (h - 1) / 2 + 0.5) * sy - 0.5 + top)
             (u0, v0), (u1, v1) = pu(X), pu(Y)
             ax[6].annotate("", (u1, v1), (u0, v0), arrowprops=dict(arrowstyle="->", color="yellow", lw=2))
     speed = np.linalg.norm(rec.velocity, axis=-1)

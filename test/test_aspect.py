@@ -76,3 +76,12 @@ def test_camera_info_of_640_and_854_wide_streams_has_square_pixels(tiny_engine, 
         assert (ci.k[2], ci.k[5]) == pytest.approx((31.5, 23.5), abs=0.05)
     mask = out["dpm/motion_mask"]
     assert (mask.height, mask.width) == (480, width)                       # input resolution, crop window only
+
+
+def test_demo_scoring_compares_outputs_with_the_cropped_ground_truth():
+    from dpm_ros.demo_report import _crop_window, _to_output
+    cols = np.repeat(np.arange(854)[None, :], 480, 0)
+    out = _to_output(cols, 48, 64)                       # output pixel u sees input column ~107 + 10·u + 5
+    assert out.shape == (48, 64) and out[0, 0] == 107 + 5 and out[0, -1] == 107 + 10 * 63 + 5
+    win = _crop_window(480, 854, 48, 64)
+    assert win.sum() == 480 * 640 and win[:, 107].all() and not win[:, 106].any()
