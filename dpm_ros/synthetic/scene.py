@@ -385,7 +385,8 @@ def _ray_exit(prim: Primitive, origin: np.ndarray, direction: np.ndarray) -> flo
 def _flying_scene(seed, n_objects: int, config: SceneConfig, time_gap: float) -> Scene:
     """A "flying" scene: camera at the origin looking in a random direction with a random roll, inside a randomly
     rotated textured box (half-extents 3–25 m, the background); 3–10 static and ``n_objects`` moving primitives at
-    log-uniform depths along random rays of the view (1–15 m static, 1.2–8 m moving), sized 4–30 % of their depth;
+    log-uniform depths along random rays of the view (1.5–15 m static, 1.2–8 m moving; at most 85 % of the way to
+    the background), sized 4–30 % of their depth (at most 40 %);
     camera motion from ``CAMERA_MODES``; object motion from ``config`` like the rooms'."""
     rng = np.random.default_rng([*np.atleast_1d(seed).tolist(), 77])
     g = abs(time_gap)
