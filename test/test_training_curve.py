@@ -122,6 +122,10 @@ def test_continuation_at_another_resolution_and_bad_state_is_refused(tmp_path):
     state = _state(tmp_path)
     cfg = curve.segment_config(curve.load_state(state), state, tmp_path / "runs", {"height": 48, "width": 64})
     assert (cfg.data.height, cfg.data.width) == (48, 64)
+    assert (cfg.data.p_flying, cfg.data.p_room_modes, cfg.data.p_augment) == (0.0, 0.0, 0.0)   # rooms-only default
+    mix = curve.segment_config(curve.load_state(state), state, tmp_path / "runs",
+                               {"p_flying": 0.5, "p_room_modes": 0.5, "p_augment": 0.8})     # issue 10's scene mix
+    assert (mix.data.p_flying, mix.data.p_room_modes, mix.data.p_augment) == (0.5, 0.5, 0.8)
     bad = tmp_path / "bad.json"
     bad.write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match="bad.json"):

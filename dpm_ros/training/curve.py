@@ -34,7 +34,9 @@ TABLE_HEADER = ("| pairs seen | CPU-hours | resolution | Lrel P1(t1,π1) | OF-EP
                 "| learned-gate IoU v1 / v2 | checkpoint | date |")
 CONTINUE_DEFAULTS = {"batch": 8, "lr": 3e-4, "warmup": 100, "schedule": "constant", "steps": 1_000_000,
                      "threads": 1, "workers": 1, "ckpt_minutes": 3.0, "ckpt_every": 1000, "log_every": 10,
-                     "height": None, "width": None, "curriculum_steps": 0, "precision": "auto"}
+                     "height": None, "width": None, "curriculum_steps": 0, "precision": "auto",
+                     # scene mix (training/data.py; issue 10): 0 = the shipped model's rooms-only data
+                     "p_flying": 0.0, "p_room_modes": 0.0, "p_augment": 0.0}
 
 
 def load_state(path: Path) -> dict:
@@ -77,7 +79,9 @@ def segment_config(state: dict, state_path: Path, runs: Path, overrides: dict | 
         raise ValueError(f"{weights} is preset {model_cfg['preset']}, the curve state says {state['preset']}")
     height = int(recipe["height"] or model_cfg["height"])
     width = int(recipe["width"] or model_cfg["width"])
-    data = DataConfig(height=height, width=width, curriculum_steps=int(recipe["curriculum_steps"]))
+    data = DataConfig(height=height, width=width, curriculum_steps=int(recipe["curriculum_steps"]),
+                      p_flying=float(recipe["p_flying"]), p_room_modes=float(recipe["p_room_modes"]),
+                      p_augment=float(recipe["p_augment"]))
     return TrainConfig(preset=state["preset"], out=str(segment_dir(state, runs)), steps=int(recipe["steps"]),
                        batch=int(recipe["batch"]), lr=float(recipe["lr"]), warmup=int(recipe["warmup"]),
                        schedule=recipe["schedule"], ckpt_minutes=float(recipe["ckpt_minutes"]),
