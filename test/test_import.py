@@ -9,6 +9,7 @@ import pytest
 
 from dpm_ros.bag import header_ns, read_messages
 from dpm_ros.cli import main as dpm
+from dpm_ros.engine.pair_io import crop_intrinsics   # the engine centre-crops to its aspect, then resizes
 from dpm_ros.geometry.camera import scale_intrinsics
 
 K_CAL = np.array([[500.0, 0, 319.5], [0, 502.0, 239.5], [0, 0, 1]])   # calibration at 640×480
@@ -89,7 +90,7 @@ def test_video_with_calibration_yaml_replays_with_the_scaled_K(tmp_path, calib):
 
     _, outs = _replay_K(bag, tmp_path)
     h, w = outs[0].height, outs[0].width
-    np.testing.assert_allclose(np.reshape(outs[0].k, (3, 3)), scale_intrinsics(K_bag, (120, 160), (h, w)),
+    np.testing.assert_allclose(np.reshape(outs[0].k, (3, 3)), crop_intrinsics(K_bag, (120, 160), (h, w)),
                                rtol=1e-6)
 
 
@@ -118,7 +119,7 @@ def test_image_folder_with_calibration_yaml_jpeg_replays_with_the_scaled_K(tmp_p
     K_bag = scale_intrinsics(K_CAL, (480, 640), (120, 160))
     _, outs = _replay_K(bag, tmp_path)
     h, w = outs[0].height, outs[0].width
-    np.testing.assert_allclose(np.reshape(outs[0].k, (3, 3)), scale_intrinsics(K_bag, (120, 160), (h, w)),
+    np.testing.assert_allclose(np.reshape(outs[0].k, (3, 3)), crop_intrinsics(K_bag, (120, 160), (h, w)),
                                rtol=1e-6)
 
 
