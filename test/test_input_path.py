@@ -107,7 +107,8 @@ def test_prepared_frame_is_the_engines_own_resize_and_the_colours_its_nearest_pi
     assert np.shares_memory(px, np.frombuffer(msg.data, np.uint8))     # a view onto the message's bytes, no copy
     small, colours = prepare_pixels(px, enc, (64, 64), (64, 64))
     np.testing.assert_array_equal(small, resize_image(rgb, 64, 64))
-    np.testing.assert_array_equal(colours, resize_nearest(rgb, 64, 64))
+    from dpm_ros.engine.pair_io import crop_image                          # the engine's centre crop, not squashed
+    np.testing.assert_array_equal(colours, resize_nearest(crop_image(rgb, 64, 64), 64, 64))
     assert small.flags.c_contiguous and small.shape == (64, 64, 3)
     full, colours2 = prepare_pixels(px, enc, None, (64, 64))        # an engine that takes frames as they are
     np.testing.assert_array_equal(full, rgb)
@@ -121,8 +122,10 @@ def test_mask_and_labels_into_the_message_buffer_equal_the_former_full_size_arra
     mask = rng.random(small) > 0.6
     labels = rng.integers(0, 70000, small).astype(np.uint16)
     hd = Header(frame_id="c")
-    old_mask = fill_image(Image(header=hd), np.where(resize_nearest(mask, *big), np.uint8(255), np.uint8(0)), "mono8")
-    old_labels = fill_image(Image(header=hd), resize_nearest(labels, *big), "mono16")
+    from dpm_ros.engine.pair_io import uncrop_nearest          # full-size arrays: the engine's crop window, 0 outside
+    old_mask = fill_image(Image(header=hd), np.where(uncrop_nearest(mask, *big, False), np.uint8(255), np.uint8(0)),
+                          "mono8")
+    old_labels = fill_image(Image(header=hd), uncrop_nearest(labels, *big), "mono16")
     assert cdr(M.motion_mask_msg(hd, mask, *big)) == cdr(old_mask)
     assert cdr(M.labels_msg(hd, labels, *big)) == cdr(old_labels)
 
