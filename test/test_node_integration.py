@@ -23,7 +23,7 @@ import dpm_ros.engine.oracle  # noqa: E402,F401  (a missing or broken module fai
 from sensor_msgs.msg import Image  # noqa: E402
 from std_msgs.msg import Header  # noqa: E402
 
-from dpm_ros.geometry.camera import scale_intrinsics  # noqa: E402
+from dpm_ros.engine.pair_io import crop_intrinsics  # noqa: E402
 from dpm_ros.pointcloud import cloud_from_bytes  # noqa: E402
 from dpm_ros.ros import messages as M  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
@@ -171,7 +171,9 @@ def test_cloud_layout_and_mask_size(run):
     assert pc.is_dense is False and len(pc.data) == pc.row_step * pc.height
     ci = p.got("dpm/camera_info")[-1]          # CameraInfo with the image's exact stamp was given: its K is used
     assert (ci.height, ci.width) == (h, w)
-    np.testing.assert_allclose(np.reshape(ci.k, (3, 3)), scale_intrinsics(seq.K, (seq.height, seq.width), (h, w)),
+    # the engine centre-crops the image to its own aspect, then resizes: K follows the crop (the whole image when
+    # the aspects agree, i.e. plain scaling)
+    np.testing.assert_allclose(np.reshape(ci.k, (3, 3)), crop_intrinsics(seq.K, (seq.height, seq.width), (h, w)),
                                rtol=1e-9)
     markers = p.got("dpm/objects/markers")[-1].markers
     assert markers[0].action == markers[0].DELETEALL and len(markers) == 1 + 2 * len(p.got("dpm/objects")[-1].objects)

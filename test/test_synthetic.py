@@ -307,7 +307,7 @@ def _row_rule_spearman(depth: np.ndarray) -> float:
     from scipy.stats import spearmanr
     rows = np.repeat(np.arange(depth.shape[0], dtype=float)[:, None], depth.shape[1], 1)
     ok = np.isfinite(depth)
-    return float(spearmanr(depth[ok], -rows[ok]).statistic)
+    return float(spearmanr(depth[ok], -rows[ok])[0])   # [0]: SciPy 1.8 (the Python 3.10 part) has no .statistic
 
 
 def test_flying_scenes_have_no_floor_prior_and_rooms_do():

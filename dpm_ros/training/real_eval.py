@@ -205,7 +205,7 @@ def rank_correlation(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None 
     p, g = _valid_pixels(pred, gt, valid)
     if np.ptp(p) == 0 or np.ptp(g) == 0:
         return 0.0
-    return float(spearmanr(p, g).statistic)
+    return float(spearmanr(p, g)[0])   # [0]: SciPy 1.8 (Humble minimum) has no .statistic
 
 
 def row_rule_depth(height: int, width: int) -> np.ndarray:
