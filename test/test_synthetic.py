@@ -371,6 +371,8 @@ def test_photometric_augmentation_is_deterministic_changes_only_pixels_and_keeps
 
 
 def test_training_samples_follow_the_scene_mix_and_augment_only_images():
+    # the training data module needs torch, which the Python 3.10 core part (a robot's node-only install) does not have
+    pytest.importorskip("torch", reason="torch is not installed (the Python 3.10 core part has no training stack)")
     from dpm_ros.training.data import DataConfig, SyntheticPairs, generate_sample, sample_scene
     cfg = DataConfig(height=H, width=W, p_flying=0.5, p_room_modes=0.5, p_augment=0.8)
     mix = [sample_scene(i, cfg) for i in range(2000)]
