@@ -18,21 +18,8 @@ PY312=$(find_python 3.12) || { log "skipped: no Python 3.12 interpreter found (s
 DPM_VENV=$VENV DPM_BUILD=$BUILD DPM_REQUIREMENTS=$ROOT/requirements-jazzy.txt PYTHON=$PY312 \
   "$ROOT/scripts/setup.sh" 2>&1 | sed -u 's/^\[setup\]/[setup-jazzy]/'
 
-# The vendored launch/launch_ros/launch_testing/ros2cli (not on PyPI) build against Jazzy's wheels too. Skipped when
-# already importable (setup.sh may install them itself); re-installed when the vendored sources change.
-VENDOR=${DPM_ROS_VENDOR:-$ROOT/../shared/ros/vendor}
-if [ -x "$VENDOR/install_ros_tools.sh" ]; then
-  vendor_hash=$(cat "$VENDOR/MANIFEST.txt" "$VENDOR/install_ros_tools.sh" | sha256sum | cut -c1-16)
-  if [ "$(cat "$VENV/.dpm_ros_tools" 2>/dev/null)" != "$vendor_hash" ] \
-     || ! "$VENV/bin/python" -c 'import launch_ros, launch_testing, ros2cli, sensor_msgs_py' 2>/dev/null; then
-    log "installing the vendored ROS 2 tools (launch, launch_ros, ros2cli) from $VENDOR"
-    BUILD_DIR="$BUILD/ros_tools" "$VENDOR/install_ros_tools.sh" "$VENV" > "$BUILD/ros_tools.log" 2>&1 \
-      || { cat "$BUILD/ros_tools.log"; exit 1; }
-    echo "$vendor_hash" > "$VENV/.dpm_ros_tools"
-  fi
-else
-  log "no vendored ROS 2 tools at $VENDOR: the ros2 launch test skips"
-fi
+# The vendored launch/launch_ros/launch_testing/ros2cli/sensor_msgs_py (not on PyPI) are installed into this venv by
+# setup.sh's own step 5 above (same DPM_VENV, same source-hash stamp): nothing to repeat here.
 "$VENV/bin/python" -c 'import rclpy, dpm_ros.msg, tf2_msgs.msg, onnxruntime' || { log "incomplete: $VENV"; exit 1; }
 if "$VENV/bin/python" -c 'import torch' 2>/dev/null; then log "torch is in $VENV: it must not be"; exit 1; fi
 log "ready in $(( $(date +%s) - t0 )) s: $VENV (Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'))"
