@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpm_ros.engine.pair_io import crop_image
+from dpm_ros.engine.pair_io import crop_image, resize_nearest  # noqa: F401 (resize_nearest: part of this module's API)
 
 SCALE_SOURCES = ("none", "fixed", "depth", "chain")
 
@@ -40,16 +40,6 @@ class ScaleEstimate:
     source: str
     n_pixels: int = 0
     reference_stamp: float | None = None
-
-
-def resize_nearest(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W[, C]) array to (height, width), sampling at pixel centres
-    (output pixel v maps to input row floor((v + 0.5)·H/height))."""
-    if image.shape[0] == height and image.shape[1] == width:
-        return image
-    rows = np.minimum(((np.arange(height) + 0.5) * image.shape[0] / height).astype(np.int64), image.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * image.shape[1] / width).astype(np.int64), image.shape[1] - 1)
-    return image[rows[:, None], cols[None, :]]
 
 
 def median_ratio(numerator: np.ndarray, denominator: np.ndarray, mask: np.ndarray | None = None) -> tuple[float, int]:

@@ -45,6 +45,21 @@ def crop_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
     return img[top:top + h, left:left + w]
 
 
+def nearest_indices(n_out: int, n_in: int) -> np.ndarray:
+    """Source index of each of ``n_out`` output pixels when ``n_in`` pixels are resized to ``n_out`` by nearest
+    neighbour at pixel centres: floor((v + 0.5)·n_in/n_out), clipped to n_in − 1 (non-decreasing)."""
+    return np.minimum(((np.arange(n_out) + 0.5) * n_in / n_out).astype(np.int64), n_in - 1)
+
+
+def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of (h, w, ...) to (height, width, ...) at pixel centres (the input itself when the
+    size already matches)."""
+    h, w = array.shape[:2]
+    if (h, w) == (height, width):
+        return array
+    return array.take(nearest_indices(height, h), axis=0).take(nearest_indices(width, w), axis=1)
+
+
 def uncrop_nearest(array: np.ndarray, in_height: int, in_width: int, fill=0) -> np.ndarray:
     """An output-grid map (h, w, ...) on the input grid (in_height, in_width, ...): nearest-neighbour upsampled into
     the crop window of ``crop_box``, ``fill`` outside it."""
@@ -52,9 +67,7 @@ def uncrop_nearest(array: np.ndarray, in_height: int, in_width: int, fill=0) -> 
     h, w = array.shape[:2]
     top, left, ch, cw = crop_box(in_height, in_width, h, w)
     out = np.full((in_height, in_width) + array.shape[2:], fill, dtype=array.dtype)
-    rows = np.minimum(((np.arange(ch) + 0.5) * h / ch).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(cw) + 0.5) * w / cw).astype(np.int64), w - 1)
-    out[top:top + ch, left:left + cw] = array.take(rows, axis=0).take(cols, axis=1)
+    out[top:top + ch, left:left + cw] = resize_nearest(array, ch, cw)
     return out
 
 

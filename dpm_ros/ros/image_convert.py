@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dpm_ros.engine.pair_io import nearest_indices, resize_nearest  # noqa: F401 (resize_nearest: this module's API)
+
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 MAX_PIXELS = 40_000_000  # larger than 8K UHD (33 MP); checked on the header, before the data is touched
@@ -185,25 +187,14 @@ def fill_image(msg, array: np.ndarray, encoding: str):
     return msg
 
 
-def resize_nearest(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of (h, w, ...) to (height, width, ...) by pixel-centre mapping (vectorised)."""
-    h, w = array.shape[:2]
-    if (h, w) == (height, width):
-        return array
-    rows = np.minimum(((np.arange(height) + 0.5) * h / height).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * w / width).astype(np.int64), w - 1)
-    return array.take(rows, axis=0).take(cols, axis=1)
-
-
 def nearest_into(small: np.ndarray, out: np.ndarray) -> np.ndarray:
     """Nearest-neighbour upsampling of ``small`` (h, w) into ``out`` (H, W), any strided view (e.g. onto a message's
     data buffer): exactly ``resize_nearest(small, H, W)`` (pixel-centre mapping), written band by band (one broadcast
     copy per source row), no full-size intermediate. Returns ``out``."""
     h, w = small.shape[:2]
     H, W = out.shape[:2]
-    rows = np.minimum(((np.arange(H) + 0.5) * h / H).astype(np.int64), h - 1)
-    cols = np.minimum(((np.arange(W) + 0.5) * w / W).astype(np.int64), w - 1)
-    wide = small.take(cols, axis=1)                       # (h, W): small
+    rows = nearest_indices(H, h)
+    wide = small.take(nearest_indices(W, w), axis=1)                       # (h, W): small
     starts = np.searchsorted(rows, np.arange(h + 1))      # rows is non-decreasing: source row r fills [s_r, s_r+1)
     for r in np.flatnonzero(starts[1:] > starts[:-1]):
         out[starts[r]:starts[r + 1]] = wide[r]
