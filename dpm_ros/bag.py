@@ -114,14 +114,14 @@ def _latched_qos():
 class SequenceBagWriter:
     """Writes deserialised rosbags messages to a rosbag2 (``storage`` "mcap" or "sqlite3"). A path ending in
     .mcap / .db3 becomes one bare file, any other a rosbag2 folder. Everything is written in a hidden folder beside
-    ``path`` and moved into place by ``close`` (``dpm_ros.outputs``: an existing output is replaced only with
+    ``path`` and moved into place by ``close`` (``dpm_ros.output_files``: an existing output is replaced only with
     ``overwrite``, only when it is a bag, and only once the new one is complete); a failure removes the partial
     output and leaves the old one. ``inputs``: paths the output must not be."""
 
     def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False, inputs=()):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
-        from .outputs import check_output, staging_dir
+        from .output_files import check_output, staging_dir
 
         if storage not in ("mcap", "sqlite3"):
             raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
@@ -149,7 +149,7 @@ class SequenceBagWriter:
 
     def close(self) -> Path:
         """Finish the bag and move it into place; on failure remove the partial output and raise."""
-        from .outputs import commit_output
+        from .output_files import commit_output
 
         if self._writer is not None:
             writer, self._writer = self._writer, None

@@ -222,7 +222,7 @@ def run_batch(bags: list[Path], out_dir: str | Path, params: dict, *, image_topi
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
-    from dpm_ros.outputs import check_output
+    from dpm_ros.output_files import check_output
 
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
@@ -251,7 +251,7 @@ def run_batch(bags: list[Path], out_dir: str | Path, params: dict, *, image_topi
                     summary.failed += 1
                     summary.failures[name] = records[name]["error"]
                     continue
-            try:   # --overwrite replaces only a bag, never the input (dpm_ros.outputs rules)
+            try:   # --overwrite replaces only a bag, never the input (dpm_ros.output_files rules)
                 check_output(out, True, [bag])
             except (ValueError, FileNotFoundError) as exc:
                 records[name] = dead_worker_record(

@@ -383,7 +383,7 @@ def import_frames(src: str, out: str | Path, opt: ImportOptions, overwrite: bool
         raise ValueError(f"--rate must be > 0 Hz, got {opt.rate}")
     if not opt.topic.startswith("/"):
         raise ValueError(f"--topic must be an absolute topic name (/camera/image_raw), got '{opt.topic}'")
-    from dpm_ros.outputs import check_output, commit_output
+    from dpm_ros.output_files import check_output, commit_output
 
     out = check_output(out, overwrite, [src])   # --overwrite replaces only a bag, never SRC or an unrelated folder
     frames = find_frames(src)

@@ -166,7 +166,7 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
     from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
     from dpm_ros.ros.static_tf import StaticTransforms
 
-    from dpm_ros.outputs import check_output
+    from dpm_ros.output_files import check_output
 
     check_output(out_path, overwrite, [in_path])   # before any work: never the input, only a bag with overwrite
     reader = open_reader(in_path)

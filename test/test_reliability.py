@@ -660,10 +660,10 @@ def test_replay_onto_a_full_disk_fails_cleanly_and_leaves_nothing(tmp_path, smal
 
 
 def test_output_rules_refuse_inputs_parents_and_symlinks(tmp_path, monkeypatch):
-    """(2) The rules of dpm_ros.outputs on their own: inside an input folder, an input's parent, '.', '..', a
+    """(2) The rules of dpm_ros.output_files on their own: inside an input folder, an input's parent, '.', '..', a
     symlink, and a non-bag with --overwrite are refused; a bag file / bag folder may be replaced."""
     from dpm_ros.bag import write_sequence
-    from dpm_ros.outputs import check_output
+    from dpm_ros.output_files import check_output
     folder_bag = write_sequence(_tiny_sequence(2), tmp_path / "folder_bag")
     file_bag = write_sequence(_tiny_sequence(2), tmp_path / "file_bag.mcap")
     for out, inputs in ((folder_bag / "x.mcap", [folder_bag]), (tmp_path, [file_bag]), (Path("."), []),

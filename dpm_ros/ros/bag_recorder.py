@@ -101,7 +101,7 @@ def rosbags_qos(profile):
 
 class BagWriter:
     """Writes (topic, stamp ns, CDR bytes) with schemas. ``path`` ending in .mcap: one bare MCAP file; otherwise a
-    rosbag2 directory (MCAP). ``dpm_ros.outputs`` rules: an existing output is replaced only with ``overwrite``,
+    rosbag2 directory (MCAP). ``dpm_ros.output_files`` rules: an existing output is replaced only with ``overwrite``,
     only when it is a bag, never one of ``inputs``, and only once the new one is complete.
 
     Default: written in a hidden folder beside ``path`` and moved into place by ``close``; a failure (or an
@@ -114,7 +114,7 @@ class BagWriter:
                  live: bool = False):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
-        from dpm_ros.outputs import check_output, staging_dir
+        from dpm_ros.output_files import check_output, staging_dir
 
         self.path = check_output(path, overwrite, inputs)
         self.bare = self.path.suffix == ".mcap"
@@ -188,7 +188,7 @@ class BagWriter:
         """Finish the file(s) and move them into place; returns the written path. On failure (e.g. a full disk)
         the partial output is removed (``live``: left at ``live_path``, readable up to its last complete chunk)
         and the error raised."""
-        from dpm_ros.outputs import commit_output
+        from dpm_ros.output_files import commit_output
 
         if self._writer is None:
             return self.path
