@@ -7,7 +7,7 @@ import numpy as np
 
 from dpm_ros.geometry._checks import as_mask, as_point_map
 from dpm_ros.geometry.masks import squared_norm
-from dpm_ros.geometry.procrustes import _DEGENERATE_RATIO
+from dpm_ros.geometry.procrustes import rotation_and_scale
 
 
 def _nonzero_bytes(a: np.ndarray) -> np.ndarray:
@@ -246,10 +246,7 @@ def object_fits(p_t1, p_t2, groups, conf=None, fit_points: int = 4096) -> dict:
     cov = np.add.reduceat((dst[:, None, :] * src[None, :, :]).reshape(9, -1), fstarts, axis=1)
     cov = cov.T.reshape(k, 3, 3)                                      # Σ w (d − μd)(s − μs)ᵀ per object
     mu_s, mu_d = mu_s.T, mu_d.T
-    u, d, vt = np.linalg.svd(cov)
-    ok = (count >= 3) & (d[:, 0] > 0) & (d[:, 1] > _DEGENERATE_RATIO * d[:, 0])
-    e = np.ones((k, 3))
-    e[:, 2] = np.where(np.linalg.det(u) * np.linalg.det(vt) < 0, -1.0, 1.0)
-    rot = (u * e[:, None, :]) @ vt
+    rot, _, ok = rotation_and_scale(cov)
+    ok &= count >= 3
     t = mu_d - np.einsum("kij,kj->ki", rot, mu_s)
     return {"R": rot, "t": t, "ok": ok, "centroid": centroid, "extent": extent, "confidence": confidence}

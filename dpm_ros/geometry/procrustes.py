@@ -59,6 +59,23 @@ def umeyama_rows(x: np.ndarray, weights: np.ndarray, with_scale: bool = False) -
     return _umeyama_moments(x, w, with_scale)
 
 
+def rotation_and_scale(cov: np.ndarray, var_s: np.ndarray | None = None):
+    """Umeyama's closed form (the one implementation; every fit in the package ends here), for K problems at once.
+
+    ``cov`` (K, 3, 3) = Σ w (d − μd)(s − μs)ᵀ with normalised weights; ``var_s`` (K,) = Σ w ‖s − μs‖² for the Sim(3)
+    scale, None for SE(3). Returns ``R`` (K, 3, 3) (the reflection case flipped), ``s`` (K,) (ones for SE(3)) and
+    ``ok`` (K,) False where R is not determined (collinear or coincident points). The translation is then
+    ``t = μd − s·R·μs``, computed by the caller in its own layout.
+    """
+    u, d, vt = np.linalg.svd(cov)
+    ok = (d[:, 0] > 0) & (d[:, 1] > _DEGENERATE_RATIO * d[:, 0])
+    e = np.ones((len(cov), 3))
+    e[:, 2] = np.where(np.linalg.det(u) * np.linalg.det(vt) < 0, -1.0, 1.0)
+    rot = (u * e[:, None, :]) @ vt
+    s = np.ones(len(cov)) if var_s is None else (d * e).sum(axis=1) / var_s
+    return rot, s, ok
+
+
 def _umeyama_moments(x: np.ndarray, w: np.ndarray, with_scale: bool):
     """Umeyama's closed form from usable rows ``x`` (6, n) float64 (centred in place) and weights ``w`` > 0."""
     w = w / w.sum()
@@ -68,18 +85,12 @@ def _umeyama_moments(x: np.ndarray, w: np.ndarray, with_scale: bool):
     ws = x[:3] * w
     m = x @ ws.T                              # rows 0-2: Σ w (s − μs)(s − μs)ᵀ; rows 3-5: Σ w (d − μd)(s − μs)ᵀ
     cov = m[3:]
-    u, d, vt = np.linalg.svd(cov)
-    if not d[0] > 0 or d[1] <= _DEGENERATE_RATIO * d[0]:
+    var_s = np.trace(m[:3])[None] if with_scale else None
+    rot, s, ok = rotation_and_scale(cov[None], var_s)
+    if not ok[0]:
         raise ValueError("umeyama: degenerate geometry (points are collinear or coincident); the rotation is not "
                          "determined")
-    e = np.ones(3)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        e[2] = -1.0
-    rot = (u * e) @ vt
-    s = 1.0
-    if with_scale:
-        var_s = float(np.trace(m[:3]))
-        s = float((d * e).sum() / var_s)
+    rot, s = rot[0], float(s[0])
     t = mu_d - s * rot @ mu_s
     return rot, t, s
 
@@ -91,17 +102,8 @@ def _batched_minimal_umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool)
     sc = src - mu_s[:, None]
     dc = dst - mu_d[:, None]
     cov = np.einsum("kni,knj->kij", dc, sc) / src.shape[1]
-    u, d, vt = np.linalg.svd(cov)
-    sign = np.sign(np.linalg.det(u) * np.linalg.det(vt))
-    sign[sign == 0] = 1.0
-    e = np.ones((len(src), 3))
-    e[:, 2] = sign
-    rot = np.einsum("kij,kj,kjl->kil", u, e, vt)
-    if with_scale:
-        var_s = (sc ** 2).sum(axis=(1, 2)) / src.shape[1]
-        s = (d * e).sum(axis=1) / np.maximum(var_s, 1e-300)
-    else:
-        s = np.ones(len(src))
+    var_s = np.maximum((sc ** 2).sum(axis=(1, 2)) / src.shape[1], 1e-300) if with_scale else None
+    rot, s, _ = rotation_and_scale(cov, var_s)
     t = mu_d - s[:, None] * np.einsum("kij,kj->ki", rot, mu_s)
     return rot, t, s
 
