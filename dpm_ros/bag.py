@@ -36,14 +36,28 @@ CAMERA_FRAME = "camera_optical_frame"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
-@lru_cache(maxsize=1)
-def typestore():
-    """rosbags typestore: ROS 2 Kilted when this rosbags knows it, else its newest ROS 2 distribution."""
+def distro_typestore():
+    """A fresh rosbags typestore of the ROS 2 distribution's own types: Kilted when this rosbags knows it, else its
+    newest ROS 2 distribution. The one place that picks the distribution (bag I/O, the recorder, the player)."""
     from rosbags.typesys import Stores, get_typestore
 
     names = [s for s in Stores.__members__ if s.startswith("ROS2_")]
     name = "ROS2_KILTED" if "ROS2_KILTED" in names else names[-1]
     return get_typestore(Stores[name])
+
+
+@lru_cache(maxsize=1)
+def distro_msgtypes() -> frozenset:
+    """Names ('pkg/msg/Name') of the distribution's own types (nothing registered from a file)."""
+    return frozenset(distro_typestore().fielddefs)
+
+
+@lru_cache(maxsize=1)
+def typestore():
+    """The process-wide typestore of bag I/O: :func:`distro_typestore` plus the types registered from bags'
+    stored definitions (:func:`register_bag_types`). The live recorder keeps its own, filled only from installed
+    .msg files (``ros.bag_recorder.bag_typestore``), so a definition read from a file never changes what it writes."""
+    return distro_typestore()
 
 
 def _stamp(ns: int):

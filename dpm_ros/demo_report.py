@@ -39,13 +39,14 @@ def _quat_to_matrix(q) -> np.ndarray:
 def read_outputs(path: str | Path) -> dict[int, PairOutputs]:
     """Decode the node's outputs of a recorded/replayed bag, keyed by I1's stamp (ns)."""
     from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
+
+    from dpm_ros.bag import distro_typestore
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"output bag '{path}' does not exist")
     out: dict[int, PairOutputs] = {}
-    with AnyReader([path], default_typestore=get_typestore(Stores.LATEST)) as reader:
+    with AnyReader([path], default_typestore=distro_typestore()) as reader:
         conns = [c for c in reader.connections if c.topic in OUTPUT_TYPES_SET]
         if not conns:   # rosbags reads every topic when given no connection
             return out

@@ -26,7 +26,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from dpm_ros.ros import messages as M  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
-from dpm_ros.ros.odometry import invert  # noqa: E402
+from dpm_ros.geometry.procrustes import invert_se3  # noqa: E402
 
 ROUNDS = 100          # rounds of the node-A flood: 8 images + 2 CameraInfo each
 N_DECODE = 100        # corrupt CompressedImages to node B
@@ -301,7 +301,7 @@ def test_good_frames_after_the_flood_match_ground_truth(campaign):
         pred = np.frombuffer(m.data, np.uint8).reshape(m.height, m.width) == 255
         gt = b["instances"] > 0
         assert (pred & gt).sum() / max((pred | gt).sum(), 1) >= 0.99, i
-        T_c1_c2 = invert(b["T_w_c"]) @ a["T_w_c"]
+        T_c1_c2 = invert_se3(b["T_w_c"]) @ a["T_w_c"]
         v = -T_c1_c2[:3, 3] / (b["sent_stamp"] - a["sent_stamp"])
         tw = odo[b["sent_stamp"]].twist.twist.linear
         np.testing.assert_allclose([tw.x, tw.y, tw.z], v, rtol=1e-3, atol=1e-4)

@@ -43,7 +43,8 @@ def metres_per_unit(out, synth_bag) -> np.ndarray:
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import Image
 
-    from dpm_ros.scale import median_ratio, resize_nearest
+    from dpm_ros.engine.pair_io import resize_nearest
+    from dpm_ros.scale import median_ratio
     gt = {ns: deserialize_message(d, Image) for t, ns, d in read_bag(synth_bag) if t == "/gt/depth"}
     ratios = []
     for t, ns, d in read_bag(out):

@@ -28,7 +28,7 @@ from dpm_ros.pointcloud import cloud_from_bytes  # noqa: E402
 from dpm_ros.ros import messages as M  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
 from dpm_ros.ros.image_convert import fill_image  # noqa: E402
-from dpm_ros.ros.odometry import invert  # noqa: E402
+from dpm_ros.geometry.procrustes import invert_se3  # noqa: E402
 
 N_GOOD = 10          # frames of the first run
 N_AFTER = 2          # good frames after the malformed ones
@@ -218,7 +218,7 @@ def test_ego_motion_tf_chain_matches_ground_truth_poses(run):
           for msg in p.got("tf") for ts in msg.transforms}
     T_w0 = frames[0]["T_w_c"]
     for f in frames[1:]:
-        gt = invert(T_w0) @ f["T_w_c"]
+        gt = invert_se3(T_w0) @ f["T_w_c"]
         est = tf[f["stamp"]]
         terr = np.linalg.norm(est[:3, 3] - gt[:3, 3]) / max(np.linalg.norm(gt[:3, 3]), 1e-9)
         rerr = np.linalg.norm(Rotation.from_matrix(est[:3, :3].T @ gt[:3, :3]).as_rotvec())
@@ -230,7 +230,7 @@ def test_odometry_twist_matches_ground_truth_camera_velocity(run):
     frames, p = run["frames"], run["probe"]
     odo = by_stamp(p.got("dpm/odometry"))
     for a, b in zip(frames[:-1], frames[1:]):
-        T_c1_c2 = invert(b["T_w_c"]) @ a["T_w_c"]          # camera(t2 = a) → camera(t1 = b)
+        T_c1_c2 = invert_se3(b["T_w_c"]) @ a["T_w_c"]          # camera(t2 = a) → camera(t1 = b)
         v = -T_c1_c2[:3, 3] / (b["stamp"] - a["stamp"])
         tw = odo[b["stamp"]].twist.twist.linear
         assert np.allclose([tw.x, tw.y, tw.z], v, rtol=1e-3, atol=1e-4)
@@ -257,7 +257,7 @@ def test_object_motions_and_velocities_match_ground_truth(run):
             sel = cloud["label"] == o.id
             gt_ids = np.unique(pair["instances1"][sel])
             assert len(gt_ids) == 1 and gt_ids[0] > 0
-            T_c1_w = invert(pair["T_w_c1"])
+            T_c1_w = invert_se3(pair["T_w_c1"])
             M_c = T_c1_w @ pair["object_motions"][gt_ids[0]] @ pair["T_w_c1"]   # object motion t1→t2 in camera 1
             T = M.transform_to_matrix(o.motion)
             assert np.allclose(T, M_c, atol=1e-3), (o.id, T, M_c)

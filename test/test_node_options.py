@@ -17,7 +17,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from dpm_ros.ros import messages as M  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
-from dpm_ros.ros.odometry import invert  # noqa: E402
+from dpm_ros.geometry.procrustes import invert_se3  # noqa: E402
 
 FRAME_ID = "camera_optical"
 T_BASE_CAM = np.eye(4)
@@ -110,9 +110,9 @@ def test_base_frame_odometry_and_tf_through_static_extrinsic(run):
     assert {(o.header.frame_id, o.child_frame_id) for o in odo.values()} == {("odom", "base_link")}
     tfs = [ts for m in p.got("tf") for ts in m.transforms]
     assert {(ts.header.frame_id, ts.child_frame_id) for ts in tfs} == {("odom", "base_link")}
-    T_w_base0 = frames[0]["T_w_c"] @ invert(T_BASE_CAM)
+    T_w_base0 = frames[0]["T_w_c"] @ invert_se3(T_BASE_CAM)
     for f in frames[1:6]:
-        gt = invert(T_w_base0) @ f["T_w_c"] @ invert(T_BASE_CAM)
+        gt = invert_se3(T_w_base0) @ f["T_w_c"] @ invert_se3(T_BASE_CAM)
         o = odo[f["stamp"]].pose.pose
         q = o.orientation
         est = np.eye(4)

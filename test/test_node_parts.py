@@ -11,7 +11,7 @@ from tf2_msgs.msg import TFMessage
 
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth, RateMeter
-from dpm_ros.ros.odometry import invert
+from dpm_ros.geometry.procrustes import invert_se3
 from dpm_ros.ros.params import PARAMS, check_choice, descriptor
 from dpm_ros.ros.static_tf import StaticTransforms
 from scipy.spatial.transform import Rotation
@@ -55,7 +55,7 @@ def test_static_transform_chain_lookup_both_directions():
     assert st.lookup("base_link", "cam_optical") is None
     st.add_message(msg)
     np.testing.assert_allclose(st.lookup("base_link", "cam_optical"), T_base_mount @ T_mount_cam, atol=1e-9)
-    np.testing.assert_allclose(st.lookup("cam_optical", "/base_link"), invert(T_base_mount @ T_mount_cam), atol=1e-9)
+    np.testing.assert_allclose(st.lookup("cam_optical", "/base_link"), invert_se3(T_base_mount @ T_mount_cam), atol=1e-9)
     assert st.lookup("base_link", "elsewhere") is None
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dpm_ros.scale import ScaleEstimator, frame_depths, median_ratio, resize_nearest, shape_ratio
+from dpm_ros.engine.pair_io import resize_nearest
+from dpm_ros.scale import ScaleEstimator, frame_depths, median_ratio, shape_ratio
 
 H, W = 24, 32
 K = np.array([[30.0, 0, (W - 1) / 2], [0, 30.0, (H - 1) / 2], [0, 0, 1]])

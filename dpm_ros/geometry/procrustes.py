@@ -171,6 +171,16 @@ def to_matrix(rot: np.ndarray, t: np.ndarray, s: float = 1.0) -> np.ndarray:
     return m
 
 
+def invert_se3(T: np.ndarray) -> np.ndarray:
+    """Inverse of a 4×4 rigid transform ``[R t; 0 1]``: ``[Rᵀ −Rᵀt; 0 1]`` (float64; exact for a rigid T, unlike
+    a general matrix inverse)."""
+    T = np.asarray(T, dtype=np.float64)
+    Ti = np.eye(4)
+    Ti[:3, :3] = T[:3, :3].T
+    Ti[:3, 3] = -T[:3, :3].T @ T[:3, 3]
+    return Ti
+
+
 def rotation_angle_deg(rot: np.ndarray) -> float | np.ndarray:
     """Angle of rotation(s) ``rot`` (..., 3, 3) in degrees, in [0, 180].
 

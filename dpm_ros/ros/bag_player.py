@@ -56,9 +56,9 @@ def known_msgtype(msgtype: str, installed: bool = False) -> str | None:
     if m is None:
         return None
     name = f"{m.group(1)}/msg/{m.group(2)}"
-    from rosbags.typesys import Stores, get_typestore
+    from dpm_ros.bag import distro_msgtypes
 
-    if name in get_typestore(Stores.ROS2_KILTED).fielddefs:
+    if name in distro_msgtypes():
         return name
     from dpm_ros.ros.bag_recorder import SOURCE_MSG_DIR, _msg_file
 

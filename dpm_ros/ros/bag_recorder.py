@@ -47,14 +47,16 @@ _STORE_LOCK = threading.Lock()
 
 
 def bag_typestore(msgtypes=()):
-    """The process-wide rosbags typestore (ROS 2 Kilted) with every type of ``msgtypes`` and its nested types
+    """The recorder's process-wide rosbags typestore (``bag.distro_typestore()``) with every type of ``msgtypes`` and its nested types
     registered (types only ever get added). Raises ValueError naming a type whose definition cannot be found."""
-    from rosbags.typesys import Stores, get_typestore, get_types_from_msg
+    from rosbags.typesys import get_types_from_msg
+
+    from dpm_ros.bag import distro_typestore
 
     global _STORE
     with _STORE_LOCK:
         if _STORE is None:
-            _STORE = get_typestore(Stores.ROS2_KILTED)
+            _STORE = distro_typestore()
         store = _STORE
         pending, added = list(msgtypes), {}
         while pending:

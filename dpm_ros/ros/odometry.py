@@ -15,13 +15,7 @@ from typing import Optional
 import numpy as np
 from scipy.spatial.transform import Rotation, Slerp
 
-
-def invert(T: np.ndarray) -> np.ndarray:
-    """Inverse of a 4×4 rigid transform."""
-    Ti = np.eye(4)
-    Ti[:3, :3] = T[:3, :3].T
-    Ti[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return Ti
+from dpm_ros.geometry.procrustes import invert_se3
 
 
 def interpolate_pose(ta: float, Ta: np.ndarray, tb: float, Tb: np.ndarray, t: float) -> np.ndarray:
@@ -101,7 +95,7 @@ class EgoOdometry:
         T_odom_c2, exact = self._pose_at(t2)
         if not exact:
             self.approximate_chains += 1
-        T_odom_c1 = T_odom_c2 @ invert(np.asarray(T_c1_c2, float))
+        T_odom_c1 = T_odom_c2 @ invert_se3(np.asarray(T_c1_c2, float))
         if self._stamps and abs(self._stamps[-1] - t1) < 1e-6:
             self._poses[-1] = T_odom_c1
         else:
@@ -110,7 +104,7 @@ class EgoOdometry:
         while len(self._stamps) > 2 and t1 - self._stamps[0] > self.history_s:
             self._stamps.pop(0)
             self._poses.pop(0)
-        Tcb = invert(self.T_child_camera)  # camera ← child
+        Tcb = invert_se3(self.T_child_camera)  # camera ← child
         T_b1_b2 = self.T_child_camera @ np.asarray(T_c1_c2, float) @ Tcb
         lin, ang = body_twist(T_b1_b2, t1, t2)
         return OdometryState(t1, T_odom_c1 @ Tcb, T_odom_c1, lin, ang, exact)

@@ -12,7 +12,7 @@ from typing import Optional
 import numpy as np
 
 from dpm_ros.ros.messages import transform_to_matrix
-from dpm_ros.ros.odometry import invert
+from dpm_ros.geometry.procrustes import invert_se3
 
 
 class StaticTransforms:
@@ -37,7 +37,7 @@ class StaticTransforms:
         nbrs: dict[str, list[tuple[str, np.ndarray]]] = {}
         for (p, c), T in self._edges.items():
             nbrs.setdefault(p, []).append((c, T))          # T_p_c: from c to p
-            nbrs.setdefault(c, []).append((p, invert(T)))  # T_c_p
+            nbrs.setdefault(c, []).append((p, invert_se3(T)))  # T_c_p
         # breadth-first from target, accumulating T_target_frame
         seen = {target: np.eye(4)}
         queue = deque([target])

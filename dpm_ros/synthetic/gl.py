@@ -12,8 +12,10 @@ import threading
 
 import numpy as np
 
+from dpm_ros.geometry.procrustes import invert_se3
+
 from .raycast import NEAR, SHADOW_OFFSET
-from .scene import N_WAVES, Scene, invert_pose
+from .scene import N_WAVES, Scene
 
 MAX_PRIMS = 64        # primitives per scene (a uniform block of 64 records of 208 bytes)
 _FLOATS = 52          # floats per record, std140: mat4 + 4 vec4 + vec4[N_WAVES] + vec4
@@ -156,7 +158,7 @@ def pack_primitives(scene: Scene, t: float, T_w_c: np.ndarray) -> np.ndarray:
     rec = np.zeros((n, _FLOATS), np.float64)
     for i, prim in enumerate(scene.primitives):
         T_w_l = prim.pose(t)
-        rec[i, 0:16] = (invert_pose(T_w_l) @ T_w_c).T.ravel()   # column-major
+        rec[i, 0:16] = (invert_se3(T_w_l) @ T_w_c).T.ravel()   # column-major
         rec[i, 16:20] = (*prim.size, prim.kind)
         rec[i, 20:24] = (*prim.color_a, prim.label)
         rec[i, 24:28] = (*prim.color_b, prim.checker_scale)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from dpm_ros.geometry.procrustes import invert_se3
+
 from .. import ALL_POINT_MAP_NAMES
 from .render import render
-from .scene import Scene, SceneConfig, invert_pose, random_scene
+from .scene import Scene, SceneConfig, random_scene
 
 
 def _transform(T: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -31,13 +33,13 @@ def pair_from_renders(scene: Scene, K: np.ndarray, t1: float, t2: float, T_w_c1:
     for i, o, r, T_w_ci, T_w_co in ((1, 2, r1, T_w_c1, T_w_c2), (2, 1, r2, T_w_c2, T_w_c1)):
         pts = r["points"].astype(np.float64)             # camera i, time t_i
         moved = pts.copy()                               # camera i, the other time
-        T_ci_w = invert_pose(T_w_ci)
+        T_ci_w = invert_se3(T_w_ci)
         for k, M in fwd.items():
             sel = r["labels"] == k
             if sel.any():
-                M_i = T_ci_w @ (M if i == 1 else invert_pose(M)) @ T_w_ci
+                M_i = T_ci_w @ (M if i == 1 else invert_se3(M)) @ T_w_ci
                 moved[sel] = _transform(M_i, pts[sel])
-        T_co_ci = invert_pose(T_w_co) @ T_w_ci
+        T_co_ci = invert_se3(T_w_co) @ T_w_ci
         out[f"p{i}_t{i}_pi{i}"] = pts                    # exact copy of the render: projects onto its pixel
         out[f"p{i}_t{o}_pi{i}"] = moved
         out[f"p{i}_t{i}_pi{o}"] = _transform(T_co_ci, pts)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scene import BOX, CYLINDER, ELLIPSOID, ROOM, Primitive, Scene, invert_pose
+from dpm_ros.geometry.procrustes import invert_se3
+
+from .scene import BOX, CYLINDER, ELLIPSOID, ROOM, Primitive, Scene
 
 NEAR = 1e-3  # metres: hits closer than this along the ray are ignored
 SHADOW_OFFSET = 1e-4  # metres: shadow rays start this far off the surface, along its normal
@@ -145,7 +147,7 @@ def render_raycast(scene: Scene, t: float, T_w_c: np.ndarray, K: np.ndarray, hei
     frames = []
     d_norm = np.sqrt(np.einsum("ij,ij->i", d, d))
     for i, prim in enumerate(scene.primitives):
-        T_l_c = invert_pose(prim.pose(t)) @ T_w_c
+        T_l_c = invert_se3(prim.pose(t)) @ T_w_c
         frames.append(T_l_c)
         cand = _candidate_rays(prim, T_l_c, d, d_norm)
         t_hit = intersect(prim, T_l_c[:3, 3], d[cand] @ T_l_c[:3, :3].T)

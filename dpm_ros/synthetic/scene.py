@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dpm_ros.geometry.procrustes import invert_se3
+
 ROOM, BOX, ELLIPSOID, CYLINDER = 0, 1, 2, 3
 N_WAVES = 4
 FAMILIES = ("room", "flying")
@@ -48,12 +50,6 @@ def make_pose(R: np.ndarray, t: np.ndarray) -> np.ndarray:
     T[:3, :3] = R
     T[:3, 3] = t
     return T
-
-
-def invert_pose(T: np.ndarray) -> np.ndarray:
-    """Inverse of a 4×4 rigid transform."""
-    R, t = T[:3, :3], T[:3, 3]
-    return make_pose(R.T, -R.T @ t)
 
 
 def look_at(position: np.ndarray, target: np.ndarray, roll: float = 0.0) -> np.ndarray:
@@ -160,7 +156,7 @@ class Scene:
     def object_motion(self, label: int, t_from: float, t_to: float) -> np.ndarray:
         """4×4 world-frame rigid motion of object ``label`` from t_from to t_to (X_to = M X_from)."""
         prim = next(p for p in self.primitives if p.label == label)
-        return prim.pose(t_to) @ invert_pose(prim.pose(t_from))
+        return prim.pose(t_to) @ invert_se3(prim.pose(t_from))
 
     @property
     def labels(self) -> list[int]:
