@@ -16,6 +16,7 @@ ending in ``.mcap`` / ``.db3`` is written as one bare file, any other path as a 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from functools import lru_cache
@@ -125,76 +126,181 @@ def _latched_qos():
                avoid_ros_namespace_conventions=False)
 
 
-class SequenceBagWriter:
-    """Writes deserialised rosbags messages to a rosbag2 (``storage`` "mcap" or "sqlite3"). A path ending in
-    .mcap / .db3 becomes one bare file, any other a rosbag2 folder. Everything is written in a hidden folder beside
-    ``path`` and moved into place by ``close`` (``dpm_ros.output_files``: an existing output is replaced only with
-    ``overwrite``, only when it is a bag, and only once the new one is complete); a failure removes the partial
-    output and leaves the old one. ``inputs``: paths the output must not be."""
+class BagWriter:
+    """The one rosbag2 writer: (topic, stamp ns, CDR bytes) with schemas. ``storage`` "mcap" or "sqlite3"; ``path``
+    ending in .mcap / .db3: one bare file; otherwise a rosbag2 directory. ``dpm_ros.output_files`` rules: an existing output is replaced only with ``overwrite``,
+    only when it is a bag, never one of ``inputs``, and only once the new one is complete.
 
-    def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False, inputs=()):
+    Default: written in a hidden folder beside ``path`` and moved into place by ``close``; a failure (or an
+    exception in the ``with`` block) removes it. ``live`` (``dpm record``): the MCAP file being written is visible
+    from the start at ``live_path`` (``path`` itself, or ``<name>.recording.mcap`` beside it while an old output is
+    still there) and ``flush`` writes the pending chunk out, so a recorder killed or stopped by a full disk leaves a
+    file readable up to its last complete chunk (``dpm_ros.bag.open_bag`` reads such a file)."""
+
+    def __init__(self, path: str | Path, overwrite: bool = False, keep_partial: bool = True, inputs=(),
+                 live: bool = False, storage: str = "mcap"):
         from rosbags.rosbag2 import StoragePlugin, Writer
 
-        from .output_files import check_output, staging_dir
+        from dpm_ros.output_files import check_output, staging_dir
 
-        if storage not in ("mcap", "sqlite3"):
-            raise ValueError(f"storage must be 'mcap' or 'sqlite3', got {storage!r}")
+        if storage not in ("mcap", "sqlite3") or (live and storage != "mcap"):
+            raise ValueError(f"storage must be 'mcap' or 'sqlite3' ('mcap' when live), got {storage!r}")
         self.path = check_output(path, overwrite, inputs)
+        self._suffix = ".mcap" if storage == "mcap" else ".db3"
         self.bare = self.path.suffix in (".mcap", ".db3")
+        self.keep_partial, self.live = keep_partial, live
+        existed = self.path.exists()
         self._tmp = staging_dir(self.path)
-        self._dir = self._tmp / ("bag" if self.bare else self.path.name)   # bare: same bytes for any name
+        self._target = self._tmp / ("bag" if self.bare else self.path.name)   # same bytes for any name
         plugin = StoragePlugin.MCAP if storage == "mcap" else StoragePlugin.SQLITE3
         try:
-            self._writer = Writer(self._dir, version=9, storage_plugin=plugin)
+            self._writer = Writer(self._target, version=9, storage_plugin=plugin)
             self._writer.open()
+            inner = next(self._target.glob("*" + self._suffix))
+            self.live_path = inner
+            if live:   # rename the open file: rosbags keeps writing to the same inode
+                if self.bare:
+                    self.live_path = self._free(self.path.with_name(f"{self.path.stem}.recording.mcap")) \
+                        if existed else self.path
+                else:
+                    folder = self._free(self.path.with_name(f"{self.path.name}.recording")) if existed else self.path
+                    folder.mkdir()
+                    self.live_path = folder / inner.name
+                os.rename(inner, self.live_path)
+                shutil.rmtree(self._tmp)   # nothing hidden left behind by a kill (close recreates it)
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
-        self._conns: dict[str, object] = {}
+        self.connections: dict[str, object] = {}
+        self.counts: dict[str, int] = {}
+        self.total = 0     # messages handed to write()
+        self.durable = 0   # of those, how many are in complete chunks on disk (all of them after close)
 
-    def write(self, topic: str, msg, stamp_ns: int, latched: bool = False) -> None:
-        """Serialise ``msg`` (a typestore message; its type is taken from the class) and write it at ``stamp_ns``."""
-        msgtype = msg.__msgtype__
-        if topic not in self._conns:
-            qos = [_latched_qos()] if latched else ()
-            self._conns[topic] = self._writer.add_connection(topic, msgtype, typestore=typestore(),
-                                                             offered_qos_profiles=qos)
-        self._writer.write(self._conns[topic], int(stamp_ns), typestore().serialize_cdr(msg, msgtype))
+    @staticmethod
+    def _free(path: Path) -> Path:
+        n = 1
+        candidate = path
+        while candidate.exists() or candidate.is_symlink():
+            n += 1
+            candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
+        return candidate
+
+    def add_topic(self, topic: str, msgtype: str, qos=(), store=None) -> None:
+        """Declare ``topic`` once, with its schema from ``store`` (default :func:`typestore`) and ``qos`` (rosbags
+        Qos profiles offered by its publishers)."""
+        if topic in self.connections:
+            return
+        self.connections[topic] = self._writer.add_connection(
+            topic, msgtype, typestore=store if store is not None else typestore(), offered_qos_profiles=list(qos))
+        self.counts[topic] = 0
+
+    def write(self, topic: str, stamp_ns: int, data: bytes) -> None:
+        self._writer.write(self.connections[topic], int(stamp_ns), data)
+        self.counts[topic] += 1
+        self.total += 1
+        storage = getattr(self._writer, "storage", None)
+        if self.live and storage is not None and getattr(storage, "chunk", None) is not None \
+                and storage.chunk.bio.tell() == 0:
+            storage.bio.flush()   # rosbags just closed a full chunk (1 MiB): put it on disk now
+            self.durable = self.total
+
+    def flush(self) -> None:
+        """Close the pending MCAP chunk (if any) and write it to the file: what was written so far survives a kill.
+        Uses rosbags' McapWriter (``close_chunk``); a no-op for other storages."""
+        storage = getattr(self._writer, "storage", None) if self._writer is not None else None
+        if storage is None or not hasattr(storage, "close_chunk"):
+            return
+        if storage.chunk.bio.tell():
+            storage.close_chunk()
+        storage.bio.flush()
+        self.durable = self.total
 
     def close(self) -> Path:
-        """Finish the bag and move it into place; on failure remove the partial output and raise."""
-        from .output_files import commit_output
+        """Finish the file(s) and move them into place; returns the written path. On failure (e.g. a full disk)
+        the partial output is removed (``live``: left at ``live_path``, readable up to its last complete chunk)
+        and the error raised."""
+        from dpm_ros.output_files import commit_output
 
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
+        if self._writer is None:
+            return self.path
+        writer, self._writer = self._writer, None
+        try:
             try:
+                if self.live:
+                    self._target.mkdir(parents=True, exist_ok=True)   # rosbags writes metadata.yaml there
                 writer.close()
+            except BaseException:
+                try:
+                    writer.abort()
+                except OSError:
+                    pass
+                if not self.live:
+                    raise
+                raise OSError(f"could not finish '{self.live_path}' (it stays readable up to its last complete "
+                              f"chunk)") from None
+            self.durable = self.total
+            if self.live:
                 if self.bare:
-                    inner = next(p for p in self._dir.iterdir() if p.suffix in (".mcap", ".db3"))
-                    commit_output(inner, self.path)
+                    if self.live_path != self.path:
+                        os.replace(self.live_path, self.path)
                 else:
-                    commit_output(self._dir, self.path)
-            finally:
-                shutil.rmtree(self._tmp, ignore_errors=True)
+                    os.replace(self._target / "metadata.yaml", self.live_path.parent / "metadata.yaml")
+                    if self.live_path.parent != self.path:
+                        commit_output(self.live_path.parent, self.path)
+            elif self.bare:
+                commit_output(next(self._target.glob("*" + self._suffix)), self.path)
+            else:
+                commit_output(self._target, self.path)
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
         return self.path
 
     def abort(self) -> None:
-        """Drop the partial output (the old one, if any, is untouched)."""
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            try:
-                writer.abort()
-            finally:
-                shutil.rmtree(self._tmp, ignore_errors=True)
+        """Stop writing: drop the partial output (``live``: keep it, readable up to its last complete chunk)."""
+        if self._writer is None:
+            return
+        writer, self._writer = self._writer, None
+        try:
+            if self.live:
+                try:
+                    self.flush_writer(writer)
+                except OSError:
+                    pass
+            writer.abort()
+        except OSError:
+            pass
+        finally:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @staticmethod
+    def flush_writer(writer) -> None:
+        storage = getattr(writer, "storage", None)
+        if storage is not None and hasattr(storage, "bio"):
+            storage.bio.flush()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, *exc):
-        if exc_type is not None:
+        if exc_type is not None and not self.keep_partial:   # a failed run leaves no half-written output
             self.abort()
         else:
             self.close()
+
+
+class SequenceBagWriter(BagWriter):
+    """:class:`BagWriter` of deserialised rosbags messages (schemas from :func:`typestore`), topics declared on
+    first write; an exception in the ``with`` block removes the partial output. ``inputs``: paths the output must
+    not be."""
+
+    def __init__(self, path: str | Path, storage: str = "mcap", overwrite: bool = False, inputs=()):
+        super().__init__(path, overwrite, keep_partial=False, inputs=inputs, storage=storage)
+
+    def write(self, topic: str, msg, stamp_ns: int, latched: bool = False) -> None:  # type: ignore[override]
+        """Serialise ``msg`` (a typestore message; its type is taken from the class) and write it at ``stamp_ns``."""
+        msgtype = msg.__msgtype__
+        self.add_topic(topic, msgtype, [_latched_qos()] if latched else ())
+        super().write(topic, stamp_ns, typestore().serialize_cdr(msg, msgtype))
 
 
 def write_sequence(sequence, path: str | Path, storage: str = "mcap", overwrite: bool = False,

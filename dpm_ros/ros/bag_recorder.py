@@ -2,18 +2,18 @@
 schemas (message definitions from rosbags' Kilted typestore; types it lacks, such as ``dpm_ros/msg/*``, are read
 from their ``.msg`` files under ``share/<pkg>/msg`` or this source tree's ``msg/``) so Foxglove and RViz open them.
 
-``BagWriter`` (no ROS needed) is shared with ``dpm replay``: ``OUT.mcap`` becomes one self-contained MCAP file, any
-other name a rosbag2 directory with MCAP storage.
+``BagWriter`` (no ROS needed; ``dpm_ros.bag.BagWriter`` with this typestore and rclpy QoS) is shared with ``dpm
+replay``: ``OUT.mcap`` becomes one self-contained MCAP file, any other name a rosbag2 directory with MCAP storage.
 """
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import threading
 import time
 from pathlib import Path
 
+from dpm_ros.bag import BagWriter as _BagWriter
 from dpm_ros.ros.bag_player import resolve_msg_class
 
 SOURCE_MSG_DIR = Path(__file__).resolve().parents[2] / "msg"
@@ -101,162 +101,14 @@ def rosbags_qos(profile):
                avoid_ros_namespace_conventions=bool(profile.avoid_ros_namespace_conventions))
 
 
-class BagWriter:
-    """Writes (topic, stamp ns, CDR bytes) with schemas. ``path`` ending in .mcap: one bare MCAP file; otherwise a
-    rosbag2 directory (MCAP). ``dpm_ros.output_files`` rules: an existing output is replaced only with ``overwrite``,
-    only when it is a bag, never one of ``inputs``, and only once the new one is complete.
-
-    Default: written in a hidden folder beside ``path`` and moved into place by ``close``; a failure (or an
-    exception in the ``with`` block) removes it. ``live`` (``dpm record``): the MCAP file being written is visible
-    from the start at ``live_path`` (``path`` itself, or ``<name>.recording.mcap`` beside it while an old output is
-    still there) and ``flush`` writes the pending chunk out, so a recorder killed or stopped by a full disk leaves a
-    file readable up to its last complete chunk (``dpm_ros.bag.open_bag`` reads such a file)."""
-
-    def __init__(self, path: str | Path, overwrite: bool = False, keep_partial: bool = True, inputs=(),
-                 live: bool = False):
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
-        from dpm_ros.output_files import check_output, staging_dir
-
-        self.path = check_output(path, overwrite, inputs)
-        self.bare = self.path.suffix == ".mcap"
-        self.keep_partial, self.live = keep_partial, live
-        existed = self.path.exists()
-        self._tmp = staging_dir(self.path)
-        self._target = self._tmp / ("bag" if self.bare else self.path.name)   # same bytes for any name
-        self._writer = Writer(self._target, version=9, storage_plugin=StoragePlugin.MCAP)
-        try:
-            self._writer.open()
-            inner = next(self._target.glob("*.mcap"))
-            self.live_path = inner
-            if live:   # rename the open file: rosbags keeps writing to the same inode
-                if self.bare:
-                    self.live_path = self._free(self.path.with_name(f"{self.path.stem}.recording.mcap")) \
-                        if existed else self.path
-                else:
-                    folder = self._free(self.path.with_name(f"{self.path.name}.recording")) if existed else self.path
-                    folder.mkdir()
-                    self.live_path = folder / inner.name
-                os.rename(inner, self.live_path)
-                shutil.rmtree(self._tmp)   # nothing hidden left behind by a kill (close recreates it)
-        except BaseException:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-            raise
-        self.connections: dict[str, object] = {}
-        self.counts: dict[str, int] = {}
-        self.total = 0     # messages handed to write()
-        self.durable = 0   # of those, how many are in complete chunks on disk (all of them after close)
-
-    @staticmethod
-    def _free(path: Path) -> Path:
-        n = 1
-        candidate = path
-        while candidate.exists() or candidate.is_symlink():
-            n += 1
-            candidate = path.with_name(f"{path.stem}.{n}{path.suffix}")
-        return candidate
+class BagWriter(_BagWriter):
+    """:class:`dpm_ros.bag.BagWriter` for the recorder and ``dpm replay``: topics are declared with the rclpy
+    QoSProfiles of their publishers and schemas from the recorder's typestore (installed .msg files only)."""
 
     def add_topic(self, topic: str, msgtype: str, qos_profiles=()) -> None:
         """Declare ``topic`` once, with its schema; ``qos_profiles``: rclpy QoSProfiles of its publishers."""
-        if topic in self.connections:
-            return
-        store = bag_typestore([msgtype])
-        self.connections[topic] = self._writer.add_connection(
-            topic, msgtype, typestore=store, offered_qos_profiles=[rosbags_qos(q) for q in qos_profiles])
-        self.counts[topic] = 0
-
-    def write(self, topic: str, stamp_ns: int, data: bytes) -> None:
-        self._writer.write(self.connections[topic], int(stamp_ns), data)
-        self.counts[topic] += 1
-        self.total += 1
-        storage = getattr(self._writer, "storage", None)
-        if self.live and storage is not None and getattr(storage, "chunk", None) is not None \
-                and storage.chunk.bio.tell() == 0:
-            storage.bio.flush()   # rosbags just closed a full chunk (1 MiB): put it on disk now
-            self.durable = self.total
-
-    def flush(self) -> None:
-        """Close the pending MCAP chunk (if any) and write it to the file: what was written so far survives a kill.
-        Uses rosbags' McapWriter (``close_chunk``); a no-op for other storages."""
-        storage = getattr(self._writer, "storage", None) if self._writer is not None else None
-        if storage is None or not hasattr(storage, "close_chunk"):
-            return
-        if storage.chunk.bio.tell():
-            storage.close_chunk()
-        storage.bio.flush()
-        self.durable = self.total
-
-    def close(self) -> Path:
-        """Finish the file(s) and move them into place; returns the written path. On failure (e.g. a full disk)
-        the partial output is removed (``live``: left at ``live_path``, readable up to its last complete chunk)
-        and the error raised."""
-        from dpm_ros.output_files import commit_output
-
-        if self._writer is None:
-            return self.path
-        writer, self._writer = self._writer, None
-        try:
-            try:
-                if self.live:
-                    self._target.mkdir(parents=True, exist_ok=True)   # rosbags writes metadata.yaml there
-                writer.close()
-            except BaseException:
-                try:
-                    writer.abort()
-                except OSError:
-                    pass
-                if not self.live:
-                    raise
-                raise OSError(f"could not finish '{self.live_path}' (it stays readable up to its last complete "
-                              f"chunk)") from None
-            self.durable = self.total
-            if self.live:
-                if self.bare:
-                    if self.live_path != self.path:
-                        os.replace(self.live_path, self.path)
-                else:
-                    os.replace(self._target / "metadata.yaml", self.live_path.parent / "metadata.yaml")
-                    if self.live_path.parent != self.path:
-                        commit_output(self.live_path.parent, self.path)
-            elif self.bare:
-                commit_output(next(self._target.glob("*.mcap")), self.path)
-            else:
-                commit_output(self._target, self.path)
-        finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-        return self.path
-
-    def abort(self) -> None:
-        """Stop writing: drop the partial output (``live``: keep it, readable up to its last complete chunk)."""
-        if self._writer is None:
-            return
-        writer, self._writer = self._writer, None
-        try:
-            if self.live:
-                try:
-                    self.flush_writer(writer)
-                except OSError:
-                    pass
-            writer.abort()
-        except OSError:
-            pass
-        finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
-
-    @staticmethod
-    def flush_writer(writer) -> None:
-        storage = getattr(writer, "storage", None)
-        if storage is not None and hasattr(storage, "bio"):
-            storage.bio.flush()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is not None and not self.keep_partial:   # a failed run leaves no half-written output
-            self.abort()
-        else:
-            self.close()
+        if topic not in self.connections:
+            super().add_topic(topic, msgtype, [rosbags_qos(q) for q in qos_profiles], bag_typestore([msgtype]))
 
 
 def subscription_qos(publishers):
