@@ -2,8 +2,6 @@
 bag, in local worker processes or on a Ray cluster (``dpm_ros/batch.py``)."""
 from __future__ import annotations
 
-HELP = "run many rosbag2s through the pipeline offline (local worker processes or a Ray cluster), one output each"
-
 
 def add_arguments(parser) -> None:
     from dpm_ros.commands.replay import add_pipeline_arguments

@@ -8,8 +8,6 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "benchmarks of the hot paths (geometry, network, training, packing, the node's image in/out); JSON on stdout"
-
 
 def _geometry(args) -> dict:
     from dpm_ros.benchmarks.geometry import run_geometry

@@ -2,8 +2,6 @@
 TensorRT engine that ``load_engine`` would build on first start, into the same keyed cache."""
 from __future__ import annotations
 
-HELP = "build a TensorRT engine from an ONNX file (needs an NVIDIA GPU)"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--onnx", required=True, help="exported model, e.g. engines/dpm_small.onnx")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-HELP = "paper-style tables (Lrel, EPE, RPE, mask IoU) on a held-out synthetic set"
 METHODS = ("model", "static", "oracle")
 
 

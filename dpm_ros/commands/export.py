@@ -3,8 +3,6 @@ file (fixed size, symmetric pair as one batch). ``--preset P`` without ``--weigh
 development and benchmarks)."""
 from __future__ import annotations
 
-HELP = "export weights to ONNX (symmetric pair as one batch)"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--weights", help="model weights: .safetensors from dpm train / save_model, or a DUSt3R / "

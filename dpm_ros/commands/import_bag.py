@@ -1,8 +1,6 @@
 """``dpm import SRC --out BAG.mcap``: images (folder, glob, TUM rgb.txt) or a video → a rosbag2 for the node."""
 from __future__ import annotations
 
-HELP = "images (folder, glob, TUM rgb.txt) or a video (mp4/avi/mkv/mov) → a rosbag2 MCAP for dpm play / replay"
-
 
 def add_arguments(parser) -> None:
     import argparse

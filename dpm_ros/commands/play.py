@@ -1,8 +1,6 @@
 """``dpm play IN``: publish a rosbag2 (MCAP or sqlite3) over DDS with its original timing, without rosbag2."""
 from __future__ import annotations
 
-HELP = "publish a rosbag2 over DDS with its original timing"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("bag", help="rosbag2 directory, .mcap file or .db3 file")

@@ -1,8 +1,6 @@
 """``dpm record OUT.mcap TOPIC...``: record topics over DDS into MCAP with schemas, without rosbag2."""
 from __future__ import annotations
 
-HELP = "record topics over DDS into an MCAP bag"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("out", help="output: OUT.mcap (one MCAP file) or a folder name (rosbag2 folder, MCAP)")

@@ -1,8 +1,6 @@
 """``dpm replay IN --out OUT.mcap``: a bag through dpm_node's pipeline offline (no DDS), outputs to a new bag."""
 from __future__ import annotations
 
-HELP = "run a rosbag2 through the pipeline offline, writing the node's outputs to a new bag"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("bag", help="input rosbag2 (directory, .mcap or .db3) with a camera topic; only read")

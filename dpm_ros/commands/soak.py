@@ -3,8 +3,6 @@ synthetic camera stream and log its memory, latency, drops, CPU shares and per-s
 (``dpm_ros.soak``). Exit code 1 when the node dies or never answers."""
 from __future__ import annotations
 
-HELP = "drive the node with a synthetic stream and log memory, latency and drops"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--minutes", type=float, default=1.0, help="length of the run in minutes (default 1)")

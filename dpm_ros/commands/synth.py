@@ -2,8 +2,6 @@
 (topics in ``dpm_ros.bag``: rgb8 images, CameraInfo, /tf ground-truth poses, 32FC1 depth, instances, synth_info)."""
 from __future__ import annotations
 
-HELP = "write a synthetic dynamic sequence with ground truth as a rosbag2 (MCAP)"
-
 
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output: NAME.mcap / NAME.db3 (one file) or a folder name "

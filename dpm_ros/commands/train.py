@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-HELP = "train a DPM network on synthetic data (checkpoints, exact resume)"
-
 
 def add_arguments(parser) -> None:
     from dpm_ros.training.data import DataConfig
