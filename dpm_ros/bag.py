@@ -459,6 +459,16 @@ def open_bag(path: str | Path):
     return reader
 
 
+def iterate_messages(reader, connections):
+    """(connection, timestamp ns, CDR bytes) in bag order; a corrupt record raises ValueError naming the bag."""
+    from rosbags.rosbag2.errors import ReaderError
+    try:
+        for conn, stamp, data in reader.messages(connections=connections):
+            yield conn, stamp, bytes(data)
+    except (ReaderError, EOFError, ValueError, KeyError, IndexError) as exc:
+        raise ValueError(f"bag '{reader.path}' is corrupt: reading a message failed: {exc}") from exc
+
+
 def register_bag_types(reader, connections=None) -> None:
     """Add to ``typestore()`` every message type of ``connections`` (default: all of the bag's) that it lacks, from
     the definitions stored in the bag (MCAP schemas / rosbag2 metadata), so our own ``dpm_ros/msg/*`` and any
@@ -506,7 +516,6 @@ def read_messages(path: str | Path, topics: list[str], msgtypes=None) -> Iterato
         if not conns:
             return
         register_bag_types(reader, conns)
-        from dpm_ros.ros.bag_player import iterate_messages
         for i, (conn, ns, raw) in enumerate(iterate_messages(reader, conns)):
             try:
                 msg = typestore().deserialize_cdr(raw, conn.msgtype)

@@ -1,5 +1,5 @@
 """The ``dpm`` command. Each subcommand lives in ``dpm_ros/commands/<name>.py`` and defines
-``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
+``add_arguments(parser)`` and ``run(args) -> int``; its one-line help is here, in ``SUBCOMMANDS`` (the only place). Modules are imported only when their
 subcommand runs, so ``dpm --help`` is fast and needs neither torch nor ROS."""
 from __future__ import annotations
 
@@ -26,6 +26,9 @@ SUBCOMMANDS = {
     "soak": "drive the node with a synthetic stream and log memory, latency and drops",
     "import": "images (folder, glob, TUM rgb.txt) or a video → a rosbag2 MCAP for dpm play / replay",
 }
+# subcommands that need ROS 2 (rclpy, and dpm_ros.ros, which `pip install .` leaves out): offered only where both
+# import. Today replay, batch and demo need it through dpm_ros.replay (rclpy at module level, until the stream/ move).
+NEEDS_ROS = frozenset({"demo", "replay", "batch", "play", "record", "soak"})
 # subcommands whose module name differs from the command ('import' is a Python keyword)
 MODULES = {"import": "import_bag"}
 
@@ -34,9 +37,19 @@ def _module_name(command: str) -> str:
     return "dpm_ros.commands." + MODULES.get(command, command.replace("-", "_"))
 
 
+def ros_available() -> bool:
+    """rclpy and this package's ROS layer (``dpm_ros.ros``) are both installed (not with a plain ``pip install .``)."""
+    try:
+        return all(importlib.util.find_spec(m) is not None for m in ("rclpy", "dpm_ros.ros"))
+    except ImportError:
+        return False
+
+
 def available_commands() -> dict[str, str]:
-    """Subcommands whose module is present in this install."""
-    return {name: text for name, text in SUBCOMMANDS.items() if importlib.util.find_spec(_module_name(name))}
+    """Subcommands that can run in this install: their module is present and, for ``NEEDS_ROS``, ROS 2 is."""
+    ros = ros_available()
+    return {name: text for name, text in SUBCOMMANDS.items()
+            if (ros or name not in NEEDS_ROS) and importlib.util.find_spec(_module_name(name))}
 
 
 def build_parser(load: str | None = None) -> argparse.ArgumentParser:

@@ -14,19 +14,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from dpm_ros.bag import iterate_messages
 from dpm_ros.bag import open_bag as open_reader  # noqa: F401  (re-exported: one bag opener for the project)
 
 CAMERA_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
-
-
-def iterate_messages(reader, connections):
-    """(connection, timestamp ns, CDR bytes) in bag order; a corrupt record raises ValueError naming the bag."""
-    from rosbags.rosbag2.errors import ReaderError
-    try:
-        for conn, stamp, data in reader.messages(connections=connections):
-            yield conn, stamp, bytes(data)
-    except (ReaderError, EOFError, ValueError, KeyError, IndexError) as exc:
-        raise ValueError(f"bag '{reader.path}' is corrupt: reading a message failed: {exc}") from exc
 
 
 def camera_topics(connections) -> list[str]:
