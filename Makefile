@@ -11,6 +11,7 @@ demo: setup
 # The Kilted suite (.venv), then the Jazzy part (.venv-jazzy, Python 3.12) and the Python 3.10 core part
 # (.venv-py310, Humble/JetPack 6 minimum libraries); each extra part skips, saying why, without its interpreter.
 test: setup
+	@$(VENV)/bin/ruff check --quiet . && echo "ruff: all checks passed"
 	@scripts/setup_jazzy.sh && scripts/setup_py310.sh
 	@rc=0; scripts/test.sh || rc=1; scripts/test_jazzy.sh || rc=1; scripts/test_py310.sh || rc=1; exit $$rc
 

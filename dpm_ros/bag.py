@@ -128,7 +128,8 @@ def _latched_qos():
 
 class BagWriter:
     """The one rosbag2 writer: (topic, stamp ns, CDR bytes) with schemas. ``storage`` "mcap" or "sqlite3"; ``path``
-    ending in .mcap / .db3: one bare file; otherwise a rosbag2 directory. ``dpm_ros.output_files`` rules: an existing output is replaced only with ``overwrite``,
+    ending in .mcap / .db3: one bare file; otherwise a rosbag2 directory. ``dpm_ros.output_files`` rules: an existing
+    output is replaced only with ``overwrite``,
     only when it is a bag, never one of ``inputs``, and only once the new one is complete.
 
     Default: written in a hidden folder beside ``path`` and moved into place by ``close``; a failure (or an

@@ -1,5 +1,6 @@
 """The ``dpm`` command. Each subcommand lives in ``dpm_ros/commands/<name>.py`` and defines
-``add_arguments(parser)`` and ``run(args) -> int``; its one-line help is here, in ``SUBCOMMANDS`` (the only place). Modules are imported only when their
+``add_arguments(parser)`` and ``run(args) -> int``; its one-line help is here, in ``SUBCOMMANDS`` (the only place).
+Modules are imported only when their
 subcommand runs, so ``dpm --help`` is fast and needs neither torch nor ROS."""
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ SUBCOMMANDS = {
     "export": "export weights to ONNX (symmetric pair as one batch)",
     "build-engine": "build a TensorRT engine from an ONNX file (needs an NVIDIA GPU)",
     "replay": "run a rosbag2 through the pipeline offline, writing the node's outputs to a new bag",
-    "batch": "run many rosbag2s through the pipeline offline (local worker processes or a Ray cluster), one output each",
+    "batch": "run many rosbag2s through the pipeline offline (local worker processes or a Ray cluster), "
+             "one output each",
     "play": "publish a rosbag2 over DDS with its original timing",
     "record": "record topics over DDS into an MCAP bag",
     "soak": "drive the node with a synthetic stream and log memory, latency and drops",

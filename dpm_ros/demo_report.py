@@ -59,7 +59,8 @@ def read_outputs(path: str | Path) -> dict[int, PairOutputs]:
                 rec.xyz = np.stack([cloud["x"], cloud["y"], cloud["z"]], -1).astype(np.float64)
                 rec.velocity = np.stack([cloud["vx"], cloud["vy"], cloud["vz"]], -1).astype(np.float64)
             elif conn.topic == "/dpm/motion_mask":
-                rec.mask = np.asarray(msg.data, np.uint8).reshape(int(msg.height), int(msg.step))[:, :int(msg.width)] > 0
+                rows = np.asarray(msg.data, np.uint8).reshape(int(msg.height), int(msg.step))
+                rec.mask = rows[:, :int(msg.width)] > 0
             elif conn.topic == "/dpm/object_labels":
                 rec.labels = np.frombuffer(bytes(msg.data), "<u2" if not msg.is_bigendian else ">u2").reshape(
                     int(msg.height), int(msg.step) // 2)[:, :int(msg.width)]
@@ -203,7 +204,8 @@ def score_sequence(input_bag: str | Path, outputs: dict[int, PairOutputs], seque
         step_ref = np.linalg.norm(np.diff(ref[:, :3, 3], axis=0), axis=1)
         step_est = np.linalg.norm(np.diff(est[:, :3, 3], axis=0), axis=1)
         s = np.median(step_ref / np.maximum(step_est, 1e-12))
-        score.trajectory["ego_rpe_trans_rel"] = float(np.mean(np.abs(s * step_est - step_ref) / np.maximum(step_ref, 1e-12)))
+        score.trajectory["ego_rpe_trans_rel"] = float(np.mean(np.abs(s * step_est - step_ref)
+                                                              / np.maximum(step_ref, 1e-12)))
     return score
 
 

@@ -311,7 +311,8 @@ def _compressed_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, fmt: str, qua
         raise ValueError(f"OpenCV could not encode a {fmt} image")
     # format string as image_transport writes it: "<encoding>; <codec> compressed <transport encoding>"
     return typestore().types["sensor_msgs/msg/CompressedImage"](
-        header=_header(stamp_ns, frame_id), format=f"rgb8; {fmt} compressed bgr8", data=np.asarray(buf, np.uint8).ravel())
+        header=_header(stamp_ns, frame_id), format=f"rgb8; {fmt} compressed bgr8",
+        data=np.asarray(buf, np.uint8).ravel())
 
 
 def _depth_msg(metres: np.ndarray, stamp_ns: int, frame_id: str, encoding: str):

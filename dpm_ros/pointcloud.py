@@ -40,7 +40,8 @@ class FieldSpec(NamedTuple):
 
 
 FIELDS = tuple(
-    FieldSpec(name, POINT_DTYPE.fields[name][1], UINT16 if name == "label" else FLOAT32, 1) for name in POINT_DTYPE.names
+    FieldSpec(name, POINT_DTYPE.fields[name][1], UINT16 if name == "label" else FLOAT32, 1)
+    for name in POINT_DTYPE.names
 )
 """(name, offset, PointField datatype, count) for every field, in order."""
 

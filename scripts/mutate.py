@@ -181,7 +181,8 @@ def main(argv=None) -> int:
             else:
                 verdict = f"ERROR (pytest rc {rc})"
                 failed.append(m["id"])
-            print(f"{verdict:9s} {m['id']:28s} {dt:5.1f} s  {first_failure(out) if rc else (out if missed else m['why'])}", flush=True)
+            detail = first_failure(out) if rc else (out if missed else m['why'])
+            print(f"{verdict:9s} {m['id']:28s} {dt:5.1f} s  {detail}", flush=True)
             if rc not in KILLED_CODES and rc != 0:
                 print(out[-3000:])
     finally:

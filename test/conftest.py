@@ -22,7 +22,8 @@ os.environ.setdefault("AMENT_PREFIX_PATH", str(venv))
 
 # --- source tree first, for this process and for the subprocesses tests start
 sys.path.insert(0, str(ROOT))
-os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                                                          if p])
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +90,7 @@ def _part(config):
     return None if name is None else PARTS[name]
 
 
-def pytest_ignore_collect(collection_path, config):
+def _ignored_by_part(collection_path, config):
     part = _part(config)
     if part is not None and collection_path.is_file() and collection_path.name.startswith("test_"):
         if collection_path.name not in {e.split("::")[0] for e in part}:
@@ -108,3 +109,50 @@ def pytest_collection_modifyitems(config, items):
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+# --- `pytest -m "not ros"` runs the pure core alone: there rclpy and the ROS message packages cannot be imported,
+# so a test that needs them and lacks the `ros` marker fails loudly instead of quietly starting DDS.
+# (launch, launch_ros, launch_testing are left alone: the launch_testing pytest plugin loads them at collection.)
+ROS_MODULES = ("rclpy", "rosidl_runtime_py", "rpyutils", "tf2_ros",
+               "builtin_interfaces", "std_msgs", "sensor_msgs", "geometry_msgs", "nav_msgs", "tf2_msgs",
+               "diagnostic_msgs", "visualization_msgs", "rcl_interfaces", "dpm_ros.msg")
+
+
+class _NoRos:
+    """sys.meta_path finder refusing the ROS Python packages (installed by pytest_configure under -m 'not ros')."""
+
+    def find_spec(self, name, path=None, target=None):
+        if any(name == m or name.startswith(m + ".") for m in ROS_MODULES):
+            raise ImportError(f"{name}: ROS is not imported under -m 'not ros'; mark the test `ros` "
+                              f"(pytestmark = pytest.mark.ros)", name=name)
+        return None
+
+
+def _pure_run(config) -> bool:
+    return (config.option.markexpr or "").replace(" ", "") == "notros"
+
+
+def pytest_configure(config):
+    if _pure_run(config):
+        loaded = [m for m in sys.modules if any(m == r or m.startswith(r + ".") for r in ROS_MODULES)]
+        assert not loaded, f"ROS imported before the tests ran (a plugin or conftest): {loaded[:5]}"
+        sys.meta_path.insert(0, _NoRos())
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Files outside ``--part``; and under -m 'not ros' a module marked `ros` as a whole is not even imported
+    (collection would import its ROS messages before -m deselects its tests)."""
+    if _ignored_by_part(collection_path, config):
+        return True
+    if _pure_run(config) and collection_path.suffix == ".py" and collection_path.name.startswith("test_"):
+        return "\npytestmark = pytest.mark.ros" in collection_path.read_text() or None
+    return None
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _pure_run(session.config):
+        loaded = [m for m in sys.modules if any(m == r or m.startswith(r + ".") for r in ROS_MODULES)]
+        if loaded:   # e.g. an import error swallowed by a test
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+            print(f"\nconftest: ROS modules were imported by a 'not ros' run: {loaded[:5]}", file=sys.stderr)

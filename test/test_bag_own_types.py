@@ -12,6 +12,8 @@ import pytest
 from dpm_ros.bag import read_messages, write_sequence
 from dpm_ros.cli import main as dpm
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 
 @pytest.fixture(scope="module")
 def outputs_bag(tmp_path_factory):

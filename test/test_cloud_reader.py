@@ -9,6 +9,8 @@ import pytest
 
 import ros_tools
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 ros_tools.require()
 
 NAMES = ("x", "y", "z", "rgb", "confidence", "label", "vx", "vy", "vz")

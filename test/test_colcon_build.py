@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
 

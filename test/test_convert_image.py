@@ -7,6 +7,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from dpm_ros.ros.image_convert import (ImageFormatError, compressed_to_rgb, fill_image, image_to_rgb,
                                        resize_nearest)
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 RGB = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
 
 

@@ -7,6 +7,9 @@ import re
 
 import cv2
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 
 
 def table(path) -> dict[str, tuple[float, float]]:

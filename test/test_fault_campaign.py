@@ -28,6 +28,8 @@ from dpm_ros.ros import messages as M  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
 from dpm_ros.geometry.procrustes import invert_se3  # noqa: E402
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 ROUNDS = 100          # rounds of the node-A flood: 8 images + 2 CameraInfo each
 N_DECODE = 100        # corrupt CompressedImages to node B
 FRAME_ID = "camera_optical"

@@ -64,6 +64,7 @@ def _replay_K(bag, tmp_path):
     return out, infos
 
 
+@pytest.mark.ros   # runs dpm replay (rclpy)
 def test_video_with_calibration_yaml_replays_with_the_scaled_K(tmp_path, calib):
     import cv2
 
@@ -94,6 +95,7 @@ def test_video_with_calibration_yaml_replays_with_the_scaled_K(tmp_path, calib):
                                rtol=1e-6)
 
 
+@pytest.mark.ros   # runs dpm replay (rclpy)
 def test_image_folder_with_calibration_yaml_jpeg_replays_with_the_scaled_K(tmp_path, calib):
     import cv2
 

@@ -14,6 +14,8 @@ import yaml
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = ROOT / "launch" / "dpm.launch.py"
 

@@ -38,6 +38,8 @@ from launch import LaunchDescription  # noqa: E402
 from launch.actions import IncludeLaunchDescription  # noqa: E402
 from launch.launch_description_sources import PythonLaunchDescriptionSource  # noqa: E402
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 NS, IMAGE, INFO = "lt", "/lt_cam/image", "/lt_cam/info"
 H, W, FRAMES = 48, 64, 4
 _TMP = Path(tempfile.mkdtemp(prefix="dpm_launch_test_"))

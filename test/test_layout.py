@@ -109,7 +109,7 @@ def test_only_dpm_ros_ros_imports_rclpy():
 
 def test_the_core_does_not_call_into_dpm_ros_ros():
     offenders = {m for m in MODULES if _outside_ros(m) and any(n.startswith("dpm_ros.ros") for n in _imports(m, False))}
-    assert offenders <= ROS_LAYER_ALLOWED, f"core modules importing dpm_ros.ros: {sorted(offenders - ROS_LAYER_ALLOWED)}"
+    assert offenders <= ROS_LAYER_ALLOWED, f"core importing dpm_ros.ros: {sorted(offenders - ROS_LAYER_ALLOWED)}"
     assert offenders == ROS_LAYER_ALLOWED, f"remove from ROS_LAYER_ALLOWED: {sorted(ROS_LAYER_ALLOWED - offenders)}"
 
 

@@ -14,6 +14,8 @@ from dpm_ros.pointcloud import cloud_from_bytes
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.outputs import OutputOptions, pair_messages, relabel
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 
 def fake_result(h=12, w=16, dt=-0.2):
     rng = np.random.default_rng(3)
@@ -173,7 +175,8 @@ def _read_declared(msg, name):
     """Field ``name`` of every point, decoded at the offset and type the message DECLARES (as RViz/PCL would)."""
     f = next(f for f in msg.fields if f.name == name)
     dtype = {7: "<f4", 4: "<u2"}[f.datatype]
-    raw = np.frombuffer(bytes(msg.data), np.uint8).reshape(-1, msg.point_step)[:, f.offset:f.offset + np.dtype(dtype).itemsize]
+    rows = np.frombuffer(bytes(msg.data), np.uint8).reshape(-1, msg.point_step)
+    raw = rows[:, f.offset:f.offset + np.dtype(dtype).itemsize]
     return np.ascontiguousarray(raw).view(dtype).reshape(msg.height, msg.width)
 
 

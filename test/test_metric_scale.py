@@ -17,6 +17,8 @@ from test_play_record import dpm, finish, read_bag
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 FRAMES, HEIGHT, WIDTH, FPS, T0 = 51, 48, 64, 10.0, 1.0
 
 

@@ -14,6 +14,8 @@ from test_replay_live import run_live_node
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 FRAMES, HEIGHT, WIDTH, FPS, T0 = 10, 48, 64, 10.0, 1.0
 TOPICS = {"/tf": "tf2_msgs/msg/TFMessage", "/dpm/objects": "dpm_ros/msg/ObjectMotionArray"}
 PARAMS = ["-p", "camera_info_sync:=latest", "-p", "scale_source:=depth", "-p", "depth_topic:=/gt/depth",

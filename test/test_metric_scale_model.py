@@ -17,6 +17,8 @@ import pytest
 from test_metric_scale import replay
 from test_play_record import dpm, finish, read_bag
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "engines" / "dpm_small.onnx"
 FRAMES, SIZE = 51, 96

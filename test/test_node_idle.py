@@ -8,6 +8,9 @@ from rosgraph_msgs.msg import Clock  # noqa: E402
 
 from dpm_ros.ros import messages as M  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
+import pytest
+
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 
 
 def test_idle_node_warns_with_topic_and_follows_sim_time(tmp_path):

@@ -30,6 +30,8 @@ from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
 from dpm_ros.ros.image_convert import fill_image  # noqa: E402
 from dpm_ros.geometry.procrustes import invert_se3  # noqa: E402
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 N_GOOD = 10          # frames of the first run
 N_AFTER = 2          # good frames after the malformed ones
 N_BAD = 3            # malformed images of each kind in the burst

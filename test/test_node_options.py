@@ -19,6 +19,8 @@ from dpm_ros.ros import messages as M  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
 from dpm_ros.geometry.procrustes import invert_se3  # noqa: E402
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 FRAME_ID = "camera_optical"
 T_BASE_CAM = np.eye(4)
 T_BASE_CAM[:3, :3] = Rotation.from_euler("xyz", [-90, 0, -90], degrees=True).as_matrix()  # REP 103 optical mount

@@ -16,6 +16,8 @@ from dpm_ros.ros.params import PARAMS, check_choice, descriptor
 from dpm_ros.ros.static_tf import StaticTransforms
 from scipy.spatial.transform import Rotation
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -55,7 +57,8 @@ def test_static_transform_chain_lookup_both_directions():
     assert st.lookup("base_link", "cam_optical") is None
     st.add_message(msg)
     np.testing.assert_allclose(st.lookup("base_link", "cam_optical"), T_base_mount @ T_mount_cam, atol=1e-9)
-    np.testing.assert_allclose(st.lookup("cam_optical", "/base_link"), invert_se3(T_base_mount @ T_mount_cam), atol=1e-9)
+    np.testing.assert_allclose(st.lookup("cam_optical", "/base_link"), invert_se3(T_base_mount @ T_mount_cam),
+                               atol=1e-9)
     assert st.lookup("base_link", "elsewhere") is None
 
 

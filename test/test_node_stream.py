@@ -20,6 +20,8 @@ from dpm_ros.ros.engine_select import default_engine_path  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
 from dpm_ros.ros.image_convert import fill_image  # noqa: E402
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 FPS = 15.0
 N_FRAMES = 45          # 3 s of camera
 
@@ -107,7 +109,8 @@ def test_stream_faster_than_inference(engine, pace, tmp_path):
     print(f"\n[{engine}, {pace}] camera {FPS:.0f} Hz for {stream_s:.1f} s: {pairs_out} pairs out at {rate:.2f} Hz, "
           f"{d['pairs_dropped']} dropped; inference+geometry {inf:.0f} ms mean; latency image→cloud median "
           f"{np.median(lat):.0f} ms, max {lat.max():.0f} ms; node-reported {float(d['latency_ms_mean']):.0f} ms "
-          f"(queue {float(d['queue_ms_mean']):.0f}, publish {float(d['publish_ms_mean']):.0f} mean / {float(d['publish_ms_last']):.0f} last); "
+          f"(queue {float(d['queue_ms_mean']):.0f}, publish {float(d['publish_ms_mean']):.0f} mean / "
+          f"{float(d['publish_ms_last']):.0f} last); "
           f"output {last.width}×{last.height}, {finite.mean():.0%} valid points")
     dropped, made = int(d["pairs_dropped"]), int(d["pairing_pairs_made"])
     assert made == pairs_out + dropped

@@ -54,7 +54,8 @@ def test_capacity_bounds_memory():
     assert len(ring) == 5
 
 
-@pytest.mark.parametrize("kwargs", [dict(pair_interval=0.0), dict(pair_interval=0.3, max_pair_gap=0.2), dict(capacity=1)])
+@pytest.mark.parametrize("kwargs", [dict(pair_interval=0.0), dict(pair_interval=0.3, max_pair_gap=0.2),
+                                    dict(capacity=1)])
 def test_bad_configuration_raises(kwargs):
     with pytest.raises(ValueError):
         FrameRing(**kwargs)

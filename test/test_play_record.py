@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 ROOT = Path(__file__).resolve().parents[1]
 GAP_NS = 20_000_000   # 20 ms between messages in the test bag
 T0_NS = 1_700_000_000_000_000_000
@@ -137,7 +139,8 @@ def test_play_then_record_gives_the_same_bytes_in_order(source_bag, tmp_path):
     types = {c.topic: (c.msgtype, c.msgdef.data) for c in reader.connections}
     reader.close()
     assert types["/dpm/objects"][0] == "dpm_ros/msg/ObjectMotionArray"
-    assert "ObjectMotion[] objects" in types["/dpm/objects"][1] and "MSG: dpm_ros/ObjectMotion" in types["/dpm/objects"][1]
+    definition = types["/dpm/objects"][1]
+    assert "ObjectMotion[] objects" in definition and "MSG: dpm_ros/ObjectMotion" in definition
     objs = [deserialize_message(d, ObjectMotionArray) for t, _, d in got if t == "/dpm/objects"]
     assert [o.objects[0].point_count for o in objs] == list(range(100, 110))
 

@@ -9,6 +9,8 @@ import pytest
 
 from test_play_record import dpm, finish, pad4, read_bag
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 
 @pytest.fixture(scope="module")
 def evo(shared_data):

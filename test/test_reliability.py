@@ -14,6 +14,8 @@ import pytest
 
 from dpm_ros.training import evaluate as ev
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 N, H, W = 2, 32, 48
 
 

@@ -12,6 +12,8 @@ from test_play_record import dpm, finish, read_bag
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 FRAMES, HEIGHT, WIDTH, FPS, T0 = 12, 48, 64, 10.0, 1.0
 NODE_TOPICS = {"/dpm/points": "sensor_msgs/msg/PointCloud2", "/dpm/motion_mask": "sensor_msgs/msg/Image",
                "/dpm/object_labels": "sensor_msgs/msg/Image", "/dpm/depth": "sensor_msgs/msg/Image",

@@ -13,6 +13,8 @@ from test_replay import FPS, FRAMES, HEIGHT, NODE_TOPICS, T0, WIDTH, dpm
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 PARAMS = ["-p", "camera_info_sync:=latest"]
 
 

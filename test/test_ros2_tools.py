@@ -12,7 +12,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -143,8 +142,8 @@ def test_ros2_node_info_lists_the_remapped_topics(live):
     subs = r.stdout.split("Subscribers:")[1].split("Publishers:")[0]
     pubs = r.stdout.split("Publishers:")[1].split("Service Servers:")[0]
     assert f"{IMAGE}: sensor_msgs/msg/Image" in subs and f"{INFO}: sensor_msgs/msg/CameraInfo" in subs, r.stdout
-    for topic, kind in (("/dpm/points", "sensor_msgs/msg/PointCloud2"), ("/dpm/objects", "dpm_ros/msg/ObjectMotionArray"),
-                        ("/dpm/odometry", "nav_msgs/msg/Odometry")):
+    for topic, kind in (("/dpm/points", "sensor_msgs/msg/PointCloud2"),
+                        ("/dpm/objects", "dpm_ros/msg/ObjectMotionArray"), ("/dpm/odometry", "nav_msgs/msg/Odometry")):
         assert f"{topic}: {kind}" in pubs, r.stdout
     assert "/dpm_node/set_parameters: rcl_interfaces/srv/SetParameters" in r.stdout
 

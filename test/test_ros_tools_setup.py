@@ -6,6 +6,8 @@ import pytest
 
 import ros_tools
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 
 def test_require_skips_without_vendor_and_fails_with_it(monkeypatch, tmp_path):
     monkeypatch.setattr(ros_tools, "MODULES", ("launch_ros", "no_such_ros_tool_xyz"))

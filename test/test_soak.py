@@ -14,6 +14,8 @@ from dpm_ros.soak import SoakConfig, percentile, rss_mb, summarise
 
 import dpm_ros.engine.oracle  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 RATE = 30.0
 MINUTES = 0.25
 SUBSCRIBED = ("points", "motion_mask", "object_labels", "depth", "camera_info", "objects")   # not "markers"
@@ -26,9 +28,9 @@ def test_rss_reader_matches_proc_status():
 
 
 def test_summary_growth_latency_and_drops_from_samples():
-    samples = [dict(t_s=t, rss_mb=r, outputs=o, latency_ms_p95=l, diag=dict(frames_in=str(f), pairs_dropped=str(d),
+    samples = [dict(t_s=t, rss_mb=r, outputs=o, latency_ms_p95=lat, diag=dict(frames_in=str(f), pairs_dropped=str(d),
                                                                            errors_total="2"))
-               for t, r, o, l, f, d in [(5, 300.0, 10, 90.0, 150, 5), (10, 400.0, 20, 100.0, 300, 9),
+               for t, r, o, lat, f, d in [(5, 300.0, 10, 90.0, 150, 5), (10, 400.0, 20, 100.0, 300, 9),
                                         (20, 404.0, 40, 110.0, 600, 20), (30, 410.0, 60, 120.0, 895, 31)]]
     s = summarise(samples, [10.0, 20.0, 30.0, 40.0, 1000.0], warmup=10.0, published=900)
     assert s["rss_mb_start_after_warmup"] == 400.0 and s["rss_mb_end"] == 410.0

@@ -116,7 +116,8 @@ def run(args) -> int:
         print(f"[demo] dpm replay with {model_name} → {output_bag}")
         replay_bag(input_bag, output_bag, load_params(None, {"engine": model_spec, **node_params}), overwrite=True)
     else:
-        print(f"[demo] live: dpm_node ({model_name}) + dpm record + dpm play --clock over DDS (loopback) → {output_bag}")
+        print(f"[demo] live: dpm_node ({model_name}) + dpm record + dpm play --clock over DDS (loopback) "
+              f"→ {output_bag}")
         run_live(input_bag, output_bag, model_spec, args.rate, out, node_params)
     runs[model_name + (" (live)" if not args.offline else "")] = read_outputs(output_bag)
     if not use_oracle:

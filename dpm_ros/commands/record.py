@@ -7,7 +7,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("topics", nargs="+", metavar="TOPIC", help="topics to record (subscribed when they appear)")
     parser.add_argument("--duration", type=float, default=None, metavar="S", help="stop after S seconds")
     parser.add_argument("--max-messages", type=int, default=None, metavar="N", help="stop after N messages in all")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT when it is a bag (file or rosbag2 folder), once the new one is complete")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT when it is a bag (file or rosbag2 folder), once the new one is complete")
     parser.add_argument("--status-every", type=float, default=10.0, metavar="S",
                         help="log received / written / lost counts every S seconds (default 10)")
     parser.add_argument("--flush-every", type=float, default=1.0, metavar="S",

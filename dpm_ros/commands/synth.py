@@ -18,7 +18,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap", help="rosbag2 storage plugin")
     parser.add_argument("--renderer", choices=("auto", "gl", "numpy"), default="auto",
                         help="auto: OpenGL on EGL when available, else the numpy ray-caster")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out when it is a bag (file or rosbag2 folder), once the new one is complete")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --out when it is a bag (file or rosbag2 folder), once the new one is complete")
 
 
 def run(args) -> int:

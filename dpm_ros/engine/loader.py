@@ -2,7 +2,8 @@
 
 ``auto`` picks TensorRT when a CUDA GPU and a supported tensorrt runtime are present, else ONNX Runtime on the CPU,
 and logs which and why; when TensorRT then fails to load (build, deserialise, bind, CUDA: any exception) ``auto``
-falls back to ONNX Runtime on the CPU and logs the reason as a warning. An explicit ``tensorrt`` raises instead. ``.onnx`` files run on onnxruntime or tensorrt; ``.safetensors`` weights run on torch.
+falls back to ONNX Runtime on the CPU and logs the reason as a warning. An explicit ``tensorrt`` raises instead.
+``.onnx`` files run on onnxruntime or tensorrt; ``.safetensors`` weights run on torch.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Play a rosbag2 (MCAP or sqlite3) over DDS without rosbag2: rosbags reads the CDR bytes, rclpy publishes them raw.
 
 Each connection is published with its recorded type (imported as ``<pkg>.msg.<Name>`` only for a type of the ROS 2
-typestore or this package's, never a module named by the file; other topics are skipped with a warning) and its recorded QoS (``offered_qos_profiles`` of the bag's metadata or MCAP
+typestore or this package's, never a module named by the file; other topics are skipped with a warning) and its
+recorded QoS (``offered_qos_profiles`` of the bag's metadata or MCAP
 channel), at the original timing scaled by ``rate``; ``/clock`` (rosgraph_msgs/Clock) follows the bag time when asked.
 """
 from __future__ import annotations

@@ -47,7 +47,8 @@ _STORE_LOCK = threading.Lock()
 
 
 def bag_typestore(msgtypes=()):
-    """The recorder's process-wide rosbags typestore (``bag.distro_typestore()``) with every type of ``msgtypes`` and its nested types
+    """The recorder's process-wide rosbags typestore (``bag.distro_typestore()``) with every type of ``msgtypes`` and
+    its nested types
     registered (types only ever get added). Raises ValueError naming a type whose definition cannot be found."""
     from rosbags.typesys import get_types_from_msg
 

@@ -2,9 +2,11 @@
 object-flow EPE), plus motion-mask IoU and ego-motion RPE, for ``model``, ``static`` and ``oracle``.
 
 The held-out set is ``n`` dynamic pairs from make_pair with seeds EVAL_SEED_BASE + i (< TRAIN_SEED_BASE: disjoint
-from every training seed) at the generator's default (realistic) motion, cached as .npz (no pickle: loading it cannot run code) under the per-user
+from every training seed) at the generator's default (realistic) motion, cached as .npz (no pickle: loading it cannot
+run code) under the per-user
 cache folder ($XDG_CACHE_HOME/dpm_ros/eval, see ``default_eval_cache_dir``), keyed by a hash of the generator's
-source and verified (sha256 and key recorded in a JSON beside it) before use. Every metric uses dpm_ros.geometry.metrics after the shared per-pair normalisation
+source and verified (sha256 and key recorded in a JSON beside it) before use. Every metric uses
+dpm_ros.geometry.metrics after the shared per-pair normalisation
 of dpm_theory.md: prediction and ground truth of pass 1 are each divided by their mean distance to the origin over
 the valid pixels of the four maps. Scene flow mixes the passes: pass 2 is brought to pass 1's scale with the Sim(3)
 scale of the pixel-aligned ego-motion first. Object poses: dpm_ros.geometry.object_motion on each ground-truth
