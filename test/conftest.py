@@ -105,7 +105,8 @@ def pytest_collection_modifyitems(config, items):
     keep, drop = [], []
     for item in items:
         rel = item.nodeid.split("/")[-1]          # "test_x.py::test_y[case]"
-        (keep if any(rel == e or rel.startswith(e + "::") or rel.startswith(e + "[") for e in part) else drop).append(item)
+        listed = any(rel == e or rel.startswith(e + "::") or rel.startswith(e + "[") for e in part)
+        (keep if listed else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -66,7 +66,8 @@ def test_shipped_onnx_on_onnxruntime_matches_the_torch_reference(reference):
 
 
 def test_reference_is_what_torch_computes(reference):
-    pytest.importorskip("torch", reason="torch not installed in this environment (the reference is checked where it is)")
+    pytest.importorskip("torch",
+                        reason="torch not installed in this environment (the reference is checked where it is)")
     img1, img2, ref, names = reference
     got = torch_outputs(img1, img2)
     assert sorted(got) == names

@@ -108,7 +108,8 @@ def run(tmp_path_factory, request):
                 probe.image_pub.publish(short)
             for i in range(N_GOOD, N_GOOD + N_AFTER):
                 send(i)
-            probe.wait_for(lambda: any(_diag(d).get("errors_size", "0") == str(N_BAD) for d in probe.got("diagnostics")), 10)
+            probe.wait_for(lambda: any(_diag(d).get("errors_size", "0") == str(N_BAD)
+                                       for d in probe.got("diagnostics")), 10)
             n = len(probe.got("diagnostics"))          # then two more /diagnostics (period 0.5 s): counters final
             assert probe.wait_for(lambda: len(probe.got("diagnostics")) >= n + 2, 30), proc.log()
             print("node log:", proc.log_path)

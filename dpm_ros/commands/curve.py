@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-HELP = "continue the shipped model's learning curve from the committed state; evaluate and log a row"
-
 
 def add_arguments(parser) -> None:
     from dpm_ros.training.curve import DEFAULT_CARD, DEFAULT_RUNS, DEFAULT_STATE
