@@ -3,6 +3,7 @@ sys.path (edits need no reinstall; generated messages still come from the venv),
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +25,39 @@ os.environ.setdefault("AMENT_PREFIX_PATH", str(venv))
 sys.path.insert(0, str(ROOT))
 os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                                           if p])
+
+
+# --- helpers shared by the test modules (import them from here: no test module imports another)
+def pad4(data: bytes) -> bytes:
+    """The DDS transport pads a serialized payload with zeros to a multiple of 4 bytes (so does rosbag2's
+    recorder); rclpy.serialize_message does not. Equal bytes "apart from the transport" means equal after this."""
+    return data + b"\0" * (-len(data) % 4)
+
+
+def dpm(*args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "dpm_ros.cli", *map(str, args)], cwd=ROOT, env=os.environ.copy(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    try:
+        _, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"process timed out: {proc.args}\n{err}")
+    return proc.returncode, err
+
+
+def read_bag(path) -> list[tuple[str, int, bytes]]:
+    """(topic, stamp ns, CDR bytes) of every message of a bag, in bag order."""
+    from dpm_ros.bag import iterate_messages, open_bag
+
+    reader = open_bag(path)
+    try:
+        return [(c.topic, t, d) for c, t, d in iterate_messages(reader, reader.connections)]
+    finally:
+        reader.close()
 
 
 @pytest.fixture(scope="session")

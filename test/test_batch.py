@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from test_play_record import dpm, finish
+from conftest import dpm, finish
 
 FRAMES, HEIGHT, WIDTH = 5, 48, 64
 GOOD = ("alpha", "bravo", "charlie")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from test_metric_scale import depth_16uc1_mm, pair_length_ratios, rewrite_bag, tf_poses
-from test_play_record import dpm, finish, read_bag
+from conftest import dpm, finish, read_bag
 from test_replay_live import run_live_node
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)

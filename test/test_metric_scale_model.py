@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from test_metric_scale import replay
-from test_play_record import dpm, finish, read_bag
+from conftest import dpm, finish, read_bag
 
 pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 

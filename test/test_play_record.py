@@ -4,40 +4,18 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import dpm, finish, pad4, read_bag
+
 pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 
-ROOT = Path(__file__).resolve().parents[1]
 GAP_NS = 20_000_000   # 20 ms between messages in the test bag
 T0_NS = 1_700_000_000_000_000_000
-
-
-def pad4(data: bytes) -> bytes:
-    """The DDS transport pads a serialized payload with zeros to a multiple of 4 bytes (so does rosbag2's
-    recorder); rclpy.serialize_message does not. Equal bytes "apart from the transport" means equal after this."""
-    return data + b"\0" * (-len(data) % 4)
-
-
-def dpm(*args, **kw) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "dpm_ros.cli", *map(str, args)], cwd=ROOT, env=os.environ.copy(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
-
-
-def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
-    try:
-        _, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        _, err = proc.communicate()
-        pytest.fail(f"process timed out: {proc.args}\n{err}")
-    return proc.returncode, err
 
 
 def _messages():
@@ -95,15 +73,6 @@ def source_bag(tmp_path_factory) -> tuple[Path, list]:
             writer.write(conns[topic], T0_NS + k * GAP_NS, data)
             written.append((topic, T0_NS + k * GAP_NS, data))
     return path, written
-
-
-def read_bag(path) -> list[tuple[str, int, bytes]]:
-    from dpm_ros.ros.bag_player import iterate_messages, open_reader
-    reader = open_reader(path)
-    try:
-        return [(c.topic, t, d) for c, t, d in iterate_messages(reader, reader.connections)]
-    finally:
-        reader.close()
 
 
 def test_play_then_record_gives_the_same_bytes_in_order(source_bag, tmp_path):

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from test_play_record import dpm, finish, pad4, read_bag
+from conftest import dpm, finish, pad4, read_bag
 
 pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 

@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from test_play_record import dpm, finish, read_bag
+from conftest import dpm, finish, read_bag
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from test_play_record import ROOT, finish, read_bag
+from conftest import ROOT, finish, read_bag
 from test_replay import FPS, FRAMES, HEIGHT, NODE_TOPICS, T0, WIDTH, dpm
 
 import dpm_ros.pipeline  # noqa: E402,F401  (a missing or broken module fails here, never skips)
