@@ -23,6 +23,8 @@ from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
 from dpm_ros.ros.params import PARAMS
 from dpm_ros.synthetic import SyntheticSequence
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 H, W = 150, 206          # not a multiple of the 64×64 network: INTER_AREA with fractional weights
 
 

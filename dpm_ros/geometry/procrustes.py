@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from dpm_ros.geometry._checks import as_points, as_weights, finite_rows, need_points, same_shape
+from dpm_ros.se3 import invert_se3  # noqa: F401  (re-exported: the one SE(3) inverse)
 
 _DEGENERATE_RATIO = 1e-9   # second singular value of the cross-covariance below this fraction of the first: no unique R
 
@@ -169,16 +170,6 @@ def to_matrix(rot: np.ndarray, t: np.ndarray, s: float = 1.0) -> np.ndarray:
     m[:3, :3] = s * np.asarray(rot, dtype=np.float64)
     m[:3, 3] = np.asarray(t, dtype=np.float64).reshape(3)
     return m
-
-
-def invert_se3(T: np.ndarray) -> np.ndarray:
-    """Inverse of a 4×4 rigid transform ``[R t; 0 1]``: ``[Rᵀ −Rᵀt; 0 1]`` (float64; exact for a rigid T, unlike
-    a general matrix inverse)."""
-    T = np.asarray(T, dtype=np.float64)
-    Ti = np.eye(4)
-    Ti[:3, :3] = T[:3, :3].T
-    Ti[:3, 3] = -T[:3, :3].T @ T[:3, 3]
-    return Ti
 
 
 def rotation_angle_deg(rot: np.ndarray) -> float | np.ndarray:

@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from dpm_ros.geometry.procrustes import invert_se3
+from dpm_ros.se3 import invert_se3
 
 from .raycast import NEAR, SHADOW_OFFSET
 from .scene import N_WAVES, Scene

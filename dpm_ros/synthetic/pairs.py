@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpm_ros.geometry.procrustes import invert_se3
+from dpm_ros.se3 import invert_se3
 
 from .. import ALL_POINT_MAP_NAMES
 from .render import render

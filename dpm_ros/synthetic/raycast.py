@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dpm_ros.geometry.procrustes import invert_se3
+from dpm_ros.se3 import invert_se3
 
 from .scene import BOX, CYLINDER, ELLIPSOID, ROOM, Primitive, Scene
 

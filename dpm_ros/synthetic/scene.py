@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dpm_ros.geometry.procrustes import invert_se3
+from dpm_ros.se3 import invert_se3
 
 ROOM, BOX, ELLIPSOID, CYLINDER = 0, 1, 2, 3
 N_WAVES = 4
