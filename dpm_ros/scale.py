@@ -6,7 +6,8 @@ Point maps are up to scale: every pair is in its own model units. ``ScaleEstimat
 - ``none``:  s = 1 (model units);
 - ``fixed``: s = a known factor;
 - ``depth``: s = median over valid pixels of ``depth(I1) / z(P1(t1,π1))`` against a metric depth image of I1
-  registered to it (the RGB-D case; cut to the engine's centre crop like the image); pairs without a usable depth image fall back to the chain below, then to the last factor;
+  registered to it (the RGB-D case; cut to the engine's centre crop like the image); pairs without a usable depth
+  image fall back to the chain below, then to the last factor;
 - ``chain``: one consistent scale along the sequence. Each pair's frames are remembered as metric 3-D shapes (the
   frame's points at its own time, per output pixel). A new pair that holds a remembered frame f gets
   ``s = median(‖X_metric(f) − c‖ / ‖X_model(f) − c'‖)`` over pixels valid in both, c and c' the centroids of those

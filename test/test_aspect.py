@@ -13,6 +13,8 @@ from dpm_ros.model import build_model
 from dpm_ros.pipeline import DPMPipeline, Frame
 from dpm_ros.ros.outputs import pair_messages
 
+pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
+
 
 def test_crop_box_keeps_the_network_aspect():
     assert crop_box(480, 640, 96, 128) == (0, 0, 480, 640)          # 4:3 into 4:3: the whole image

@@ -194,7 +194,8 @@ def test_ego_motion_of_the_ground_truth_middlebury_maps_is_exact(shared_data):
     error is ~0 in both pair orders, so the model's number measures the model, not the protocol."""
     from dpm_ros.engine.base import Engine, EngineInfo
     pair = load_middlebury(shared_data)
-    f, cx, cy, b = real_eval.MIDDLEBURY_F, real_eval.MIDDLEBURY_CX, real_eval.MIDDLEBURY_CY, real_eval.MIDDLEBURY_BASELINE_M
+    f, cx, cy = real_eval.MIDDLEBURY_F, real_eval.MIDDLEBURY_CX, real_eval.MIDDLEBURY_CY
+    b = real_eval.MIDDLEBURY_BASELINE_M
     H, W = 96, 128
     top, left, ch, cw = 0, 0, 0, 0
     from dpm_ros.engine.pair_io import crop_box, crop_intrinsics

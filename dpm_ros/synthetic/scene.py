@@ -355,7 +355,7 @@ def _mode_rig(rng: np.random.Generator, pos: np.ndarray, target: np.ndarray, rol
     mode = list(CAMERA_MODES)[int(rng.integers(len(CAMERA_MODES)))]
     trans_rng, rot_rng, t_axis, r_axis = CAMERA_MODES[mode]
     R = look_at(pos, target, roll0)[:3, :3]
-    x, y, z = R[:, 0], R[:, 1], R[:, 2]
+    x, y = R[:, 0], R[:, 1]
     t_dir = _unit(rng) if t_axis is None else np.asarray(t_axis, float) * rng.choice([-1.0, 1.0])
     if mode == "forward":
         t_dir = np.abs(t_dir) * (1.0 if rng.uniform() < 0.8 else -1.0)   # mostly forward, sometimes reversing
@@ -373,7 +373,7 @@ def _mode_rig(rng: np.random.Generator, pos: np.ndarray, target: np.ndarray, rol
 def _ray_exit(prim: Primitive, origin: np.ndarray, direction: np.ndarray) -> float:
     """Distance (m) along a unit world ray from ``origin`` (inside the ROOM primitive ``prim``) to its wall."""
     from .raycast import intersect   # raycast imports this module
-    T_l_w = invert_pose(prim.pose(0.0))
+    T_l_w = invert_se3(prim.pose(0.0))
     t = intersect(prim, T_l_w[:3, :3] @ origin + T_l_w[:3, 3], T_l_w[:3, :3] @ direction)
     return float(t) if np.isfinite(t) else 50.0
 
