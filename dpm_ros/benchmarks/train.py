@@ -43,6 +43,7 @@ def _legacy_step(trainer, batch: dict) -> None:
 
     from dpm_ros.training.loss import dpm_loss
     batch = {k: v for k, v in batch.items() if k != "gen_cpu_s"}
+    trainer.net.train()
     pred = trainer.net.forward_raw(batch["img1"], batch["img2"])
     loss, _ = dpm_loss(pred, batch, trainer.cfg.loss)
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -82,22 +83,13 @@ def _time_steps(trainer, mode: str, batch: dict, steps: int) -> tuple[float, flo
 
 def heldout_loss(net, height: int, width: int, pairs: int) -> float:
     """Mean dpm_loss of ``net`` (fp32, eval mode, no autocast) over held-out evaluation pairs."""
-    import numpy as np
     import torch
 
-    from dpm_ros import ALL_POINT_MAP_NAMES
-    from dpm_ros.training.data import DataConfig, _to_input, generate_sample
+    from dpm_ros.training.data import DataConfig, generate_sample, sample_item
     from dpm_ros.training.evaluate import eval_seeds
     from dpm_ros.training.loss import KIND_DYNAMIC, dpm_loss
     cfg = DataConfig(height=height, width=width)
-    items = []
-    for seed in eval_seeds(pairs):
-        s = generate_sample(seed, cfg, KIND_DYNAMIC, 1.0)
-        item = {n: torch.from_numpy(np.nan_to_num(s[n], nan=0.0)) for n in ALL_POINT_MAP_NAMES}
-        item.update(img1=_to_input(s["img1"]), img2=_to_input(s["img2"]),
-                    **{k: torch.from_numpy(s[k]) for k in ("valid1", "valid2", "moving1", "moving2")},
-                    kind=torch.tensor(KIND_DYNAMIC))
-        items.append(item)
+    items = [sample_item(generate_sample(seed, cfg, KIND_DYNAMIC, 1.0)) for seed in eval_seeds(pairs)]
     net.eval()
     losses = []
     with torch.no_grad():
@@ -116,6 +108,8 @@ def _loss_check(preset: str, height: int, width: int, batch: int, steps: int, pa
     out = {}
     for mode in ("before", "auto"):
         tr = _make_trainer(preset, height, width, batch, mode, tmp / mode)   # same seed: same initialisation
+        if mode == "before":
+            out["init_heldout_loss"] = round(heldout_loss(tr.net, height, width, pairs), 5)
         t = time.process_time()
         for b in make_loader(tr.cfg.data, 0, steps, batch, num_workers=0):
             if mode == "before":

@@ -13,6 +13,16 @@ from dpm_ros.model.rope import apply_rope
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ/√d)·v over (B, heads, N, d) tensors. bf16 on a CPU (training under autocast): two plain
+    matmuls in bf16 with the softmax in fp32 (autocast's choice), ~2.5x faster forward+backward than PyTorch's CPU
+    SDPA kernels at 192 tokens, which compute bf16 in fp32 with casts and masking around them (math) or are slow
+    backwards (flash). Otherwise (fp32 inference, ONNX export, CUDA): ``F.scaled_dot_product_attention``."""
+    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
+
+
 class PatchEmbed(nn.Module):
     """Non-overlapping patches -> tokens: (B, 3, H, W) -> (B, H/P * W/P, dim), row-major token order."""
 
@@ -50,7 +60,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
@@ -74,7 +84,7 @@ class CrossAttention(nn.Module):
         k = self.projk(mem).reshape(B, M, h, d).transpose(1, 2)
         v = self.projv(mem).reshape(B, M, h, d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos_mem, sin_mem)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 

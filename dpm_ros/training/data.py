@@ -133,14 +133,21 @@ class SyntheticPairs(torch.utils.data.Dataset):
         family, camera_motion, augment = sample_scene(idx, self.cfg)
         s = generate_sample(TRAIN_SEED_BASE + idx, self.cfg, kind, motion_scale_at(step, self.cfg),
                             family=family, camera_motion=camera_motion, augment=augment)
-        # invalid pixels are NaN in the ground truth; the loss masks them, but NaN·0 is NaN: store zeros
-        item = {name: torch.from_numpy(np.nan_to_num(s[name], nan=0.0)) for name in ALL_POINT_MAP_NAMES}
-        item.update(img1=_to_input(s["img1"]), img2=_to_input(s["img2"]),
-                    valid1=torch.from_numpy(s["valid1"]), valid2=torch.from_numpy(s["valid2"]),
-                    moving1=torch.from_numpy(s["moving1"]), moving2=torch.from_numpy(s["moving2"]),
-                    kind=torch.tensor(kind, dtype=torch.long))
+        item = sample_item(s)
         item["gen_cpu_s"] = torch.tensor(time.process_time() - t0, dtype=torch.float64)  # generator CPU seconds
         return item
+
+
+def sample_item(s: dict) -> dict:
+    """A :func:`generate_sample` dict -> the tensors the network and the loss read (one collatable item): the
+    eight maps (metres, zeros where invalid), img1/img2 network inputs, valid/moving masks, kind."""
+    # invalid pixels are NaN in the ground truth; the loss masks them, but NaN·0 is NaN: store zeros
+    item = {name: torch.from_numpy(np.nan_to_num(s[name], nan=0.0)) for name in ALL_POINT_MAP_NAMES}
+    item.update(img1=_to_input(s["img1"]), img2=_to_input(s["img2"]),
+                valid1=torch.from_numpy(s["valid1"]), valid2=torch.from_numpy(s["valid2"]),
+                moving1=torch.from_numpy(s["moving1"]), moving2=torch.from_numpy(s["moving2"]),
+                kind=torch.tensor(int(s["kind"]), dtype=torch.long))
+    return item
 
 
 def _to_input(img: np.ndarray) -> torch.Tensor:
