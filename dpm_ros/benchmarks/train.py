@@ -124,7 +124,7 @@ def _loss_check(preset: str, height: int, width: int, batch: int, steps: int, pa
     return out
 
 
-def run_train_benchmark(preset: str = "dpm_small", height: int = 64, width: int = 64, batch: int = 8,
+def run_train_benchmark(preset: str = "dpm_small", height: int = 96, width: int = 128, batch: int = 8,
                         threads: tuple[int, ...] = (1, 2), steps: int = 3, rounds: int = 3, gen_pairs: int = 16,
                         share_steps: int = 6, workers: int = 1, loss_steps: int = 0, loss_pairs: int = 32) -> dict:
     """The report (JSON-able). Times in seconds; throughputs in training pairs (one pair = one symmetric sample)."""
@@ -210,7 +210,7 @@ def add_train_arguments(parser) -> None:
 
 def train_target(args) -> dict:
     res = args.resolution[0] if getattr(args, "resolution", None) else None
-    height, width = (res if res else (64, 64))
+    height, width = (res if res else (96, 128))     # the training preset of training_state/landscape.json
     threads = tuple(int(t) for t in str(args.train_threads).split(",") if t.strip())
     if not threads or min(threads) < 1 or args.train_batch < 1 or args.train_steps < 1 or args.train_rounds < 1:
         raise ValueError("--train-threads, --train-batch, --train-steps and --train-rounds must be >= 1")

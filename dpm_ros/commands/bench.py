@@ -62,7 +62,7 @@ def add_arguments(parser) -> None:
     add_engine_arguments(parser)  # engine target: --preset --weights --resolution --backend --warmup --threads
     from dpm_ros.benchmarks.train import add_train_arguments
 
-    add_train_arguments(parser)   # train target (also uses --preset and the first --resolution; default 64x64)
+    add_train_arguments(parser)   # train target (also uses --preset and the first --resolution; default 128x96)
 
 
 def run(args) -> int:
