@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpm_ros.batch_workers import connect_ray, dead_worker_record, engine_on_gpu_here, run_local, run_ray
+from dpm_ros.config import Config
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
@@ -100,14 +101,14 @@ def input_fingerprint(bag: str | Path) -> list:
     return [[str(p.relative_to(bag.parent)), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
 
 
-def config_digest(params: dict, image_topic, info_topic, copy_input: bool) -> str:
+def config_digest(params: Config, image_topic, info_topic, copy_input: bool) -> str:
     """16 hex digits of everything that decides a bag's output besides the bag: the resolved node parameters, the
     topics, copy_input and the engine file's sha256 with its external weights (its path alone may point at new
     weights)."""
     from dpm_ros.engine.cache import default_cache_dir, file_sha256, remembered_sha256
     from dpm_ros.ros.engine_select import default_engine_path
 
-    spec = (params.get("engine") or "").strip()
+    spec = params.engine.strip()
     if spec.startswith("oracle:"):
         src = Path(os.path.expanduser(spec[len("oracle:"):]))
         engine_id = input_fingerprint(src) if src.exists() else spec
@@ -119,8 +120,8 @@ def config_digest(params: dict, image_topic, info_topic, copy_input: bool) -> st
             engine_id = remembered_sha256(path, read_onnx_info(path).external_files, default_cache_dir(path))
         else:
             engine_id = file_sha256(path) if path.is_file() else spec
-    doc = {"params": params, "image_topic": image_topic, "info_topic": info_topic, "copy_input": bool(copy_input),
-           "engine": engine_id}
+    doc = {"params": params.as_dict(), "image_topic": image_topic, "info_topic": info_topic,
+           "copy_input": bool(copy_input), "engine": engine_id}
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -213,7 +214,7 @@ def _out_dir_lock(out_dir: Path):
         os.close(fd)
 
 
-def run_batch(bags: list[Path], out_dir: str | Path, params: dict, *, image_topic: str | None = None,
+def run_batch(bags: list[Path], out_dir: str | Path, params: Config, *, image_topic: str | None = None,
               info_topic: str | None = None, copy_input: bool = False, ray_address: str | None = None,
               workers: int | None = None, cpus_per_worker: float = 1.0, gpus_per_worker: float | None = None,
               overwrite: bool = False, progress: bool = True) -> BatchSummary:

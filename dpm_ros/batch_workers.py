@@ -14,6 +14,8 @@ import time
 import uuid
 from pathlib import Path
 
+from dpm_ros.config import Config
+
 _ENGINES: dict = {}
 ENGINE_LOADS = 0
 
@@ -30,10 +32,10 @@ def engine_backend(spec: str, backend: str) -> str:
     return choose_backend(path, backend)[0]
 
 
-def engine_on_gpu_here(params: dict) -> bool:
+def engine_on_gpu_here(params: Config) -> bool:
     """Whether the engine would run on a GPU of this machine (TensorRT, or torch with CUDA)."""
     try:
-        chosen = engine_backend(params["engine"], params["backend"])
+        chosen = engine_backend(params.engine, params.backend)
     except ValueError:
         return False   # each bag reports the engine's own error
     if chosen == "torch":
@@ -68,13 +70,13 @@ def _engine_build_lock(spec: str, backend: str):
             os.close(fd)   # closing releases the lock
 
 
-def worker_engine(params: dict):
-    """The Engine for ``params['engine']`` / ``params['backend']``, opened once per process (the way ``dpm
+def worker_engine(params: Config):
+    """The Engine for ``params.engine`` / ``params.backend``, opened once per process (the way ``dpm
     replay`` opens it: ``engine_select.open_engine``) and reused for every later bag of this worker."""
     global ENGINE_LOADS
     from dpm_ros.ros.engine_select import open_engine
 
-    key = (params["engine"], params["backend"])
+    key = (params.engine, params.backend)
     if key not in _ENGINES:
         with _engine_build_lock(*key):
             _ENGINES[key] = open_engine(*key)
@@ -223,15 +225,15 @@ def connect_ray(address: str):
     return ray, private
 
 
-def gpus_needed(params: dict, cluster_gpus: float) -> bool:
+def gpus_needed(params: Config, cluster_gpus: float) -> bool:
     """Whether the engine runs on a GPU: tensorrt always, onnxruntime (CPU here) and the oracle never, auto/torch
     when the cluster has GPUs (auto picks TensorRT there, torch picks CUDA)."""
-    if (params.get("engine") or "").startswith("oracle:") or params["backend"] == "onnxruntime":
+    if params.engine.startswith("oracle:") or params.backend == "onnxruntime":
         return False
-    return params["backend"] == "tensorrt" or cluster_gpus > 0
+    return params.backend == "tensorrt" or cluster_gpus > 0
 
 
-def run_ray(tasks: list[dict], ray, workers: int | None, cpus: float, gpus: float | None, params: dict,
+def run_ray(tasks: list[dict], ray, workers: int | None, cpus: float, gpus: float | None, params: Config,
             on_result, worker_cls=BatchWorker) -> dict:
     """Run ``tasks`` on ``workers`` actors (default: as many as the cluster's CPUs or GPUs fit), each declaring
     ``cpus`` CPUs and ``gpus`` GPUs (default 1 when the engine needs a GPU, else 0). An actor that dies fails its
@@ -244,7 +246,7 @@ def run_ray(tasks: list[dict], ray, workers: int | None, cpus: float, gpus: floa
     if gpus is None:
         gpus = 1.0 if gpus_needed(params, have_gpus) else 0.0
     if gpus > 0 and have_gpus <= 0:
-        raise ValueError(f"backend '{params['backend']}' needs a GPU per worker but the Ray cluster has none "
+        raise ValueError(f"backend '{params.backend}' needs a GPU per worker but the Ray cluster has none "
                          f"(resources: {resources}); start GPU workers or use --backend onnxruntime")
     fit = max(1, int(have_gpus / gpus if gpus > 0 else float(resources.get("CPU", 0)) / cpus))
     if workers is not None and workers > fit:   # actors that cannot be placed would hold their bags forever

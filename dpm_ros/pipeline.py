@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dpm_ros import SWAPPED_POINT_MAP_NAMES
+from dpm_ros.config import Config
 from dpm_ros.engine.base import Engine, check_image
 from dpm_ros.engine.pair_io import crop_intrinsics
-from dpm_ros.geometry import (EGO_METHODS, ego_motion, estimate_focal, intrinsics, scene_flow,
+from dpm_ros.geometry import (ego_motion, estimate_focal, intrinsics, scene_flow,
                               to_matrix)
 from dpm_ros.geometry.flow import flows_and_masks
 from dpm_ros.geometry.objects import object_fits, object_pixels
@@ -81,46 +82,38 @@ class DPMResult:
 
 
 class DPMPipeline:
-    """``DPMPipeline(engine, **params).process(frame1, frame2) -> DPMResult``.
+    """``DPMPipeline(engine, config).process(frame1, frame2) -> DPMResult``.
 
-    Params: ``eps_rel`` (motion threshold as a fraction of the point's distance), ``eps_abs`` (metres, for metric
-    engines; overrides eps_rel), ``conf_threshold`` (pixels whose confidence is lower are ignored by the geometry),
-    ``min_object_pixels``, ``object_max_gap`` (3D split distance inside a moving component, fraction of the
-    distance to the camera), ``ego_method`` ("pixel_aligned" | "matched" (alias "seed") | "pnp"; the first two need
-    a symmetric engine and fall back to "pnp" without one), ``use_learned_mask`` (threshold the engine's
-    ``motion_prob_*`` at 0.5 when it has them), ``ego_stride`` / ``focal_stride`` (pixel subsampling of the
+    ``config``: a ``dpm_ros.config.Config`` (None = its defaults; valid by construction, see config/dpm.yaml), of
+    which the pipeline reads ``eps_rel`` (motion threshold as a fraction of the point's distance), ``eps_abs``
+    (absolute threshold, 0 = use eps_rel; model units here: the caller converts metres, see ``process``),
+    ``conf_threshold`` (pixels whose confidence is lower are ignored by the geometry), ``min_object_pixels``,
+    ``object_max_gap`` (3D split distance inside a moving component, fraction of the distance to the camera),
+    ``ego_method`` ("pixel_aligned" | "matched" (alias "seed") | "pnp"; the first two need a symmetric engine and fall
+    back to "pnp" without one) and ``use_learned_mask`` (threshold the engine's ``motion_prob_*`` at 0.5 when it has
+    them). Not node parameters, the cost knobs ``ego_stride`` / ``focal_stride`` (pixel subsampling of the
     pixel-aligned fit and of the focal estimate) and ``object_fit_points`` (each object's motion is fitted on at most
     this many of its pixels, evenly spread; 0 = all): exact on consistent maps, a uniform subsample of the same
-    least-squares problem otherwise; they keep the geometry within a few milliseconds at 512×384.
+    least-squares problem otherwise; they keep the geometry within a few milliseconds at 512×384. Nothing of it
+    changes after construction: a new configuration is a new pipeline.
     """
 
-    def __init__(self, engine: Engine, eps_rel: float = 0.02, eps_abs: float | None = None,
-                 conf_threshold: float = 0.0, min_object_pixels: int = 50, object_max_gap: float = 0.05,
-                 ego_method: str = "pixel_aligned", use_learned_mask: bool = False, ego_stride: int = 4,
-                 focal_stride: int = 4, object_fit_points: int = 4096):
-        if ego_method not in EGO_METHODS + ("seed",):
-            raise ValueError(f"ego_method '{ego_method}' unknown (use one of {', '.join(EGO_METHODS)})")
-        if not (np.isfinite(eps_rel) and eps_rel >= 0):
-            raise ValueError(f"eps_rel must be a fraction >= 0, got {eps_rel}")
-        if eps_abs is not None and not (np.isfinite(eps_abs) and eps_abs > 0):
-            raise ValueError(f"eps_abs must be a distance > 0 (or None for eps_rel), got {eps_abs}")
-        if not (np.isfinite(conf_threshold) and conf_threshold >= 0):
-            raise ValueError(f"conf_threshold must be >= 0, got {conf_threshold}")
-        if int(min_object_pixels) < 1:
-            raise ValueError(f"min_object_pixels must be >= 1, got {min_object_pixels}")
-        if not (np.isfinite(object_max_gap) and object_max_gap > 0):
-            raise ValueError(f"object_max_gap must be > 0, got {object_max_gap}")
-        self.engine = engine
-        self.eps_rel, self.eps_abs = float(eps_rel), eps_abs
-        self.conf_threshold = float(conf_threshold)
-        self.min_object_pixels = int(min_object_pixels)
-        self.object_max_gap = float(object_max_gap)
-        self.ego_method = "matched" if ego_method == "seed" else ego_method
-        self.use_learned_mask = bool(use_learned_mask)
-        self.ego_stride, self.focal_stride = int(ego_stride), int(focal_stride)
-        if int(object_fit_points) < 0 or self.ego_stride < 1 or self.focal_stride < 1:
+    def __init__(self, engine: Engine, config: Config | None = None, *, ego_stride: int = 4, focal_stride: int = 4,
+                 object_fit_points: int = 4096):
+        if config is not None and not isinstance(config, Config):
+            raise TypeError(f"config must be a dpm_ros.config.Config, got {type(config).__name__}")
+        if int(object_fit_points) < 0 or int(ego_stride) < 1 or int(focal_stride) < 1:
             raise ValueError("ego_stride/focal_stride must be >= 1 and object_fit_points >= 0")
-        self.object_fit_points = int(object_fit_points)
+        self.engine = engine
+        self.config = config if config is not None else Config()
+        self._ego_method = "matched" if self.config.ego_method == "seed" else self.config.ego_method
+        self._ego_stride, self._focal_stride = int(ego_stride), int(focal_stride)
+        self._object_fit_points = int(object_fit_points)
+
+    @property
+    def ego_stride(self) -> int:
+        """Pixel stride of the pixel-aligned ego-motion fit (read-only)."""
+        return self._ego_stride
 
     # --- steps -------------------------------------------------------------------------------------------------
     def _apply_conf_threshold(self, maps: dict) -> dict:
@@ -128,7 +121,7 @@ class DPMPipeline:
         out = dict(maps)
         for name in list(maps):
             if name.startswith("p") and "conf_" + name in maps:
-                low = np.asarray(maps["conf_" + name]) < self.conf_threshold
+                low = np.asarray(maps["conf_" + name]) < self.config.conf_threshold
                 if low.any():
                     out[name] = np.where(low[..., None], np.float32(np.nan), maps[name]).astype(np.float32)
         return out
@@ -141,12 +134,12 @@ class DPMPipeline:
             K = crop_intrinsics(frame1.K, frame1.hw, (h, w))   # the engine centre-crops, then resizes
         pp = None if K is None else (K[0, 2], K[1, 2])
         focal = estimate_focal(p, maps.get("conf_p1_t1_pi1"), principal_point=pp,
-                               stride=min(self.focal_stride, max(1, min(h, w) // 8)))
+                               stride=min(self._focal_stride, max(1, min(h, w) // 8)))
         return (intrinsics(focal, h, w) if K is None else K), focal
 
     def _learned(self, maps: dict, mask: np.ndarray, prob: str) -> np.ndarray:
         """The learned motion mask ``prob > 0.5`` when asked and present, else ``mask`` (``‖flow‖ > ε``)."""
-        if self.use_learned_mask and prob in maps:
+        if self.config.use_learned_mask and prob in maps:
             return np.asarray(maps[prob]) > 0.5
         return mask
 
@@ -154,14 +147,15 @@ class DPMPipeline:
         """Objects of image 1: split the motion mask, then object_motion (confidence-weighted SE(3) Umeyama of
         P1(t1,π1) → P1(t2,π1)) per label on its gathered pixels. ``sq_norms``: ‖P1(t1,π1)‖² (H, W) when at hand."""
         # split_objects + each label's pixels; uint16 output: at most the 65535 largest objects
-        labels, groups = object_pixels(mask1, maps["p1_t1_pi1"], min_size=self.min_object_pixels, max_gap=self.object_max_gap,
+        labels, groups = object_pixels(mask1, maps["p1_t1_pi1"], min_size=self.config.min_object_pixels,
+                                       max_gap=self.config.object_max_gap,
                                        max_objects=65535, dtype=np.uint16, sq_norms=sq_norms)
         n = len(groups)
         if n == 0:
             return labels, []
         # All objects' fits (on at most object_fit_points pixels each) and statistics in one batched pass.
         f = object_fits(maps["p1_t1_pi1"], maps["p1_t2_pi1"], groups[:n], maps.get("conf_p1_t1_pi1"),
-                        self.object_fit_points)
+                        self._object_fit_points)
         objects = [ObjectMotion(id=int(k) + 1, R=f["R"][k], t=f["t"][k], centroid=f["centroid"][k],
                                 extent=f["extent"][k], confidence=float(f["confidence"][k]), n_points=len(groups[k]))
                    for k in np.flatnonzero(f["ok"])]
@@ -171,21 +165,25 @@ class DPMPipeline:
         return labels, objects
 
     # --- the pair ----------------------------------------------------------------------------------------------
-    def process(self, frame1: Frame, frame2: Frame) -> DPMResult:
-        """Run the engine on (image 1 at t1, image 2 at t2) and derive everything (see DPMResult)."""
+    def process(self, frame1: Frame, frame2: Frame, eps_abs: float | None = None) -> DPMResult:
+        """Run the engine on (image 1 at t1, image 2 at t2) and derive everything (see DPMResult). ``eps_abs``: this
+        pair's absolute motion threshold in model units (the node converts its metres with the pair's expected
+        scale), > 0; None = the config's ``eps_abs``."""
         check_image(frame1.image, "frame1.image")
         check_image(frame2.image, "frame2.image")
         t0 = time.perf_counter()
         maps = self.engine.infer(frame1.image, frame2.image)
         inference_ms = 1000.0 * (time.perf_counter() - t0)
-        result = self.derive(maps, frame1, frame2)
+        result = self.derive(maps, frame1, frame2, eps_abs)
         result.timings = {"inference": inference_ms, **result.timings,
                           "total": inference_ms + result.timings["geometry"]}
         return result
 
-    def derive(self, maps: dict, frame1: Frame, frame2: Frame) -> DPMResult:
+    def derive(self, maps: dict, frame1: Frame, frame2: Frame, eps_abs: float | None = None) -> DPMResult:
         """Everything after inference, from engine outputs ``maps`` (names of ``engine/base.py``); the frames give
-        the stamps, image 1's size and its optional K."""
+        the stamps, image 1's size and its optional K; ``eps_abs`` as in ``process``."""
+        if eps_abs is not None and not (np.isfinite(eps_abs) and eps_abs > 0):
+            raise ValueError(f"eps_abs must be a distance > 0 (or None for the config's), got {eps_abs}")
         timings: dict[str, float] = {}
         t0 = tick = time.perf_counter()
 
@@ -197,19 +195,20 @@ class DPMPipeline:
 
         if "p1_t1_pi1" not in maps:
             raise ValueError(f"engine outputs lack 'p1_t1_pi1' (have: {', '.join(sorted(maps))})")
-        if self.conf_threshold > 0:
+        if self.config.conf_threshold > 0:
             maps = self._apply_conf_threshold(maps)
+        eps_abs = eps_abs if eps_abs is not None else (self.config.eps_abs or None)   # 0: eps_rel
         K, focal = self._intrinsics(maps, frame1)
         lap("intrinsics")
         symmetric = all(n in maps for n in SWAPPED_POINT_MAP_NAMES)
-        method = self.ego_method if symmetric else "pnp"
+        method = self._ego_method if symmetric else "pnp"
         s = None
         if method == "pixel_aligned":                  # needs no mask: first, so that its s scales the scene flows
-            rot, t, s = ego_motion(maps, method, stride=self.ego_stride)
+            rot, t, s = ego_motion(maps, method, stride=self._ego_stride)
             lap("ego_motion")
         # Object flows, M1 = M(P1(t1,π1), P1(t2,π1)) and M2 = M(P2(t1,π1), P2(t2,π1)) thresholded on their norms,
         # the scene flows (when s is known) and ‖P1(t1,π1)‖² for the object split: one blocked pass over the maps.
-        flows, mask1, mask2, r2 = flows_and_masks(maps, self.eps_rel, self.eps_abs, pass2_scale=s)
+        flows, mask1, mask2, r2 = flows_and_masks(maps, self.config.eps_rel, eps_abs, pass2_scale=s)
         mask1 = self._learned(maps, mask1, "motion_prob_1")
         mask2 = self._learned(maps, mask2, "motion_prob_2")
         lap("flows_and_masks")

@@ -14,52 +14,13 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
-import yaml
 
+from dpm_ros.config import Config
 from dpm_ros.ros.bag_player import (CAMERA_TYPES, camera_topics, iterate_messages, no_camera_message,
                                     open_reader, resolve_msg_class)
 from dpm_ros.ros.bag_recorder import BagWriter, canonical_cdr
-
-
-def load_params(params_file: str | Path | None = None, overrides: dict | None = None) -> dict:
-    """dpm_node's parameters: defaults of ``ros/params.py``, then a ROS 2 params file (``/**:`` or ``dpm_node:``
-    → ``ros__parameters``), then ``overrides``. Unknown names and invalid choices raise ValueError."""
-    from dpm_ros.ros.params import BY_NAME, PARAMS, check_choice
-
-    p = {spec.name: spec.default for spec in PARAMS}
-    given: dict = {}
-    if params_file is not None:
-        path = Path(params_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"params file '{path}' does not exist")
-        try:
-            doc = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"params file '{path}' is not valid YAML: {exc}") from exc
-        for key in ("/**", "dpm_node", "/dpm_node"):
-            section = doc.get(key) if isinstance(doc, dict) else None
-            if isinstance(section, dict) and isinstance(section.get("ros__parameters"), dict):
-                given.update(section["ros__parameters"])
-    given.update(overrides or {})
-    for name, value in given.items():
-        if name == "use_sim_time":
-            continue
-        if name not in BY_NAME:
-            raise ValueError(f"unknown dpm_node parameter '{name}' (see config/dpm.yaml for the list)")
-        default = BY_NAME[name].default
-        if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if type(value) is not type(default):
-            raise ValueError(f"parameter '{name}' must be {type(default).__name__}, got {value!r}")
-        if (err := check_choice(name, value)) is not None:
-            raise ValueError(err)
-        p[name] = value
-    if p["max_pair_gap"] < p["pair_interval"]:
-        raise ValueError(f"max_pair_gap ({p['max_pair_gap']} s) must be ≥ pair_interval ({p['pair_interval']} s)")
-    return p
 
 
 def msgtype_of(msg) -> str:
@@ -116,11 +77,11 @@ def pick_camera_topics(connections, image_topic: str | None, info_topic: str | N
     return image_topic, info_topic
 
 
-def pick_depth_topic(connections, params: dict, path) -> str | None:
+def pick_depth_topic(connections, params: Config, path) -> str | None:
     """The depth Image topic for ``scale_source: depth`` (``depth_topic``, made absolute), else None."""
-    if params["scale_source"] != "depth":
+    if params.scale_source != "depth":
         return None
-    topic = "/" + params["depth_topic"].lstrip("/")
+    topic = "/" + params.depth_topic.lstrip("/")
     images = sorted({c.topic for c in connections if c.msgtype == "sensor_msgs/msg/Image"})
     if topic not in images:
         raise ValueError(f"scale_source 'depth' needs depth images on {topic}, which '{path}' does not have; set "
@@ -128,7 +89,7 @@ def pick_depth_topic(connections, params: dict, path) -> str | None:
     return topic
 
 
-def explain_no_pairs(stats: ReplayStats, image_topic: str, params: dict) -> str:
+def explain_no_pairs(stats: ReplayStats, image_topic: str, params: Config) -> str:
     """Why a replay made no pair: which check dropped how many of the images read (pairing.FrameRing counters)."""
     if stats.images == 0:
         return f"the bag has no message on {image_topic}"
@@ -144,18 +105,19 @@ def explain_no_pairs(stats: ReplayStats, image_topic: str, params: dict) -> str:
         reasons.append(f"{c['resolution_changes']} with another image size than the previous one")
     if c.get("no_partner"):
         reasons.append(f"{c['no_partner']} without an earlier image within max_pair_gap = "
-                       f"{params['max_pair_gap']} s (pair_interval {params['pair_interval']} s)")
+                       f"{params.max_pair_gap} s (pair_interval {params.pair_interval} s)")
     if stats.failed_pairs:
         reasons.append(f"every one of {stats.failed_pairs} pairs failed in the pipeline, first error: "
                        f"{stats.first_error}")
     return f"{stats.images} images on {image_topic}; " + ("; ".join(reasons) or "no pairing check fired")
 
 
-def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | None = None,
+def replay_bag(in_path, out_path, params: Config, engine=None, image_topic: str | None = None,
                info_topic: str | None = None, copy_input: bool = False, progress: bool = True,
                overwrite: bool = False) -> ReplayStats:
     """Run the bag at ``in_path`` through dpm_node's code and write its outputs to ``out_path`` (see module doc).
-    ``engine``: an Engine, or None to open ``params['engine']`` like the node does."""
+    ``params``: the node's configuration (``dpm_ros.config.load_config``); ``engine``: an Engine, or None to open
+    ``params.engine`` like the node does."""
     from rclpy.serialization import deserialize_message, serialize_message
     from tqdm import tqdm
 
@@ -175,8 +137,8 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
         depth_topic = pick_depth_topic(reader.connections, params, in_path)
         image_conn = next(c for c in reader.connections if c.topic == image_topic)
         compressed = image_conn.msgtype == CAMERA_TYPES[1]
-        params = dict(params, image_transport="compressed" if compressed else "raw")
-        engine = engine if engine is not None else open_engine(params["engine"], params["backend"])
+        params = params.replace(image_transport="compressed" if compressed else "raw")
+        engine = engine if engine is not None else open_engine(params.engine, params.backend)
         static_tf = StaticTransforms()
         told: set = set()
 
@@ -186,8 +148,8 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                 print(f"dpm replay: warning: {text}", file=sys.stderr, flush=True)
 
         engine_hw, out_hw = frame_sizes(engine)   # each image prepared on arrival as the node does
-        step = PairProcessor(params, engine, lambda cam: static_tf.lookup(params["base_frame"], cam), notify)
-        ring = FrameRing(params["pair_interval"], params["max_pair_gap"], params["buffer_size"])
+        step = PairProcessor(params, engine, lambda cam: static_tf.lookup(params.base_frame, cam), notify)
+        ring = FrameRing(params.pair_interval, params.max_pair_gap, params.buffer_size)
         pending: list = []
         wanted = {image_topic, info_topic, depth_topic, "/tf_static"} - {None}
         conns = reader.connections if copy_input else [c for c in reader.connections if c.topic in wanted]
@@ -282,9 +244,9 @@ def replay_bag(in_path, out_path, params: dict, engine=None, image_topic: str | 
                 raise ValueError(f"no pair written from '{in_path}': "
                                  + explain_no_pairs(stats, image_topic, params))
         stats.counters = step.counters()
-        if params["scale_source"] != "none" and stats.scales:
+        if params.scale_source != "none" and stats.scales:
             c = stats.counters
-            print(f"dpm replay: scale ({params['scale_source']}): {min(stats.scales):.4g}..{max(stats.scales):.4g} "
+            print(f"dpm replay: scale ({params.scale_source}): {min(stats.scales):.4g}..{max(stats.scales):.4g} "
                   f"(median {float(np.median(stats.scales)):.4g}) per model unit over {len(stats.scales)} pairs; "
                   f"chain breaks {c['scale_chain_breaks']}, depth misses {c['scale_depth_misses']}, "
                   f"bad depth images {c['scale_depth_errors']}", file=sys.stderr, flush=True)

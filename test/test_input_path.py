@@ -20,7 +20,7 @@ from dpm_ros.ros.image_convert import (fill_image, image_msg_into, image_pixels,
                                        prepare_pixels, resize_nearest)
 from dpm_ros.ros.outputs import PAIR_TOPICS, pair_messages
 from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
-from dpm_ros.ros.params import PARAMS
+from dpm_ros.config import Config
 from dpm_ros.synthetic import SyntheticSequence
 
 pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
@@ -54,9 +54,9 @@ def frames():
 
 def run_pairs(engine, frames, K, encoding, prepared, wanted=None):
     """Every pair of the 4 frames through a fresh PairProcessor (CameraInfo for every stamp); list of message lists."""
-    params = {spec.name: spec.default for spec in PARAMS}
+    params = Config()
     step = PairProcessor(params, engine)
-    ring = FrameRing(params["pair_interval"], params["max_pair_gap"], params["buffer_size"])
+    ring = FrameRing(params.pair_interval, params.max_pair_gap, params.buffer_size)
     engine_hw, out_hw = frame_sizes(engine)
     outs = []
     for i, rgb in enumerate(frames[0]):

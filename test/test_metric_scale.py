@@ -53,8 +53,9 @@ class UpToScaleOracle:
 
 def replay(bag, out, engine, **overrides):
     """`dpm replay` in-process (same function as the CLI) with an Engine object; returns (stats, tf poses by ns)."""
-    from dpm_ros.replay import load_params, replay_bag
-    stats = replay_bag(bag, out, load_params("config/dpm.yaml", overrides), engine=engine, progress=False)
+    from dpm_ros.config import load_config
+    from dpm_ros.replay import replay_bag
+    stats = replay_bag(bag, out, load_config("config/dpm.yaml", overrides), engine=engine, progress=False)
     return stats, tf_poses(out)
 
 
@@ -284,14 +285,14 @@ def test_camera_info_wait_only_on_cameras_that_publish_camera_info():
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Header
 
-    from dpm_ros.replay import load_params
+    from dpm_ros.config import Config
     from dpm_ros.ros import messages as M
     from dpm_ros.ros.pair_step import PairProcessor
 
     class NoEngine:  # camera_k never calls the engine
         pass
 
-    step = PairProcessor(load_params(None, {"camera_info_wait": 5.0}), NoEngine())
+    step = PairProcessor(Config(camera_info_wait=5.0), NoEngine())
     frame = SimpleNamespace(stamp=2.0, image=np.zeros((4, 6, 3), np.uint8))
     t = time.monotonic()
     assert step.camera_k(frame, wait=5.0) is None and time.monotonic() - t < 0.5   # no CameraInfo ever: no wait

@@ -8,7 +8,7 @@ import time
 import ros_tools
 
 from dpm_ros.ros.node_help import _default
-from dpm_ros.ros.params import PARAMS
+from dpm_ros.config import PARAMS
 
 
 def _node(*args, timeout=30):

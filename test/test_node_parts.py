@@ -12,7 +12,8 @@ from tf2_msgs.msg import TFMessage
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth, RateMeter
 from dpm_ros.geometry.procrustes import invert_se3
-from dpm_ros.ros.params import PARAMS, check_choice, descriptor
+from dpm_ros.config import PARAMS
+from dpm_ros.ros.params import descriptor
 from dpm_ros.ros.static_tf import StaticTransforms
 from scipy.spatial.transform import Rotation
 
@@ -45,7 +46,7 @@ def test_descriptors_types_ranges_and_read_only():
     assert d["pair_interval"].read_only and d["engine"].read_only
     assert d["min_object_pixels"].integer_range[0].from_value == 1
     assert d["publish_tf"].type == ParameterType.PARAMETER_BOOL
-    assert check_choice("qos_reliability", "sometimes") and check_choice("qos_reliability", "reliable") is None
+    assert "(one of: best_effort, reliable)" in d["qos_reliability"].description
 
 
 def test_static_transform_chain_lookup_both_directions():

@@ -3,12 +3,13 @@ objects and flows equal the truth; fallbacks (non-symmetric engine, learned mask
 import numpy as np
 import pytest
 
+from dpm_ros.config import Config, ConfigError
 from dpm_ros.engine.oracle import OracleEngine
 from dpm_ros.geometry import rotation_angle_deg, sampling_step
 from dpm_ros.pipeline import DPMPipeline, DPMResult, Frame
 from dpm_ros.synthetic import SyntheticSequence
 
-EXACT = dict(eps_rel=1e-4, min_object_pixels=20)          # ground-truth maps: any motion above float noise counts
+EXACT = Config(eps_rel=1e-4, min_object_pixels=20)          # ground-truth maps: any motion above float noise counts
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def _assert_pose(T_est, T, rot_deg=1e-4, rel=1e-5):
 
 
 def test_pipeline_recovers_ground_truth(seq, frames):
-    res = DPMPipeline(OracleEngine(seq), **EXACT).process(frames[3], frames[1])
+    res = DPMPipeline(OracleEngine(seq), EXACT).process(frames[3], frames[1])
     gt, T = _truth(seq, 3, 1)
     assert isinstance(res, DPMResult) and res.ego_method == "pixel_aligned"
     _assert_pose(res.T_c1_c2, T)
@@ -64,9 +65,9 @@ def test_pipeline_recovers_ground_truth(seq, frames):
 def test_subsampled_fits_equal_the_full_equations(seq, frames):
     """The pipeline's defaults (ego_stride, focal_stride, object_fit_points) give the same results as the full
     equations (stride 1, every object pixel) on consistent maps."""
-    fast = DPMPipeline(OracleEngine(seq), **EXACT).process(frames[3], frames[1])
-    full = DPMPipeline(OracleEngine(seq), ego_stride=1, focal_stride=1, object_fit_points=0,
-                       **EXACT).process(frames[3], frames[1])
+    fast = DPMPipeline(OracleEngine(seq), EXACT).process(frames[3], frames[1])
+    full = DPMPipeline(OracleEngine(seq), EXACT, ego_stride=1, focal_stride=1,
+                       object_fit_points=0).process(frames[3], frames[1])
     np.testing.assert_allclose(fast.T_c1_c2, full.T_c1_c2, atol=1e-6)
     assert fast.focal == pytest.approx(full.focal, rel=1e-6)
     np.testing.assert_array_equal(fast.labels1, full.labels1)
@@ -85,7 +86,7 @@ def test_given_K_is_used_and_focal_still_reported(seq, frames):
 
 
 def test_single_pass_engine_falls_back_to_pnp(seq, frames):
-    res = DPMPipeline(OracleEngine(seq, symmetric=False), **EXACT).process(frames[3], frames[0])
+    res = DPMPipeline(OracleEngine(seq, symmetric=False), EXACT).process(frames[3], frames[0])
     _, T = _truth(seq, 3, 0)
     assert res.ego_method == "pnp" and res.pass2_scale == 1.0
     _assert_pose(res.T_c1_c2, T)
@@ -93,7 +94,7 @@ def test_single_pass_engine_falls_back_to_pnp(seq, frames):
 
 
 def test_seed_form_through_the_pipeline(seq, frames):
-    res = DPMPipeline(OracleEngine(seq), ego_method="seed").process(frames[3], frames[1])
+    res = DPMPipeline(OracleEngine(seq), Config(ego_method="seed")).process(frames[3], frames[1])
     _, T = _truth(seq, 3, 1)
     assert res.ego_method == "matched"                                   # nearest-neighbour matches: approximate,
     step = sampling_step(res.maps["p1_t1_pi1"])                          # within a fraction of the sampling step
@@ -103,7 +104,7 @@ def test_seed_form_through_the_pipeline(seq, frames):
 
 def test_learned_mask_and_confidence_threshold(seq, frames):
     gt, _ = _truth(seq, 3, 1)
-    res = DPMPipeline(OracleEngine(seq), use_learned_mask=True).process(frames[3], frames[1])
+    res = DPMPipeline(OracleEngine(seq), Config(use_learned_mask=True)).process(frames[3], frames[1])
     np.testing.assert_array_equal(res.motion_mask1, gt["moving1"])      # the engine's motion_prob_1 > 0.5
 
     class LowConf(OracleEngine):
@@ -113,18 +114,22 @@ def test_learned_mask_and_confidence_threshold(seq, frames):
             out["conf_p1_t1_pi1"][:, :64] = 0.01                          # left half: below the threshold
             return out
 
-    res = DPMPipeline(LowConf(seq), conf_threshold=0.5, **EXACT).process(frames[3], frames[1])
+    res = DPMPipeline(LowConf(seq), EXACT.replace(conf_threshold=0.5)).process(frames[3], frames[1])
     assert not res.motion_mask1[:, :64].any() and not res.labels1[:, :64].any()
     assert np.isnan(res.maps["p1_t1_pi1"][:, :64]).all()
 
 
 def test_bad_parameters_and_frames():
-    with pytest.raises(ValueError, match="ego_method"):
-        DPMPipeline(None, ego_method="icp")
-    with pytest.raises(ValueError, match="eps_abs"):
-        DPMPipeline(None, eps_abs=-1.0)
-    with pytest.raises(ValueError, match="min_object_pixels"):
-        DPMPipeline(None, min_object_pixels=0)
+    """The pipeline takes only a Config (checked when built, so no second check here) and its cost knobs."""
+    with pytest.raises(ConfigError, match="ego_method"):
+        Config(ego_method="icp")
+    with pytest.raises(ConfigError, match="eps_abs"):
+        Config(eps_abs=-1.0)
+    with pytest.raises(TypeError, match="Config"):
+        DPMPipeline(None, {"eps_rel": 0.5})
+    with pytest.raises(ValueError, match="ego_stride"):
+        DPMPipeline(None, ego_stride=0)
     pipe = DPMPipeline(None)
+    assert pipe.config == Config()                                         # the table's defaults, nothing else
     with pytest.raises(ValueError, match="uint8"):
         pipe.process(Frame(np.zeros((8, 8, 3), np.float32), 0.0), Frame(np.zeros((8, 8, 3), np.uint8), 0.1))

@@ -437,11 +437,11 @@ def _camera_info(fx=200.0, fy=200.0, cx=160.0, cy=120.0, k22=1.0, d=(0.0,) * 5, 
 def test_implausible_camera_info_is_rejected_and_counted(bad, reason):
     """(7) fx = 1e-9 or 1e30, cx = −1e7, K[2][2] = 0, NaN distortion were accepted and republished."""
     from dpm_ros.ros.pair_step import PairProcessor, camera_info_problem
-    from dpm_ros.replay import load_params
+    from dpm_ros.config import Config
     assert camera_info_problem(_camera_info()) is None
     assert reason in camera_info_problem(_camera_info(**bad))
     told = []
-    step = PairProcessor(load_params(), None, None, lambda level, kind, text: told.append((kind, text)))
+    step = PairProcessor(Config(), None, None, lambda level, kind, text: told.append((kind, text)))
     assert step.add_camera_info(_camera_info(**bad)) is False
     assert step.add_camera_info(_camera_info()) is True
     assert step.counters()["camera_info_rejected"] == 1
@@ -469,9 +469,9 @@ def test_node_takes_an_integer_for_a_double_and_names_unknown_parameters(tmp_pat
 def test_diagnostics_warn_on_drops_and_latency_and_error_without_pairs():
     """(7) /diagnostics stayed OK while 39–88 % of the pairs were dropped."""
     from dpm_ros.ros.diagnostics import NodeHealth
-    from dpm_ros.replay import load_params
-    p = load_params()
-    limits = (p["diag_max_drop_fraction"], p["diag_max_latency"], p["diag_no_pair_timeout"])
+    from dpm_ros.config import Config
+    p = Config()
+    limits = (p.diag_max_drop_fraction, p.diag_max_latency, p.diag_no_pair_timeout)
     h = NodeHealth()
     now = h.started
     for _ in range(10):

@@ -56,8 +56,8 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
     of = g.object_flow(p)
 
     def masks():
-        return (g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"], pipe.eps_rel),
-                g.motion_mask(p["p2_t1_pi1"], p["p2_t2_pi1"], pipe.eps_rel))
+        return (g.motion_mask(p["p1_t1_pi1"], p["p1_t2_pi1"], pipe.config.eps_rel),
+                g.motion_mask(p["p2_t1_pi1"], p["p2_t2_pi1"], pipe.config.eps_rel))
 
     parts = {"ego_motion": [], "flows_and_masks": [], "objects": []}      # ms of each part inside the full run
 
@@ -66,7 +66,7 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
         _, _, s = g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride)
         t1 = time.perf_counter()
         # object flows, both masks, the scene flows (π2 maps scaled by the fitted s, ≠ 1 in floats), ‖P1(t1,π1)‖²
-        _, mask1, _, r2 = flows_and_masks(p, pipe.eps_rel, pipe.eps_abs, pass2_scale=s)
+        _, mask1, _, r2 = flows_and_masks(p, pipe.config.eps_rel, pipe.config.eps_abs or None, pass2_scale=s)
         t2 = time.perf_counter()
         pipe._objects(p, mask1, r2)
         t3 = time.perf_counter()
@@ -78,14 +78,15 @@ def run_geometry(height: int = 384, width: int = 512, repeats: int = 50, seed: i
         "motion_masks_both": (masks, repeats),
         "ego_pixel_aligned_stride4": (lambda: g.ego_motion_pixel_aligned(p, stride=pipe.ego_stride), repeats),
         "ego_pixel_aligned_full": (lambda: g.ego_motion_pixel_aligned(p), few),
-        "split_objects": (lambda: g.split_objects(m1, p["p1_t1_pi1"], pipe.min_object_pixels,
-                                                  pipe.object_max_gap), repeats),
+        "split_objects": (lambda: g.split_objects(m1, p["p1_t1_pi1"], pipe.config.min_object_pixels,
+                                                  pipe.config.object_max_gap), repeats),
         "objects_split_and_fit": (lambda: pipe._objects(p, m1), repeats),
         "object_flow": (lambda: g.object_flow(p), repeats),
         "motion_masks_from_object_flows": (lambda: (g.displacement_mask(of["forward"], p["p1_t1_pi1"]),
                                                     g.displacement_mask(of["backward"], p["p2_t1_pi1"])), repeats),
         "scene_flow": (lambda: g.scene_flow(p), repeats),
-        "flows_and_masks": (lambda: flows_and_masks(p, pipe.eps_rel, pipe.eps_abs, pass2_scale=1.01), repeats),
+        "flows_and_masks": (lambda: flows_and_masks(p, pipe.config.eps_rel, pipe.config.eps_abs or None,
+                                                    pass2_scale=1.01), repeats),
         "default_post_processing": (default_post_processing, repeats),
         "focal_stride4": (lambda: g.estimate_focal(p["p1_t1_pi1"], stride=4), repeats),
         "focal_full": (lambda: g.estimate_focal(p["p1_t1_pi1"]), few),

@@ -37,13 +37,13 @@ def run(args) -> int:
 
     from dpm_ros.batch import expand_inputs, run_batch
     from dpm_ros.commands.replay import _overrides
-    from dpm_ros.replay import load_params
+    from dpm_ros.config import load_config
 
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be ≥ 1, got {args.workers}")
     if args.cpus_per_worker <= 0 or (args.gpus_per_worker is not None and args.gpus_per_worker < 0):
         raise ValueError("--cpus-per-worker must be > 0 and --gpus-per-worker ≥ 0")
-    params = load_params(args.params, _overrides(args))
+    params = load_config(args.params, _overrides(args))
     bags = expand_inputs(args.inputs, args.out_dir)
     if not bags:
         raise ValueError("no input bags (every input was inside --out-dir)")

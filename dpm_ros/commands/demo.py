@@ -83,7 +83,8 @@ def run_live(input_bag: Path, output_bag: Path, engine: str, rate: float, out: P
 def run(args) -> int:
     from dpm_ros.bag import write_sequence
     from dpm_ros.demo_report import draw_overview, metrics_markdown, read_outputs, score_sequence
-    from dpm_ros.replay import load_params, replay_bag
+    from dpm_ros.config import load_config
+    from dpm_ros.replay import replay_bag
     from dpm_ros.ros.engine_select import default_engine_path
     from dpm_ros.synthetic import SyntheticSequence
 
@@ -114,7 +115,7 @@ def run(args) -> int:
     output_bag = out / "output.mcap"
     if args.offline:
         print(f"[demo] dpm replay with {model_name} → {output_bag}")
-        replay_bag(input_bag, output_bag, load_params(None, {"engine": model_spec, **node_params}), overwrite=True)
+        replay_bag(input_bag, output_bag, load_config(None, {"engine": model_spec, **node_params}), overwrite=True)
     else:
         print(f"[demo] live: dpm_node ({model_name}) + dpm record + dpm play --clock over DDS (loopback) "
               f"→ {output_bag}")
@@ -123,7 +124,7 @@ def run(args) -> int:
     if not use_oracle:
         ref_bag = out / "oracle.mcap"
         print(f"[demo] reference: the same sequence through the oracle engine (dpm replay) → {ref_bag}")
-        replay_bag(input_bag, ref_bag, load_params(None, {"engine": f"oracle:{input_bag.resolve()}"}),
+        replay_bag(input_bag, ref_bag, load_config(None, {"engine": f"oracle:{input_bag.resolve()}"}),
                    overwrite=True, progress=False)
         runs["oracle"] = read_outputs(ref_bag)
     scores = {name: score_sequence(input_bag, outputs, seq) for name, outputs in runs.items()}

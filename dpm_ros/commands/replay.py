@@ -24,7 +24,8 @@ def add_pipeline_arguments(parser) -> None:
 
 
 def _overrides(args) -> dict:
-    import yaml
+    """name → value of each ``-p NAME:=VALUE`` (typed as dpm_node's rcl parser types it), --engine, --backend."""
+    from dpm_ros.config import parse_value
 
     out = {}
     for item in args.param:
@@ -33,7 +34,10 @@ def _overrides(args) -> dict:
             name, sep, value = item.partition("=")
         if not sep or not name:
             raise ValueError(f"-p expects NAME:=VALUE, got '{item}'")
-        out[name.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            out[name.strip()] = parse_value(value)
+        except ValueError as exc:
+            raise ValueError(f"-p {item}: {exc}") from None
     if args.engine is not None:
         out["engine"] = args.engine
     if args.backend is not None:
@@ -44,9 +48,10 @@ def _overrides(args) -> dict:
 def run(args) -> int:
     import sys
 
-    from dpm_ros.replay import load_params, replay_bag
+    from dpm_ros.config import load_config
+    from dpm_ros.replay import replay_bag
 
-    params = load_params(args.params, _overrides(args))
+    params = load_config(args.params, _overrides(args))
     stats = replay_bag(args.bag, args.out, params, image_topic=args.image_topic,
                        info_topic=args.camera_info_topic, copy_input=args.copy_input,
                        progress=not args.no_progress, overwrite=args.overwrite)

@@ -26,6 +26,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from dpm_ros.blas import limit_openblas_threads
+from dpm_ros.config import PARAMS, Config, ConfigError
 from dpm_ros.pairing import FramePair, FrameRing, LatestSlot, StampedFrame
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth
@@ -33,7 +34,7 @@ from dpm_ros.ros.engine_select import open_engine
 from dpm_ros.ros.image_convert import (ImageFormatError, decode_compressed, image_pixels, parse_image_cdr,
                                        prepare_pixels)
 from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
-from dpm_ros.ros.params import PARAMS, check_choice, coerce_overrides, descriptor, unknown_overrides
+from dpm_ros.ros.params import coerce_overrides, descriptor, override_values, unknown_overrides
 from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static, tf2_lookup
 
 try:  # rclpy ≥ Humble; the class moved between releases
@@ -50,11 +51,11 @@ NO_INPUT_WARN_S = 4.0     # console warning when no image arrived this long afte
 NO_INPUT_REPEAT_S = 20.0  # ... repeated at most this often while none arrives
 
 
-def _input_qos(p: dict) -> QoSProfile:
-    return QoSProfile(depth=int(p["qos_depth"]), history=HistoryPolicy.KEEP_LAST,
-                      reliability=ReliabilityPolicy.RELIABLE if p["qos_reliability"] == "reliable"
+def _input_qos(c: Config) -> QoSProfile:
+    return QoSProfile(depth=c.qos_depth, history=HistoryPolicy.KEEP_LAST,
+                      reliability=ReliabilityPolicy.RELIABLE if c.qos_reliability == "reliable"
                       else ReliabilityPolicy.BEST_EFFORT,
-                      durability=DurabilityPolicy.TRANSIENT_LOCAL if p["qos_durability"] == "transient_local"
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL if c.qos_durability == "transient_local"
                       else DurabilityPolicy.VOLATILE)
 
 
@@ -68,39 +69,35 @@ class DpmNode(Node):
         unknown = unknown_overrides(self._parameter_overrides)
         if unknown:
             self.get_logger().warning(f"ignoring unknown parameter(s): {', '.join(unknown)} (see config/dpm.yaml)")
+        # every value is checked by the one function `dpm replay` uses (dpm_ros.config), before rclpy's descriptor
+        # checks: both refuse the same values with the same message (ConfigError: main says it and exits 1)
+        self.config = Config.from_mapping(override_values(self._parameter_overrides))
         for spec in PARAMS:
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
-        self.p = {spec.name: self.get_parameter(spec.name).value for spec in PARAMS}
-        for name, value in self.p.items():
-            if (err := check_choice(name, value)) is not None:
-                raise ValueError(err)
-        if self.p["max_pair_gap"] < self.p["pair_interval"]:
-            raise ValueError(f"max_pair_gap ({self.p['max_pair_gap']} s) must be ≥ pair_interval "
-                             f"({self.p['pair_interval']} s)")
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.engine = open_engine(self.p["engine"], self.p["backend"])
+        self.engine = open_engine(self.config.engine, self.config.backend)
         self.engine_info = self.engine.info()
         # each frame is made ready for the engine once, on arrival (engines that resize with pair_io.resize_image):
         # the small engine input and the cloud's colours; the full-resolution frame is not kept
         self._engine_hw, self._out_hw = frame_sizes(self.engine, self.engine_info)
 
         self.health = NodeHealth()
-        self.ring = FrameRing(self.p["pair_interval"], self.p["max_pair_gap"], self.p["buffer_size"])
+        self.ring = FrameRing(self.config.pair_interval, self.config.max_pair_gap, self.config.buffer_size)
         self._ring_lock = threading.Lock()
         self.slot: LatestSlot[FramePair] = LatestSlot()
         self.static_tf = StaticTransforms()
         self._tf2_lookup = None
-        if self.p["base_frame"]:
-            self._tf2_lookup = tf2_lookup(self, self.p["base_frame"])   # tf2_ros where importable
+        if self.config.base_frame:
+            self._tf2_lookup = tf2_lookup(self, self.config.base_frame)   # tf2_ros where importable
             if self._tf2_lookup is None:
                 subscribe_tf_static(self, self.static_tf)
         # the per-pair work, shared with `dpm replay` (pipeline, scale, odometry, tracking, output messages)
-        self.step = PairProcessor(self.p, self.engine, self._extrinsic, self._on_step_notice)
+        self.step = PairProcessor(self.config, self.engine, self._extrinsic, self._on_step_notice)
 
         self._make_publishers()
-        qos = _input_qos(self.p)
-        if self.p["image_transport"] == "compressed":
+        qos = _input_qos(self.config)
+        if self.config.image_transport == "compressed":
             # image_transport convention: <resolved image topic>/compressed, so remapping 'image' is enough
             self.input_topic = self.resolve_topic_name("image").rstrip("/") + "/compressed"
             self.create_subscription(CompressedImage, self.input_topic, self._on_compressed, qos)
@@ -108,12 +105,12 @@ class DpmNode(Node):
             self.input_topic = self.resolve_topic_name("image")
             # raw: the serialised bytes, read in place (parse_image_cdr) instead of deserialised into a message
             self.create_subscription(Image, "image", self._on_image, qos, raw=True)
-        if self.p["use_camera_info"]:
+        if self.config.use_camera_info:
             self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, qos)
-        if self.p["scale_source"] == "depth":
-            self.depth_topic = self.resolve_topic_name(self.p["depth_topic"])
-            self.create_subscription(Image, self.p["depth_topic"], self._on_depth, qos)
-        self.create_timer(self.p["diagnostics_period"], self._publish_diagnostics)
+        if self.config.scale_source == "depth":
+            self.depth_topic = self.resolve_topic_name(self.config.depth_topic)
+            self.create_subscription(Image, self.config.depth_topic, self._on_depth, qos)
+        self.create_timer(self.config.diagnostics_period, self._publish_diagnostics)
         self._started = time.monotonic()
         self.create_timer(1.0, self._check_input_arrives)
 
@@ -122,8 +119,8 @@ class DpmNode(Node):
         info = self.engine_info
         self.get_logger().info(f"dpm_node ready: {self.input_topic} → {self.get_namespace().rstrip('/')}/dpm/*, "
                                f"engine {info.backend} on {info.device} ({info.precision}, "
-                               f"{info.width}×{info.height}), pair_interval {self.p['pair_interval']} s, "
-                               f"input QoS {self.p['qos_reliability']}, scale {self.p['scale_source']}")
+                               f"{info.width}×{info.height}), pair_interval {self.config.pair_interval} s, "
+                               f"input QoS {self.config.qos_reliability}, scale {self.config.scale_source}")
 
     # --- set-up ---------------------------------------------------------------------------------------------------
 
@@ -144,12 +141,14 @@ class DpmNode(Node):
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def _on_set_parameters(self, params) -> SetParametersResult:
-        for prm in params:
-            if (err := check_choice(prm.name, prm.value)) is not None:
-                return SetParametersResult(successful=False, reason=err)
-        for prm in params:
-            self.p[prm.name] = prm.value
-        self.step.params_changed()
+        """A runtime change (rclpy has checked type, range, read-only): the whole new configuration is checked as at
+        start (finite numbers, cross-parameter rules); refused with the reason, or handed to the step."""
+        try:
+            config = self.config.replace(**{prm.name: prm.value for prm in params})
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.config = config
+        self.step.set_config(config)
         return SetParametersResult(successful=True)
 
     # --- callbacks (never block) ----------------------------------------------------------------------------------
@@ -238,7 +237,7 @@ class DpmNode(Node):
     def _extrinsic(self, camera_frame: str) -> Optional[np.ndarray]:
         """Pose of the camera optical frame in base_frame from /tf_static (tf2_ros where importable), or None."""
         tf2 = self._tf2_lookup
-        return tf2(camera_frame) if tf2 is not None else self.static_tf.lookup(self.p["base_frame"], camera_frame)
+        return tf2(camera_frame) if tf2 is not None else self.static_tf.lookup(self.config.base_frame, camera_frame)
 
     def _on_step_notice(self, level: str, kind: str, text: str) -> None:
         if level == "info":
@@ -271,7 +270,7 @@ class DpmNode(Node):
         queue_ms = 1000.0 * (time.monotonic() - pair.newest.received)
         t0 = time.perf_counter()
         wanted = self._wanted_outputs()
-        out = self.step.process(pair, depth_wait=self.p["depth_wait"], camera_info_wait=self.p["camera_info_wait"],
+        out = self.step.process(pair, depth_wait=self.config.depth_wait, camera_info_wait=self.config.camera_info_wait,
                                 wanted=wanted)
         for topic, msg in out.messages:
             tick = time.perf_counter()
@@ -298,7 +297,7 @@ class DpmNode(Node):
         waited = time.monotonic() - self._started
         if self.health.input_rate.total or waited < NO_INPUT_WARN_S:
             return
-        wanted = "sensor_msgs/msg/CompressedImage" if self.p["image_transport"] == "compressed" else \
+        wanted = "sensor_msgs/msg/CompressedImage" if self.config.image_transport == "compressed" else \
             "sensor_msgs/msg/Image"
         found = sorted((name for name, types in self.get_topic_names_and_types()   # not a dpm node's outputs
                         if wanted in types and name != self.input_topic and "/dpm/" not in name + "/"),
@@ -306,7 +305,7 @@ class DpmNode(Node):
         publishers = self.count_publishers(self.input_topic)
         if publishers:
             hint = (f"; it has {publishers} publisher(s): check their QoS against qos_reliability="
-                    f"{self.p['qos_reliability']} / qos_durability={self.p['qos_durability']}")
+                    f"{self.config.qos_reliability} / qos_durability={self.config.qos_durability}")
         elif found:
             guess = found[0].removesuffix("/compressed") if wanted.endswith("CompressedImage") else found[0]
             hint = f"; image topics in the graph: {', '.join(found)} (did you mean -r image:={guess} ?)"
@@ -321,11 +320,11 @@ class DpmNode(Node):
         with self._ring_lock:
             counters = {f"pairing_{k}": v for k, v in self.ring.counters.as_dict().items()}
         counters.update(self.step.counters())
-        level, text, values = self.health.report(counters, self.slot.replaced, self.p["diag_max_drop_fraction"],
-                                                 self.p["diag_max_latency"], self.p["diag_no_pair_timeout"])
+        level, text, values = self.health.report(counters, self.slot.replaced, self.config.diag_max_drop_fraction,
+                                                 self.config.diag_max_latency, self.config.diag_no_pair_timeout)
         if values["frames_in"] == 0:
             level, text = "warn", (f"no images received on {getattr(self, 'input_topic', 'image')} yet (check the "
-                                   f"topic remapping and QoS: qos_reliability={self.p['qos_reliability']})")
+                                   f"topic remapping and QoS: qos_reliability={self.config.qos_reliability})")
         info = self.engine_info
         values.update({f"pipeline_{k}_ms": float(v) for k, v in getattr(self, "_last_timings", {}).items()})
         values.update(engine_backend=info.backend, engine_device=info.device, engine_precision=info.precision,

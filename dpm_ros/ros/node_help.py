@@ -1,4 +1,4 @@
-"""``dpm_node --help``: topics, every parameter (name, unit, default, from ``params.PARAMS``) and an example.
+"""``dpm_node --help``: topics, every parameter (name, unit, default, from ``dpm_ros.config.PARAMS``) and an example.
 
 No rclpy here: the ``dpm_node`` executable calls ``main`` of this module, which prints the help and exits before
 rclpy, torch or the engine are imported (fast, and no DDS participant for a ``--help``).
@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from dpm_ros.ros.params import PARAMS
+from dpm_ros.config import PARAMS
 
 # relative names: resolved in the node's namespace; remap with -r NAME:=/your/topic
 INPUT_TOPICS = (

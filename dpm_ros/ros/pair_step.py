@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from dpm_ros.config import Config
 from dpm_ros.pairing import FramePair
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.image_convert import ImageFormatError
@@ -25,13 +26,6 @@ from dpm_ros.tracking import Detection, ObjectTracker
 
 METRIC_SOURCES = ("fixed", "depth")   # scale sources whose output is metres; "chain" is metric only with `metric`
 STAMP_TOL = 1e-6                       # seconds: "same stamp"
-
-
-def pipeline_params(p: dict) -> dict:
-    """DPMPipeline keyword arguments from node parameters (eps_abs 0 = off, use eps_rel)."""
-    return dict(eps_rel=p["eps_rel"], eps_abs=p["eps_abs"] or None, conf_threshold=p["conf_threshold"],
-                min_object_pixels=p["min_object_pixels"], object_max_gap=p["object_max_gap"],
-                ego_method=p["ego_method"], use_learned_mask=p["use_learned_mask"])
 
 
 def frame_sizes(engine, info=None) -> tuple:
@@ -154,28 +148,28 @@ def camera_info_problem(msg) -> Optional[str]:
 
 
 class PairProcessor:
-    """The node's per-pair work. ``params``: the node's parameter dict (kept by reference: runtime changes take
-    effect after ``params_changed()``); ``engine``: an Engine; ``extrinsic_lookup(camera_frame)``: 4×4 pose of the
-    camera optical frame in ``base_frame`` or None (used only when ``base_frame`` is set); ``notify(level, kind,
-    text)``: level "info" or "warn" (the caller throttles and counts)."""
+    """The node's per-pair work. ``config``: the node's ``dpm_ros.config.Config`` (a runtime change comes by
+    ``set_config`` and takes effect at the next pair); ``engine``: an Engine; ``extrinsic_lookup(camera_frame)``:
+    4×4 pose of the camera optical frame in ``base_frame`` or None (used only when ``base_frame`` is set);
+    ``notify(level, kind, text)``: level "info" or "warn" (the caller throttles and counts)."""
 
-    def __init__(self, params: dict, engine, extrinsic_lookup: Callable[[str], Optional[np.ndarray]] | None = None,
+    def __init__(self, config: Config, engine, extrinsic_lookup: Callable[[str], Optional[np.ndarray]] | None = None,
                  notify: Callable[[str, str, str], None] | None = None):
         from dpm_ros.pipeline import DPMPipeline, Frame  # torch and geometry: imported when the node starts
 
-        self.p = params
+        self.config = config
+        self._pending: Optional[Config] = None      # set_config's, applied by the worker before its next pair
         self._Frame, self._DPMPipeline = Frame, DPMPipeline
         self.engine = engine
         self._sizes: Optional[tuple] = None   # frame_sizes(engine), when a deferred frame first needs it
-        self.pipeline = DPMPipeline(engine, **pipeline_params(params))
-        self._dirty = False
-        self.tracker = ObjectTracker(params["track_gate_abs"], params["track_gate_rel"], params["track_max_age"])
+        self.pipeline = DPMPipeline(engine, config)
+        self.tracker = ObjectTracker(config.track_gate_abs, config.track_gate_rel, config.track_max_age)
         self.odometry = EgoOdometry()
-        self.scale = ScaleEstimator(params["scale_source"], fixed_scale=params["fixed_scale"],
-                                    initial_scale=params["fixed_scale"])
-        self.metric = bool(params["metric"]) or params["scale_source"] in METRIC_SOURCES
+        self.scale = ScaleEstimator(config.scale_source, fixed_scale=config.fixed_scale,
+                                    initial_scale=config.fixed_scale)
+        self.metric = config.metric or config.scale_source in METRIC_SOURCES
         self.depth = StampedBuffer()
-        self.extrinsic_ok = not params["base_frame"]
+        self.extrinsic_ok = not config.base_frame
         self._extrinsic_lookup = extrinsic_lookup
         self._notify = notify or (lambda level, kind, text: None)
         self._camera_infos = StampedBuffer(200)   # stamp -> (K, height, width)
@@ -216,16 +210,17 @@ class PairProcessor:
             raise
         self.depth.add(M.stamp_to_sec(msg.header.stamp), depth)
 
-    def params_changed(self) -> None:
-        """Rebuild the pipeline and retune the tracker from ``params`` before the next pair."""
-        self._dirty = True
+    def set_config(self, config: Config) -> None:
+        """A runtime change (only ``runtime`` parameters differ): the pipeline is rebuilt and the tracker retuned
+        from it before the next pair."""
+        self._pending = config
 
     def counters(self) -> dict:
         """Numbers for /diagnostics."""
         return dict(odometry_approximate_chains=self.odometry.approximate_chains,
                     odometry_resets=self.odometry.resets, camera_info_misses=self.camera_info_misses,
                     camera_info_rejected=self.camera_info_rejected,
-                    waiting_for_extrinsic=not self.extrinsic_ok, scale_source=self.p["scale_source"],
+                    waiting_for_extrinsic=not self.extrinsic_ok, scale_source=self.config.scale_source,
                     scale_last=float(self.last_scale) if self.last_scale is not None else float("nan"),
                     scale_chain_breaks=self.scale.chain_breaks, scale_depth_misses=self.scale.depth_misses,
                     scale_depth_errors=self.depth_errors, scale_resets=self.scale_resets)
@@ -235,16 +230,16 @@ class PairProcessor:
     def camera_k(self, frame, wait: float = 0.0) -> Optional[np.ndarray]:
         """K (pixels) at the frame's resolution from CameraInfo (exact stamp, waiting up to ``wait`` seconds for it,
         or the latest), or None (estimate)."""
-        if not self.p["use_camera_info"]:
+        if not self.config.use_camera_info:
             return None
-        if self.p["camera_info_sync"] == "latest":
+        if self.config.camera_info_sync == "latest":
             match = self._camera_infos.latest()
         else:  # wait only on a camera that publishes CameraInfo at all (it is optional)
             match = self._camera_infos.get(frame.stamp, wait if self._camera_infos.latest() is not None else 0.0)
         if match is None:
             self.camera_info_misses += 1
             self._notify("warn", "camera_info_miss", f"no CameraInfo with stamp {frame.stamp:.6f} s "
-                         f"(camera_info_sync {self.p['camera_info_sync']}): K estimated from the point map")
+                         f"(camera_info_sync {self.config.camera_info_sync}): K estimated from the point map")
             return None
         K, h, w = match
         H, W = getattr(frame, "size", None) or frame.image.shape[:2]   # camera size (image may be downscaled)
@@ -260,11 +255,12 @@ class PairProcessor:
         ``StepOutput.stages``: ms per stage ("convert_resize_late" when a frame's downscale was deferred to here,
         "wait" for I1's CameraInfo, "inference", "geometry", "scale", "odometry_tracking", and per message
         "convert:<topic key>")."""
-        if self._dirty:
-            self._dirty = False
-            self.pipeline = self._DPMPipeline(self.engine, **pipeline_params(self.p))
-            self.tracker.gate_abs, self.tracker.gate_rel = self.p["track_gate_abs"], self.p["track_gate_rel"]
-            self.tracker.max_age = self.p["track_max_age"]
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self.config = pending
+            self.pipeline = self._DPMPipeline(self.engine, pending)
+            self.tracker.gate_abs, self.tracker.gate_rel = pending.track_gate_abs, pending.track_gate_rel
+            self.tracker.max_age = pending.track_max_age
         new, old = pair.newest, pair.older
         t_prep = time.perf_counter()
         late = 0
@@ -272,33 +268,33 @@ class PairProcessor:
             self._sizes = self._sizes or frame_sizes(self.engine)
             late = sum(ensure_prepared(f, *self._sizes) for f in (new, old))
         t_wait = time.perf_counter()
-        if self.p["eps_abs"] > 0:   # metres → this pair's model units, with the best factor known before inference
-            self.pipeline.eps_abs = self.p["eps_abs"] / self._scale_guess()
+        # eps_abs: metres → this pair's model units, with the best factor known before inference
+        eps_abs = self.config.eps_abs / self._scale_guess() if self.config.eps_abs > 0 else None
         f1 = self._Frame(image=new.image, stamp=new.stamp, K=self.camera_k(new, camera_info_wait), size=new.size)
         f2 = self._Frame(image=old.image, stamp=old.stamp, K=self.camera_k(old), size=old.size)
         t0 = time.perf_counter()
-        result = self.pipeline.process(f1, f2)
+        result = self.pipeline.process(f1, f2, eps_abs)
         t1 = time.perf_counter()
         inference_ms = 1000.0 * (t1 - t0)
         result, estimate = self._metric(new.stamp, old.stamp, result, depth_wait)   # includes the depth wait
         t2 = time.perf_counter()
 
-        camera_frame = self.p["camera_frame"] or new.header.frame_id
+        camera_frame = self.config.camera_frame or new.header.frame_id
         header = M.copy_header(new.header, frame_id=camera_frame)
         state = self._update_odometry(camera_frame, new.stamp, old.stamp, np.asarray(result.T_c1_c2, float))
         ids = self._track(new.stamp, result, state.T_odom_camera)
         t3 = time.perf_counter()
-        opts = OutputOptions(self.p["cloud_stride"], self.p["cloud_min_confidence"], self.metric)
+        opts = OutputOptions(self.config.cloud_stride, self.config.cloud_min_confidence, self.metric)
         convert: dict = {}
         messages = list(pair_messages(result, header, new.image, ids, opts, wanted=wanted, input_hw=new.hw,
                                       colours=new.colours, timings=convert).items())
         if self.extrinsic_ok:
-            child = self.p["base_frame"] or camera_frame
+            child = self.config.base_frame or camera_frame
             tick = time.perf_counter()
-            messages.append(("dpm/odometry", M.odometry_msg(header.stamp, self.p["odom_frame"], child,
+            messages.append(("dpm/odometry", M.odometry_msg(header.stamp, self.config.odom_frame, child,
                                                             state.T_odom_child, state.linear, state.angular)))
-            if self.p["publish_tf"]:
-                messages.append(("tf", M.tf_msg(header.stamp, self.p["odom_frame"], child, state.T_odom_child)))
+            if self.config.publish_tf:
+                messages.append(("tf", M.tf_msg(header.stamp, self.config.odom_frame, child, state.T_odom_child)))
             convert["dpm/odometry"] = 1000.0 * (time.perf_counter() - tick)   # with TF
         timings = dict(getattr(result, "timings", {}) or {})
         stages = {"wait": 1000.0 * (t0 - t_wait), "inference": timings.get("inference", inference_ms),
@@ -331,7 +327,7 @@ class PairProcessor:
         estimate = self.scale.update(t1, t2, result.maps, result.T_c1_c2, depth1=depth1)
         if self.scale.depth_misses != misses:
             why = "no depth image with I1's stamp" if depth1 is None else "too few valid depth pixels"
-            self._notify("warn", "scale_depth", f"scale: {why} on '{self.p['depth_topic']}' at t = {t1:.6f} s; "
+            self._notify("warn", "scale_depth", f"scale: {why} on '{self.config.depth_topic}' at t = {t1:.6f} s; "
                                                 f"scale from the chain ({estimate.source}, {estimate.scale:.4g})")
         elif self.scale.chain_breaks != breaks:
             self._notify("warn", "scale_chain", f"scale chain broken at t = {t1:.6f} s (the pair shares no frame "
@@ -349,9 +345,9 @@ class PairProcessor:
                 self.odometry.set_extrinsic(T)
                 self.extrinsic_ok = True
                 self._notify("info", "extrinsic",
-                             f"extrinsic {self.p['base_frame']} → {camera_frame} from /tf_static")
+                             f"extrinsic {self.config.base_frame} → {camera_frame} from /tf_static")
             else:
-                self._notify("warn", "extrinsic", f"waiting for /tf_static {self.p['base_frame']} → {camera_frame}; "
+                self._notify("warn", "extrinsic", f"waiting for /tf_static {self.config.base_frame} → {camera_frame}; "
                                                   "odometry and TF are not published until it arrives")
         return self.odometry.update(t1, t2, T_c1_c2)
 
