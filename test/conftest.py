@@ -100,6 +100,7 @@ PARTS = {
         "test_pairing.py",
         "test_tracking.py",
         "test_pipeline.py",
+        "test_config.py",
         "test_oracle.py",
         "test_pointcloud.py",
         "test_bag.py",

@@ -119,6 +119,18 @@ def test_learned_mask_and_confidence_threshold(seq, frames):
     assert np.isnan(res.maps["p1_t1_pi1"][:, :64]).all()
 
 
+def test_a_pairs_absolute_threshold_is_an_argument_not_a_mutation(seq, frames):
+    """eps_abs (model units) comes per pair through process(): the node converts its metres with the pair's expected
+    scale; the pipeline's configuration stays as built."""
+    pipe = DPMPipeline(OracleEngine(seq), EXACT)
+    moving = pipe.process(frames[3], frames[1]).motion_mask1.sum()
+    still = pipe.process(frames[3], frames[1], eps_abs=1e6).motion_mask1.sum()     # nothing moves 10⁶ units
+    assert moving > 100 and still == 0
+    assert pipe.config == EXACT and pipe.process(frames[3], frames[1]).motion_mask1.sum() == moving
+    with pytest.raises(ValueError, match="eps_abs"):
+        pipe.process(frames[3], frames[1], eps_abs=-1.0)
+
+
 def test_bad_parameters_and_frames():
     """The pipeline takes only a Config (checked when built, so no second check here) and its cost knobs."""
     with pytest.raises(ConfigError, match="ego_method"):
