@@ -55,7 +55,8 @@ PARAMS: tuple[ParamSpec, ...] = (
     # --- pairing and threading
     ParamSpec("pair_interval", 0.2, "s", "I2 = the buffered frame closest to t1 − pair_interval",
               range=(0.001, 10.0)),
-    ParamSpec("max_pair_gap", 0.5, "s", "largest accepted t1 − t2; no pair beyond", range=(0.001, 60.0)),
+    ParamSpec("max_pair_gap", 0.5, "s", "largest accepted t1 − t2; no pair beyond (≥ pair_interval)",
+              range=(0.001, 60.0)),
     ParamSpec("buffer_size", 32, "frames", "ring buffer capacity", range=(2, 1000)),
     # --- pipeline (thresholds: runtime)
     ParamSpec("conf_threshold", 0.0, "-", "pixels with confidence below are ignored by the geometry",

@@ -134,7 +134,7 @@ def test_replay_failures_exit_non_zero_and_leave_no_output(synth_bag, tmp_path):
     rc, err = finish(dpm("replay", synth_bag, "--out", tmp_path / "x.mcap", "-p", "pair_interval:=fast"))
     assert rc == 1 and "parameter 'pair_interval' must be float" in err
     rc, err = finish(dpm("replay", synth_bag, "--out", tmp_path / "x.mcap", "-p", "no_such:=1"))
-    assert rc == 1 and "unknown dpm_node parameter 'no_such'" in err
+    assert rc == 1 and "unknown dpm_node parameter(s): no_such" in err
     rc, err = finish(dpm("replay", synth_bag, "--out", tmp_path / "x.mcap", "--engine", "/nonexistent.onnx"))
     assert rc == 1 and "engine file '/nonexistent.onnx' not found" in err
     assert not (tmp_path / "x.mcap").exists()

@@ -13,11 +13,13 @@ def add_arguments(parser) -> None:
 
 def add_pipeline_arguments(parser) -> None:
     """The options that decide what a replay computes (shared with ``dpm batch``)."""
-    parser.add_argument("--params", default=None, metavar="YAML", help="dpm_node params file (config/dpm.yaml)")
+    parser.add_argument("--params", default=None, metavar="YAML",
+                        help="dpm_node params file (config/dpm.yaml); checked as dpm_node checks it")
     parser.add_argument("--engine", default=None, help="model file or 'oracle:<synthetic bag>' (overrides params)")
     parser.add_argument("--backend", default=None, help="auto|torch|onnxruntime|tensorrt (overrides params)")
     parser.add_argument("-p", "--param", action="append", default=[], metavar="NAME:=VALUE",
-                        help="override one node parameter, e.g. -p pair_interval:=0.1 (repeatable)")
+                        help="override one node parameter, e.g. -p pair_interval:=0.1 (repeatable; typed and "
+                             "checked as dpm_node does)")
     parser.add_argument("--image-topic", default=None, help="camera topic (default: the bag's only one)")
     parser.add_argument("--camera-info-topic", default=None, help="CameraInfo topic (default: <ns>/camera_info)")
     parser.add_argument("--copy-input", action="store_true", help="also copy the input bag's messages")
