@@ -105,10 +105,15 @@ class DPMPipeline:
         if int(object_fit_points) < 0 or int(ego_stride) < 1 or int(focal_stride) < 1:
             raise ValueError("ego_stride/focal_stride must be >= 1 and object_fit_points >= 0")
         self.engine = engine
-        self.config = config if config is not None else Config()
-        self._ego_method = "matched" if self.config.ego_method == "seed" else self.config.ego_method
+        self._config = config if config is not None else Config()
+        self._ego_method = "matched" if self._config.ego_method == "seed" else self.config.ego_method
         self._ego_stride, self._focal_stride = int(ego_stride), int(focal_stride)
         self._object_fit_points = int(object_fit_points)
+
+    @property
+    def config(self) -> Config:
+        """The configuration it was built with (read-only)."""
+        return self._config
 
     @property
     def ego_stride(self) -> int:
