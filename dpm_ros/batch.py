@@ -106,14 +106,14 @@ def config_digest(params: Config, image_topic, info_topic, copy_input: bool) -> 
     topics, copy_input and the engine file's sha256 with its external weights (its path alone may point at new
     weights)."""
     from dpm_ros.engine.cache import default_cache_dir, file_sha256, remembered_sha256
-    from dpm_ros.ros.engine_select import default_engine_path
+    from dpm_ros.engine.select import engine_path, oracle_bag
 
     spec = params.engine.strip()
-    if spec.startswith("oracle:"):
-        src = Path(os.path.expanduser(spec[len("oracle:"):]))
+    src = oracle_bag(spec)
+    if src is not None:
         engine_id = input_fingerprint(src) if src.exists() else spec
     else:
-        path = Path(os.path.expanduser(spec)) if spec else default_engine_path()
+        path = engine_path(spec)
         if path.suffix == ".onnx" and path.is_file():   # with its external weights; remembered like the TRT cache
             from dpm_ros.engine.onnx_model import read_onnx_info
 

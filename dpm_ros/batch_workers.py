@@ -5,7 +5,6 @@ record; a worker that dies fails only the bag it held and is replaced."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 import socket
@@ -23,13 +22,11 @@ ENGINE_LOADS = 0
 def engine_backend(spec: str, backend: str) -> str:
     """The backend ``open_engine(spec, backend)`` will use on this machine ("oracle" for ground truth)."""
     from dpm_ros.engine.loader import choose_backend
-    from dpm_ros.ros.engine_select import default_engine_path
+    from dpm_ros.engine.select import engine_path, oracle_bag
 
-    spec = (spec or "").strip()
-    if spec.startswith("oracle:"):
+    if oracle_bag(spec) is not None:
         return "oracle"
-    path = Path(os.path.expanduser(spec)) if spec else default_engine_path()
-    return choose_backend(path, backend)[0]
+    return choose_backend(engine_path(spec), backend)[0]
 
 
 def engine_on_gpu_here(params: Config) -> bool:
@@ -44,42 +41,17 @@ def engine_on_gpu_here(params: Config) -> bool:
     return chosen == "tensorrt"
 
 
-@contextlib.contextmanager
-def _engine_build_lock(spec: str, backend: str):
-    """Hold an exclusive lock on ``<engine cache folder>/.dpm_engine_build.lock`` when ``spec`` will run on
-    TensorRT, so that workers sharing the cache folder (one node's, or a shared path's) build a missing engine
-    once and the others load it from the cache; a no-op for every other backend."""
-    from dpm_ros.ros.engine_select import default_engine_path
-
-    fd = None
-    try:
-        if backend in ("auto", "tensorrt") and engine_backend(spec, backend) == "tensorrt":
-            from dpm_ros.engine.cache import default_cache_dir
-
-            path = Path(os.path.expanduser(spec)) if spec.strip() else default_engine_path()
-            folder = default_cache_dir(path)
-            folder.mkdir(parents=True, exist_ok=True)
-            fd = os.open(folder / ".dpm_engine_build.lock", os.O_CREAT | os.O_RDWR, 0o644)
-            fcntl.flock(fd, fcntl.LOCK_EX)
-    except (OSError, ValueError):   # unwritable cache folder, bad engine spec: open_engine reports its own error
-        fd = None
-    try:
-        yield
-    finally:
-        if fd is not None:
-            os.close(fd)   # closing releases the lock
-
-
 def worker_engine(params: Config):
-    """The Engine for ``params.engine`` / ``params.backend``, opened once per process (the way ``dpm
-    replay`` opens it: ``engine_select.open_engine``) and reused for every later bag of this worker."""
+    """The Engine for ``params.engine`` / ``params.backend``, opened once per process (the way ``dpm replay``
+    opens it: ``engine.select.open_engine``) and reused for every later bag of this worker. Workers that share an
+    engine cache build a missing TensorRT engine once: ``engine.cache.get_or_build`` holds its ``build_lock``
+    while building."""
     global ENGINE_LOADS
-    from dpm_ros.ros.engine_select import open_engine
+    from dpm_ros.engine.select import open_engine
 
     key = (params.engine, params.backend)
     if key not in _ENGINES:
-        with _engine_build_lock(*key):
-            _ENGINES[key] = open_engine(*key)
+        _ENGINES[key] = open_engine(*key)
         ENGINE_LOADS += 1
     return _ENGINES[key]
 

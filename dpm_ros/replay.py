@@ -122,7 +122,7 @@ def replay_bag(in_path, out_path, params: Config, engine=None, image_topic: str 
     from tqdm import tqdm
 
     from dpm_ros.pairing import FrameRing, StampedFrame
-    from dpm_ros.ros.engine_select import open_engine
+    from dpm_ros.engine.select import open_engine
     from dpm_ros.ros.image_convert import ImageFormatError, decode_compressed, image_pixels, prepare_pixels
     from dpm_ros.ros.messages import stamp_to_sec
     from dpm_ros.ros.pair_step import PairProcessor, frame_sizes

@@ -305,32 +305,3 @@ def test_expand_inputs(tmp_path):
         expand_inputs([root / "notes.txt"])
     with pytest.raises(FileNotFoundError, match="matches no file"):
         expand_inputs([str(root / "*.bag")])
-
-
-def test_tensorrt_engines_are_opened_under_the_cache_folder_lock(tmp_path, monkeypatch):
-    """Workers that would build a TensorRT engine take an exclusive lock in its cache folder (so one builds per GPU
-    model and the others load the cached engine); other backends take none. TensorRT itself cannot run here: the
-    backend choice is set to 'tensorrt'."""
-    import fcntl
-
-    from dpm_ros import batch_workers
-
-    monkeypatch.setenv("DPM_ENGINE_CACHE", str(tmp_path))
-    lock = tmp_path / ".dpm_engine_build.lock"
-
-    def held() -> bool:
-        fd = os.open(lock, os.O_RDWR)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-
-    with batch_workers._engine_build_lock("", "onnxruntime"):
-        assert not lock.exists()
-    monkeypatch.setattr(batch_workers, "engine_backend", lambda spec, backend: "tensorrt")
-    with batch_workers._engine_build_lock("", "auto"):
-        assert held()
-    assert not held()

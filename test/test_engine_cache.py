@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import pytest
 
@@ -151,3 +152,31 @@ def test_remembered_sha256_rehashes_only_when_a_file_changes(tmp_path, monkeypat
     (memo / "m.sha256.json").write_text("{broken")                                         # damaged memo: rehash
     assert cache.remembered_sha256(model, (weights,), memo) == hashlib.sha256(b"graphweights v2!").hexdigest()
     assert cache.remembered_sha256(model, (weights,), None) and len(calls) == 4            # no memo dir: always
+
+
+def test_get_or_build_builds_once_when_two_workers_miss_together(tmp_path):
+    """``dpm batch`` workers sharing a cache folder rely on this lock alone (no second lock around open_engine):
+    of two callers that miss the same engine at once one builds, the other waits and uses its engine. flock locks
+    belong to the open file, so two threads contend like two processes."""
+    import threading
+
+    key = cache.engine_cache_key("0" * 64, "10.13", "GPU", (8, 7), "fp16", {"img1": (1, 3, 8, 8)})
+    builds, gate, results = [], threading.Barrier(2), []
+
+    def build() -> bytes:
+        builds.append(1)
+        time.sleep(0.3)   # the other caller has passed its first cache check by now
+        return b"\x07" * 64
+
+    def worker():
+        gate.wait()
+        results.append(cache.get_or_build(tmp_path, "m.onnx", key, build))
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1
+    assert sorted(built for _, _, built in results) == [False, True]
+    assert results[0][0] == results[1][0] and results[0][0].read_bytes() == b"\x07" * 64

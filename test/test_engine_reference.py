@@ -82,7 +82,7 @@ def test_onnx_engine_and_node_imports_never_import_torch(tmp_path):
         sys.modules["torch"] = None            # any `import torch` now raises ImportError
         import numpy as np
         from dpm_ros.engine.loader import choose_backend
-        from dpm_ros.ros.engine_select import open_engine
+        from dpm_ros.engine.select import open_engine
         backend, why = choose_backend({str(ONNX)!r}, "auto")
         assert backend == "onnxruntime", (backend, why)
         engine = open_engine("")                   # the node's default: the shipped model

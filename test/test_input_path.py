@@ -15,7 +15,7 @@ from dpm_ros.replay import msgtype_of
 from dpm_ros.ros.bag_recorder import canonical_cdr
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth, stage_key
-from dpm_ros.ros.engine_select import open_engine
+from dpm_ros.engine.select import open_engine
 from dpm_ros.ros.image_convert import (fill_image, image_msg_into, image_pixels, image_to_rgb, nearest_into,
                                        prepare_pixels, resize_nearest)
 from dpm_ros.ros.outputs import PAIR_TOPICS, pair_messages

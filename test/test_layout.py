@@ -23,9 +23,7 @@ RCLPY_ALLOWED = {
     "dpm_ros.soak",     # StreamProbe: an rclpy node (to merge with ros/harness.Probe)
     "dpm_ros.benchmarks.io_path",   # `dpm bench io` times the node's image in/out with rclpy (landed during #11)
 }
-ROS_LAYER_ALLOWED = RCLPY_ALLOWED | {
-    "dpm_ros.batch", "dpm_ros.batch_workers",   # run dpm_ros.replay and ros/engine_select (-> engine/select.py)
-}
+ROS_LAYER_ALLOWED = RCLPY_ALLOWED
 
 
 def _module(path: Path) -> str:

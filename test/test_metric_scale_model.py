@@ -36,7 +36,7 @@ def synth_bag(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine():
-    from dpm_ros.ros.engine_select import open_engine
+    from dpm_ros.engine.select import open_engine
     return open_engine(str(MODEL), "auto")
 
 

@@ -70,7 +70,7 @@ def run(tmp_path_factory, request):
     bag, seq, frames = synthetic_bag(tmp, SyntheticSequence(t0=T0, n_frames=N_GOOD + N_AFTER, **SEQ_KW))
     if request.param == "onnx":
         pytest.importorskip("onnxruntime")
-        from dpm_ros.ros.engine_select import default_engine_path
+        from dpm_ros.engine.select import default_engine_path
         engine = str(default_engine_path())     # the shipped engines/dpm_small.onnx, as a robot runs it
     else:
         engine = f"oracle:{bag}"
@@ -137,7 +137,7 @@ def out_size(run) -> tuple[int, int]:
     if run["engine"] == "oracle":
         return run["seq"].height, run["seq"].width
     from dpm_ros.engine.onnx_model import read_onnx_info
-    from dpm_ros.ros.engine_select import default_engine_path
+    from dpm_ros.engine.select import default_engine_path
 
     info = read_onnx_info(default_engine_path())
     return info.height, info.width

@@ -16,7 +16,7 @@ from std_msgs.msg import Header  # noqa: E402
 
 from dpm_ros.pointcloud import cloud_from_bytes  # noqa: E402
 from dpm_ros.ros import messages as M  # noqa: E402
-from dpm_ros.ros.engine_select import default_engine_path  # noqa: E402
+from dpm_ros.engine.select import default_engine_path  # noqa: E402
 from dpm_ros.ros.harness import NodeProcess, Probe  # noqa: E402
 from dpm_ros.ros.image_convert import fill_image  # noqa: E402
 

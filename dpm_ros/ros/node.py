@@ -30,7 +30,7 @@ from dpm_ros.config import PARAMS, Config, ConfigError
 from dpm_ros.pairing import FramePair, FrameRing, LatestSlot, StampedFrame
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth
-from dpm_ros.ros.engine_select import open_engine
+from dpm_ros.engine.select import open_engine
 from dpm_ros.ros.image_convert import (ImageFormatError, decode_compressed, image_pixels, parse_image_cdr,
                                        prepare_pixels)
 from dpm_ros.ros.pair_step import PairProcessor, frame_sizes

@@ -1,5 +1,6 @@
-"""The node's ``engine`` parameter → an Engine: a model file (default the shipped ``engines/dpm_small.onnx``) or
-``oracle:<synthetic bag>`` (ground truth through the Engine interface, for exactness tests and demos)."""
+"""The ``engine`` parameter (node, ``dpm replay``, ``dpm batch``) → an Engine: a model file (default the shipped
+``engines/dpm_small.onnx``) or ``oracle:<synthetic bag>`` (ground truth through the Engine interface, for exactness
+tests and demos). No ROS import: ament_index is only tried, lazily, to find the installed model."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_ENGINE = "dpm_small.onnx"
+ORACLE = "oracle:"
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,17 +32,31 @@ def default_engine_path() -> Path:
                      "'oracle:<synthetic bag>'")
 
 
+def oracle_bag(spec: str | None) -> Path | None:
+    """The synthetic bag an ``oracle:<bag>`` spec names (``~`` expanded), or None for a model-file spec."""
+    spec = (spec or "").strip()
+    return Path(os.path.expanduser(spec[len(ORACLE):])) if spec.startswith(ORACLE) else None
+
+
+def engine_path(spec: str | None) -> Path:
+    """The model file a spec names (``~`` expanded; empty = the shipped model, ``default_engine_path``). Not for
+    an ``oracle:`` spec (ValueError: see ``oracle_bag``)."""
+    spec = (spec or "").strip()
+    if spec.startswith(ORACLE):
+        raise ValueError(f"'{spec}' names the oracle engine, not a model file")
+    return Path(os.path.expanduser(spec)) if spec else default_engine_path()
+
+
 def open_engine(spec: str, backend: str = "auto"):
     """Engine for the parameter value ``spec`` (see module docstring)."""
-    spec = (spec or "").strip()
-    if spec.startswith("oracle:"):
-        path = Path(os.path.expanduser(spec[len("oracle:"):]))
+    path = oracle_bag(spec)
+    if path is not None:
         if not path.exists():
             raise ValueError(f"oracle engine: synthetic bag '{path}' not found (write one with `dpm synth`)")
         from dpm_ros.engine.oracle import OracleEngine
 
         return OracleEngine.from_bag(path)
-    path = Path(os.path.expanduser(spec)) if spec else default_engine_path()
+    path = engine_path(spec)
     if not path.exists():
         raise ValueError(f"engine file '{path}' not found (parameter 'engine')")
     from dpm_ros.engine import load_engine
