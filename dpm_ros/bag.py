@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .output_files import MCAP_MAGIC
 
 IMAGE_TOPIC = "/camera/image_raw"
 INFO_TOPIC = "/camera/camera_info"
@@ -71,16 +72,13 @@ def _header(ns: int, frame_id: str):
 
 
 def image_msg(array: np.ndarray, stamp_ns: int, frame_id: str = CAMERA_FRAME):
-    """sensor_msgs/Image from (H, W, 3) uint8 RGB (rgb8), (H, W) float32 (32FC1) or (H, W) int32 (32SC1)."""
+    """sensor_msgs/Image from (H, W, 3) uint8 RGB (rgb8), (H, W) float32 (32FC1), (H, W) int32 (32SC1) or (H, W)
+    uint16 (16UC1: depth in millimetres, REP 118); little-endian data."""
     a = np.ascontiguousarray(array)
-    if a.ndim == 3 and a.shape[2] == 3 and a.dtype == np.uint8:
-        enc = "rgb8"
-    elif a.ndim == 2 and a.dtype == np.float32:
-        enc = "32FC1"
-    elif a.ndim == 2 and a.dtype == np.int32:
-        enc = "32SC1"
-    else:
-        raise ValueError(f"image_msg: need (H, W, 3) uint8, (H, W) float32 or (H, W) int32, got {a.shape} {a.dtype}")
+    encodings = {(3, "uint8"): "rgb8", (2, "float32"): "32FC1", (2, "int32"): "32SC1", (2, "uint16"): "16UC1"}
+    enc = encodings.get((a.ndim, a.dtype.name))
+    if enc is None or (enc == "rgb8" and a.shape[2] != 3):
+        raise ValueError(f"image_msg: need (H, W, 3) uint8, (H, W) float32, int32 or uint16, got {a.shape} {a.dtype}")
     a = a.astype(a.dtype.newbyteorder("<"), copy=False)
     return typestore().types["sensor_msgs/msg/Image"](
         header=_header(stamp_ns, frame_id), height=a.shape[0], width=a.shape[1], encoding=enc, is_bigendian=0,
@@ -338,7 +336,6 @@ def stamp_ns(seconds: float) -> int:
     return int(round(seconds * 1e9))
 
 
-MCAP_MAGIC = b"\x89MCAP0\r\n"
 _RECOVERED_OPS = (0x01, 0x03, 0x04, 0x05, 0x06)   # header, schema, channel, message, chunk
 
 

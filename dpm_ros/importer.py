@@ -316,17 +316,13 @@ def _compressed_msg(rgb: np.ndarray, stamp_ns: int, frame_id: str, fmt: str, qua
 
 
 def _depth_msg(metres: np.ndarray, stamp_ns: int, frame_id: str, encoding: str):
-    from dpm_ros.bag import _header, typestore
+    """sensor_msgs/Image of a depth map in metres: 32FC1 metres, or 16UC1 millimetres with 0 = no depth (REP 118)."""
+    from dpm_ros.bag import image_msg
 
     if encoding == "32FC1":
-        a = metres.astype("<f4")
-    else:  # 16UC1 millimetres, 0 = no depth (REP 118)
-        mm = np.where(np.isfinite(metres), np.round(metres * 1000.0), 0.0)
-        a = np.clip(mm, 0, 65535).astype("<u2")
-    a = np.ascontiguousarray(a)
-    return typestore().types["sensor_msgs/msg/Image"](
-        header=_header(stamp_ns, frame_id), height=a.shape[0], width=a.shape[1], encoding=encoding, is_bigendian=0,
-        step=a.strides[0], data=np.frombuffer(a.tobytes(), np.uint8))
+        return image_msg(metres.astype(np.float32), stamp_ns, frame_id)
+    mm = np.where(np.isfinite(metres), np.round(metres * 1000.0), 0.0)
+    return image_msg(np.clip(mm, 0, 65535).astype(np.uint16), stamp_ns, frame_id)
 
 
 def _camera_info(cal: Calibration, src_hw: tuple[int, int], out_hw: tuple[int, int], stamp_ns: int, frame_id: str):

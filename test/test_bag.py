@@ -104,3 +104,16 @@ def test_compressed_images_decode_to_rgb():
         header=bag.image_msg(rgb, 5).header, format="rgb8; png compressed bgr8", data=png.ravel())
     np.testing.assert_array_equal(bag.image_to_numpy(msg), rgb)
     np.testing.assert_array_equal(bag.image_to_numpy(bag.image_msg(rgb, 5), "bgr8"), rgb[..., ::-1])
+
+
+def test_image_msg_encodings_and_refusals():
+    """One Image builder for colour, float / int maps and 16UC1 millimetre depth (the importer's depth topic)."""
+    mm = np.array([[1500, 0, 65535]], np.uint16)
+    msg = bag.image_msg(mm, 7, "cam")
+    assert (msg.encoding, msg.step, msg.is_bigendian, msg.header.frame_id) == ("16UC1", 6, 0, "cam")
+    np.testing.assert_array_equal(np.frombuffer(bytes(msg.data), "<u2").reshape(1, 3), mm)
+    assert bag.image_msg(np.zeros((2, 3), np.float32), 0).encoding == "32FC1"
+    assert bag.image_msg(np.zeros((2, 3), np.int32), 0).encoding == "32SC1"
+    for bad in (np.zeros((2, 3, 4), np.uint8), np.zeros((2, 3), np.float64), np.zeros((2, 3, 3), np.uint16)):
+        with pytest.raises(ValueError, match="image_msg: need"):
+            bag.image_msg(bad, 0)
