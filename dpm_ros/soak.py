@@ -288,9 +288,8 @@ def write_json(path: Optional[Path], doc: dict) -> None:
     """Atomic write (a reader never sees half a file; an interrupted run leaves the last complete one)."""
     if path is None:
         return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    from dpm_ros.engine.cache import atomic_write_bytes
+    atomic_write_bytes(path, json.dumps(doc, indent=1).encode())
 
 
 def _git_state(root: Path) -> dict:

@@ -187,3 +187,15 @@ def test_hand_written_l2_norm_and_head_tail_patterns():
 def test_unknown_precision_is_refused(shipped):
     with pytest.raises(ValueError, match="precision must be one of"):
         convert_precision(shipped, "int8")
+
+
+def test_reduced_precision_copy_is_written_whole_and_leaves_no_temporary(tmp_path, shipped_fp16):
+    """The typed copy TensorRT builds from (written before any TensorRT call, so it runs here): the same model as
+    convert_precision's, replaced atomically, nothing else left in the cache folder."""
+    from dpm_ros.engine.tensorrt_build import reduced_precision_onnx
+
+    out = tmp_path / "dpm_small.x.fp16.onnx"
+    out.write_bytes(b"an older copy")
+    assert reduced_precision_onnx(SHIPPED, "fp16", out) == out
+    assert onnx.load(str(out)).SerializeToString() == shipped_fp16.SerializeToString()
+    assert [p.name for p in tmp_path.iterdir()] == [out.name]

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dpm_ros.engine.cache import atomic_write_bytes
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "engines" / "dpm_small.onnx"
 TEST_FILES = ["test/test_tensorrt_api.py", "test/test_tensorrt_backend.py", "test/test_tensorrt_precision.py",
@@ -66,10 +68,7 @@ class Report:
 
     def write(self) -> None:
         self.data["elapsed_s"] = round(time.monotonic() - self.t0, 2)
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.out.with_name(self.out.name + ".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str) + "\n")
-        tmp.replace(self.out)
+        atomic_write_bytes(self.out, (json.dumps(self.data, indent=2, sort_keys=False, default=str) + "\n").encode())
 
 
 def versions() -> dict:

@@ -102,14 +102,13 @@ def reduced_precision_onnx(onnx_path: str | Path, precision: str, out_path: Path
     from dpm_ros.engine.precision import convert_precision
 
     model = convert_precision(onnx.load(str(onnx_path)), precision)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if model.ByteSize() <= PROTOBUF_LIMIT_BYTES:
+        cache.atomic_write_bytes(out_path, model.SerializeToString())
+        return out_path
+    out_path.parent.mkdir(parents=True, exist_ok=True)   # onnx writes the weights file beside it, then we rename
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    big = model.ByteSize() > PROTOBUF_LIMIT_BYTES
-    if big:
-        onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=out_path.name + ".data", size_threshold=1024)
-    else:
-        onnx.save_model(model, str(tmp))
+    onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out_path.name + ".data", size_threshold=1024)
     tmp.replace(out_path)
     return out_path
 
