@@ -20,10 +20,11 @@ the same committed state resumes the same segment.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
+
+from dpm_ros.engine.cache import atomic_write_bytes
 
 FORMAT = "dpm_ros.curve/1"
 DEFAULT_STATE = Path("training_state/curve.json")
@@ -179,9 +180,7 @@ def append_row(card: Path, row: str) -> int:
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
     lines.insert(end, row)
-    tmp = card.with_name(card.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, card)
+    atomic_write_bytes(card, ("\n".join(lines) + "\n").encode())
     return end - (i + 2) + 1
 
 
@@ -199,9 +198,7 @@ def adopt(ckpt: Path, state_path: Path, pos: dict) -> Path:
     state.update(pairs_seen=pos["pairs_seen"], cpu_hours=round(pos["cpu_hours"], 4), next_sample=pos["next_sample"])
     state.setdefault("segments", []).append({"segment": Path(ckpt).parent.name, "steps": pos["step"],
                                              "pairs_seen": pos["pairs_seen"]})
-    tmp = Path(state_path).with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2) + "\n")
-    os.replace(tmp, state_path)
+    atomic_write_bytes(state_path, (json.dumps(state, indent=2) + "\n").encode())
     return target
 
 
