@@ -295,3 +295,49 @@ def test_tensorrt_engine_builds_caches_and_matches_onnxruntime(tiny_onnx, tmp_pa
     for name in ref:  # the FP16 accuracy gate against ONNX Runtime
         assert np.isfinite(got[name]).all(), name
         assert np.abs(got[name] - ref[name]).max() / np.abs(ref[name]).max() < 2e-2, name
+
+
+def test_opening_an_engine_parses_the_onnx_once_and_a_read_only_cache_hit_leaves_no_folder(monkeypatch, tmp_path):
+    """TensorRT simulated up to the execution context (the code under test is ours): a cache hit in a read-only
+    cache folder reads the ONNX file once (not once more for the key and once for the metadata) and creates no
+    temporary folder for a typed copy that no build will write."""
+    from dpm_ros.engine import cache, onnx_model, tensorrt_backend
+    from dpm_ros.engine.cuda_device import DeviceProps
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            assert blob == b"\x05" * 32
+            return types.SimpleNamespace(create_execution_context=lambda: None)
+
+    trt = _fake_tensorrt(monkeypatch, "10.13.0", Runtime=Runtime, Logger=lambda level: object())
+    trt.Logger.WARNING = 2
+    monkeypatch.setattr(tensorrt_build, "cuda_unavailable_reason", lambda: None)
+    monkeypatch.setattr(tensorrt_build, "device_props", lambda index: DeviceProps("Sim GPU", (8, 7), 16, 8192))
+    monkeypatch.setattr(tensorrt_backend, "open_device", lambda index: _HostDevice())
+    tensorrt_build.trt_logger.cache_clear()
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tensorrt_build.tempfile, "tempdir", str(scratch))
+    cache_dir = tmp_path / "cache"
+    key = tensorrt_build.current_key(SHIPPED, "fp16", 0, cache_dir)
+    engine, meta = cache.engine_paths(cache_dir, SHIPPED, key)
+    cache.atomic_write_bytes(engine, b"\x05" * 32)
+    cache.write_metadata(meta, key)
+    parses = []
+    real = onnx_model.read_onnx_info
+    for module in (tensorrt_backend, tensorrt_build):
+        monkeypatch.setattr(module, "read_onnx_info", lambda path: parses.append(path) or real(path))
+    real_access = tensorrt_build.os.access
+    monkeypatch.setattr(tensorrt_build.os, "access",
+                        lambda p, mode: False if Path(p) == cache_dir else real_access(p, mode))
+    try:
+        with pytest.raises(RuntimeError, match="could not create an execution context"):
+            TensorRTEngine(SHIPPED, precision="fp16", cache_dir=cache_dir)
+    finally:
+        tensorrt_build.trt_logger.cache_clear()
+    assert len(parses) == 1
+    assert list(scratch.iterdir()) == []
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted([engine.name, meta.name, "dpm_small.sha256.json"])

@@ -210,13 +210,14 @@ class build_lock:
             self._fd = None
 
 
-def get_or_build(cache_dir: str | Path, onnx_path: str | Path, key: dict, build: Callable[[], bytes],
+def get_or_build(cache_dir: str | Path, onnx_path: str | Path, key: dict, build: Callable[[], bytes], /,
                  force: bool = False, warn: Callable[[str], None] | None = None,
                  **meta_extra) -> tuple[Path, dict, bool]:
     """The cached engine for ``key`` or, on a miss (or ``force``), ``build()``'s bytes written to the cache under
     ``build_lock`` (re-checked after waiting: a process that waited uses the engine another one built).
     Returns (engine path, metadata, built now?). When the cache cannot be written (read-only, full) the engine
-    built is kept in memory (``read_engine_bytes`` serves it) and ``warn`` says so: the build is not thrown away."""
+    built is kept in memory (``read_engine_bytes`` serves it) and ``warn`` says so: the build is not thrown away.
+    ``meta_extra`` goes into the metadata as given (``onnx_path=`` included: the first four are positional-only)."""
     warn = warn or (lambda text: None)
     engine_path, meta_path = engine_paths(cache_dir, onnx_path, key)
     if not force and cached_engine(cache_dir, onnx_path, key) is not None:

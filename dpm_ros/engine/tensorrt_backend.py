@@ -78,12 +78,12 @@ class TensorRTEngine(Engine):
         self.cuda = open_device(device_index)
         self._runtime = trt.Runtime(trt_logger())
         self.engine_path, self.meta, built = get_or_build_engine(onnx_path, cache_dir, precision, workspace_gb,
-                                                                 device_index=device_index)
+                                                                 device_index=device_index, info=self.onnx)
         self._engine = self._runtime.deserialize_cuda_engine(read_engine_bytes(self.engine_path))
         if self._engine is None and not built:  # stale or damaged cache entry: rebuild once
             log.warning("%s: cached engine failed to deserialise; rebuilding", self.engine_path)
             self.engine_path, self.meta, _ = get_or_build_engine(onnx_path, cache_dir, precision, workspace_gb,
-                                                                 force=True, device_index=device_index)
+                                                                 force=True, device_index=device_index, info=self.onnx)
             self._engine = self._runtime.deserialize_cuda_engine(read_engine_bytes(self.engine_path))
         if self._engine is None:
             raise RuntimeError(f"{self.engine_path}: TensorRT could not deserialise the engine it just built")

@@ -13,6 +13,7 @@ Users with FP16 accuracy problems can compare layer by layer against ONNX Runtim
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Callable
 
 from dpm_ros.engine import cache
 from dpm_ros.engine.cuda_device import cuda_unavailable_reason, device_props
-from dpm_ros.engine.onnx_model import read_onnx_info
+from dpm_ros.engine.onnx_model import OnnxModelInfo, read_onnx_info
 
 log = logging.getLogger(__name__)
 
@@ -189,12 +190,12 @@ def build_serialized_engine(onnx_path: str | Path, precision: str = "fp16", work
 
 
 def current_key(onnx_path: str | Path, precision: str, device_index: int = 0,
-                cache_dir: str | Path | None = None) -> dict:
+                cache_dir: str | Path | None = None, info: OnnxModelInfo | None = None) -> dict:
     """The cache key for building ``onnx_path`` at ``precision`` on this machine's GPU and TensorRT. The ONNX
     digest is remembered in ``cache_dir`` by file size and mtime (weights above 2 GB are not re-hashed on every
-    start)."""
+    start). ``info``: the file's ``read_onnx_info``, when the caller has parsed it already."""
     trt = import_tensorrt()
-    info = read_onnx_info(onnx_path)
+    info = info or read_onnx_info(onnx_path)
     props = device_props(device_index)
     shapes = {name: (1, 3, info.height, info.width) for name in info.inputs}
     onnx_sha = cache.remembered_sha256(onnx_path, info.external_files, cache_dir)
@@ -205,14 +206,17 @@ def current_key(onnx_path: str | Path, precision: str, device_index: int = 0,
 
 def get_or_build_engine(onnx_path: str | Path, cache_dir: str | Path | None = None, precision: str = "fp16",
                         workspace_gb: float | None = None, force: bool = False, device_index: int = 0,
-                        report: Callable[[str], None] | None = None) -> tuple[Path, dict, bool]:
+                        report: Callable[[str], None] | None = None,
+                        info: OnnxModelInfo | None = None) -> tuple[Path, dict, bool]:
     """The engine for ``onnx_path`` from the cache, built (and cached atomically) when missing, stale or ``force``.
 
-    ``cache_dir`` defaults to ``cache.default_cache_dir``. Returns (engine path, metadata, built now?).
+    ``cache_dir`` defaults to ``cache.default_cache_dir``; ``info``: the file's ``read_onnx_info`` when the caller
+    has it (the ONNX file is parsed once). Returns (engine path, metadata, built now?).
     """
     onnx_path = Path(onnx_path)
+    info = info or read_onnx_info(onnx_path)
     cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir(onnx_path)
-    key = current_key(onnx_path, precision, device_index, cache_dir)
+    key = current_key(onnx_path, precision, device_index, cache_dir, info)
     engine_path, meta_path = cache.engine_paths(cache_dir, onnx_path, key)
     stale = cache.mismatched_fields(key, cache.read_metadata(meta_path))
 
@@ -222,17 +226,20 @@ def get_or_build_engine(onnx_path: str | Path, cache_dir: str | Path | None = No
         writable = os.access(cache_dir, os.W_OK)
     except OSError:
         writable = False
-    if not writable:   # a read-only cache: the typed ONNX copy goes to a temporary folder, the engine stays in memory
-        typed = Path(tempfile.mkdtemp(prefix="dpm_typed_onnx_")) / typed.name
+    keep_typed = writable and precision != "fp32"   # a read-only cache: the typed copy lives only for the build
 
     def build() -> bytes:
         log.info("building TensorRT engine %s (%s)", engine_path, "forced" if force else f"cache miss: {stale}")
-        return build_serialized_engine(onnx_path, precision, workspace_gb,
-                                       cache.timing_cache_path(cache_dir, key["tensorrt_version"], key["gpu_name"],
-                                                               tuple(key["compute_capability"])), report,
-                                       typed_onnx=typed if precision != "fp32" else None, device_index=device_index)
+        timing = cache.timing_cache_path(cache_dir, key["tensorrt_version"], key["gpu_name"],
+                                         tuple(key["compute_capability"]))
+        with contextlib.ExitStack() as scratch:
+            out = typed
+            if precision != "fp32" and not writable:
+                out = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="dpm_typed_onnx_"))) / typed.name
+            return build_serialized_engine(onnx_path, precision, workspace_gb, timing, report,
+                                           typed_onnx=out if precision != "fp32" else None, device_index=device_index)
 
     # one process builds (lock, re-checked after waiting); an unwritable cache keeps the built engine in memory
     return cache.get_or_build(cache_dir, onnx_path, key, build, force=force, warn=log.warning,
-                              onnx_path=str(onnx_path), onnx_metadata=read_onnx_info(onnx_path).metadata_props(),
-                              workspace_gb=workspace_gb, typed_onnx=str(typed) if precision != "fp32" else None)
+                              onnx_path=str(onnx_path), onnx_metadata=info.metadata_props(),
+                              workspace_gb=workspace_gb, typed_onnx=str(typed) if keep_typed else None)
