@@ -12,7 +12,8 @@ the same parameters and writes ``OUT_DIR/<name>.mcap``; the tasks run in local w
   by a run with the same settings (parameters, topics, engine file's sha256) on the same input (size, mtime), and
   the file is there with the recorded size and message count. Any other existing output is left alone (the bag
   fails with the reason) unless ``overwrite``.
-- Outputs appear atomically: each bag is written to a hidden temporary sibling, renamed into place when complete.
+- Outputs appear atomically: ``replay_bag`` stages each bag in a hidden sibling and moves it into place when
+  complete (``output_files`` rules: an old output survives a failed run).
 """
 from __future__ import annotations
 
@@ -262,8 +263,8 @@ def run_batch(bags: list[Path], out_dir: str | Path, params: Config, *, image_to
                 summary.failures[name] = records[name]["error"]
                 continue
             tasks.append({"input": str(bag), "output": str(out), "params": params, "image_topic": image_topic,
-                          "info_topic": info_topic, "copy_input": copy_input, "config_digest": digest,
-                          "input_fingerprint": fingerprint})
+                          "info_topic": info_topic, "copy_input": copy_input, "overwrite": overwrite,
+                          "config_digest": digest, "input_fingerprint": fingerprint})
         manifest["config_digest"] = digest
         write_manifest(out_dir, manifest)
         bar = tqdm(total=len(bags), unit="bag", desc="dpm batch", file=sys.stderr, disable=not progress,

@@ -1,7 +1,7 @@
-"""The worker side of ``dpm batch`` (``batch.py``): ``run_task`` (one bag through ``replay.replay_bag`` into a
-temporary sibling, renamed when complete), the per-process engine cache, and the two pools that run tasks: spawned
-local processes (``run_local``) and Ray actors (``connect_ray`` / ``run_ray``). A bag that raises becomes a failed
-record; a worker that dies fails only the bag it held and is replaced."""
+"""The worker side of ``dpm batch`` (``batch.py``): ``run_task`` (one bag through ``replay.replay_bag``, which
+stages the output and moves it into place when complete), the per-process engine cache, and the two pools that run
+tasks: spawned local processes (``run_local``) and Ray actors (``connect_ray`` / ``run_ray``). A bag that raises
+becomes a failed record; a worker that dies fails only the bag it held and is replaced."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +10,6 @@ import secrets
 import socket
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from dpm_ros.config import Config
@@ -57,30 +56,28 @@ def worker_engine(params: Config):
 
 
 def run_task(task: dict) -> dict:
-    """One bag, in a worker: ``replay_bag`` into a hidden temporary sibling of the output, renamed into place when
-    complete. Never raises for a bad bag: returns its record (status done/failed, counts, error, node, pid)."""
+    """One bag, in a worker: ``replay_bag`` straight to the output, which it stages in a hidden sibling and moves
+    into place when complete (``output_files`` rules; ``task['overwrite']``: the user's ``--overwrite``). Never
+    raises for a bad bag: returns its record (status done/failed, counts, error, node, pid)."""
     from dpm_ros.replay import replay_bag
 
     out = Path(task["output"])
-    tmp = out.with_name(f".{out.stem}.{uuid.uuid4().hex[:8]}.partial.mcap")
     rec = {"input": task["input"], "output": out.name, "status": "failed", "error": None}
     start = time.perf_counter()
     try:
         engine = worker_engine(task["params"])
-        stats = replay_bag(task["input"], tmp, task["params"], engine=engine, image_topic=task["image_topic"],
-                           info_topic=task["info_topic"], copy_input=task["copy_input"], progress=False)
+        stats = replay_bag(task["input"], out, task["params"], engine=engine, image_topic=task["image_topic"],
+                           info_topic=task["info_topic"], copy_input=task["copy_input"], progress=False,
+                           overwrite=task["overwrite"])
         info = engine.info()
         rec.update(images=stats.images, pairs=stats.pairs, failed_pairs=stats.failed_pairs,
-                   messages=stats.messages_written, output_bytes=tmp.stat().st_size,
+                   messages=stats.messages_written, output_bytes=out.stat().st_size,
                    engine=f"{info.backend}/{info.device}")
         if stats.failed_pairs:
             rec["error"] = f"{stats.failed_pairs} pair(s) failed; first: {stats.first_error}"
-        os.replace(tmp, out)
         rec["status"] = "done"
     except Exception as exc:  # a bad bag fails alone; its message goes to the manifest
         rec["error"] = f"{type(exc).__name__}: {exc}"
-    finally:
-        tmp.unlink(missing_ok=True)
     rec.update(seconds=round(time.perf_counter() - start, 3), node=socket.gethostname(), worker_pid=os.getpid(),
                worker_engine_loads=ENGINE_LOADS, config_digest=task["config_digest"],
                input_fingerprint=task["input_fingerprint"], finished_unix=round(time.time(), 3))

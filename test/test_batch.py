@@ -305,3 +305,34 @@ def test_expand_inputs(tmp_path):
         expand_inputs([root / "notes.txt"])
     with pytest.raises(FileNotFoundError, match="matches no file"):
         expand_inputs([str(root / "*.bag")])
+
+
+@pytest.mark.ros
+def test_a_task_stages_its_output_once_and_keeps_the_old_one_on_failure(tmp_path, monkeypatch):
+    """run_task hands the output path and --overwrite to replay_bag, whose writer stages it (no second hidden
+    sibling of its own); a bag that fails leaves the old output as it was and nothing beside it."""
+    from dpm_ros import batch_workers
+    from dpm_ros.bag import write_sequence
+    from dpm_ros.replay import load_params
+    from dpm_ros.ros.bag_recorder import BagWriter
+    from dpm_ros.synthetic import SyntheticSequence
+
+    src = write_sequence(SyntheticSequence(seed=3, n_frames=3, height=32, width=32), tmp_path / "in.mcap")
+    opened = []
+    init = BagWriter.__init__
+    monkeypatch.setattr(BagWriter, "__init__",
+                        lambda self, path, **kw: opened.append(Path(path)) or init(self, path, **kw))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "in.mcap"
+    task = {"input": str(src), "output": str(out), "params": load_params(None, {"engine": f"oracle:{src}"}),
+            "image_topic": None, "info_topic": None, "copy_input": False, "overwrite": False, "config_digest": "d",
+            "input_fingerprint": []}
+    rec = batch_workers.run_task(task)
+    assert rec["status"] == "done" and rec["pairs"] == 2, rec
+    assert opened == [out] and rec["output_bytes"] == out.stat().st_size > 0
+    old = out.read_bytes()
+    (tmp_path / "cut.mcap").write_bytes(src.read_bytes()[:2000])
+    rec = batch_workers.run_task(dict(task, input=str(tmp_path / "cut.mcap"), overwrite=True))
+    assert rec["status"] == "failed" and out.read_bytes() == old
+    assert [p.name for p in out_dir.iterdir()] == ["in.mcap"]
