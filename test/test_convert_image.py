@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
-from dpm_ros.ros.image_convert import (ImageFormatError, compressed_to_rgb, fill_image, image_to_rgb,
-                                       resize_nearest)
+from dpm_ros.ros.image_convert import (ImageFormatError, decode_compressed, fill_image, image_to_rgb,
+                                       prepare_pixels, resize_nearest)
 
 pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 
@@ -59,9 +59,10 @@ def test_step_shorter_than_row_is_an_error():
 
 def test_compressed_png_round_trip_and_garbage_is_decode_error():
     ok, png = cv2.imencode(".png", RGB[..., ::-1])
-    assert np.array_equal(compressed_to_rgb(CompressedImage(format="png", data=png.tobytes())), RGB)
+    bgr = decode_compressed(CompressedImage(format="png", data=png.tobytes()))   # the node and replay: BGR in,
+    assert np.array_equal(prepare_pixels(bgr, "bgr8", None, (5, 7))[0], RGB)       # RGB out of prepare_pixels
     with pytest.raises(ImageFormatError) as e:
-        compressed_to_rgb(CompressedImage(format="jpeg", data=b"not an image"))
+        decode_compressed(CompressedImage(format="jpeg", data=b"not an image"))
     assert e.value.kind == "decode"
 
 

@@ -149,11 +149,6 @@ def _as_2d(px: np.ndarray) -> np.ndarray:
     return px[..., None] if px.ndim == 2 else px
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/CompressedImage (jpeg, png, ...) → uint8 (H, W, 3) RGB."""
-    return np.ascontiguousarray(decode_compressed(msg)[..., ::-1])
-
-
 def decode_compressed(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg, png, ...) → uint8 (H, W, 3) BGR as OpenCV decodes it."""
     import cv2
