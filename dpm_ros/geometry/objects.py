@@ -21,40 +21,30 @@ def _nonzero_bytes(a: np.ndarray) -> np.ndarray:
     return np.concatenate([idx, n8 + np.flatnonzero(flat[n8:])]) if n8 < flat.size else idx
 
 
-def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: float, relative: bool,
-               band_rows: int = 48):
+def _cut_edges(points: np.ndarray, m8: np.ndarray, r2: np.ndarray, max_gap: float, relative: bool):
     """4-neighbour pairs (right and down) of mask pixels (``m8``, uint8 0/1) farther apart in 3D than max_gap (or
     than max_gap·min(‖p_a‖, ‖p_b‖) when ``relative``; ``r2`` = ‖p‖²), as flat index arrays ``a``, ``b``. Squared
-    distances with OpenCV channel ops, band by band of ``band_rows`` rows, each only over the columns where that
-    band has mask pixels (a pair needs both pixels in the mask; a down pair's upper pixel is in the band): objects
-    at different heights leave most of the box out. Only the (few) cut pairs are materialised."""
+    distances with OpenCV channel ops over the whole (mask-box) grid; only the (few) cut pairs are materialised."""
     h, w = m8.shape
     out_a, out_b = [], []
-    tops = list(range(0, h, band_rows))
-    band_cols = np.logical_or.reduceat(m8.view(bool), tops, axis=0)          # (bands, w): any mask pixel
-    for ya, cols in zip(tops, band_cols):
-        cols = np.flatnonzero(cols)
-        if len(cols) == 0:
-            continue
-        xa, xb = int(cols[0]), int(cols[-1]) + 1
-        for dy, dx in ((0, 1), (1, 0)):
-            ye, xe = min(ya + band_rows, h - dy), xb - dx                # pairs (y, x)-(y + dy, x + dx)
-            if ye <= ya or xe <= xa:
-                continue                                 # a single column/row has no pairs in that direction
-            sa, sb = (slice(ya, ye), slice(xa, xe)), (slice(ya + dy, ye + dy), slice(xa + dx, xe + dx))
-            gap2 = squared_norm(cv2.subtract(points[sa], points[sb]), overwrite=True)   # squares the fresh diff
-            gap2 = gap2.reshape(ye - ya, xe - xa)
-            if relative:
-                limit = cv2.min(r2[sa], r2[sb])
-                limit *= max_gap ** 2                    # in place, in the maps' dtype (as numpy's weak scalar)
-            else:
-                limit = np.full_like(gap2, max_gap ** 2)
-            cut = cv2.bitwise_and(cv2.bitwise_and(cv2.compare(gap2, limit, cv2.CMP_GT), m8[sa]), m8[sb])
-            if cv2.countNonZero(cut):
-                idx = _nonzero_bytes(cut)                # (row, col) of the band's pair grid -> flat index in (h, w)
-                a = (idx // (xe - xa) + ya) * w + idx % (xe - xa) + xa
-                out_a.append(a)
-                out_b.append(a + dy * w + dx)
+    for dy, dx in ((0, 1), (1, 0)):
+        ye, xe = h - dy, w - dx                                          # pairs (y, x)-(y + dy, x + dx)
+        if ye <= 0 or xe <= 0:
+            continue                                     # a single column/row has no pairs in that direction
+        sa, sb = (slice(0, ye), slice(0, xe)), (slice(dy, h), slice(dx, w))
+        gap2 = squared_norm(cv2.subtract(points[sa], points[sb]), overwrite=True)   # squares the fresh diff
+        gap2 = gap2.reshape(ye, xe)
+        if relative:
+            limit = cv2.min(r2[sa], r2[sb])
+            limit *= max_gap ** 2                        # in place, in the maps' dtype (as numpy's weak scalar)
+        else:
+            limit = np.full_like(gap2, max_gap ** 2)
+        cut = cv2.bitwise_and(cv2.bitwise_and(cv2.compare(gap2, limit, cv2.CMP_GT), m8[sa]), m8[sb])
+        if cv2.countNonZero(cut):
+            idx = _nonzero_bytes(cut)                    # (row, col) of the pair grid -> flat index in (h, w)
+            a = (idx // xe) * w + idx % xe
+            out_a.append(a)
+            out_b.append(a + dy * w + dx)
     empty = np.zeros(0, dtype=np.int64)
     return np.concatenate(out_a or [empty]), np.concatenate(out_b or [empty])
 
@@ -148,40 +138,29 @@ def object_pixels(mask, points, min_size: int = 64, max_gap: float = 0.05, relat
             best = cand.max(axis=1)
             todo = flat[far] == 0
             flat[far[todo]] = best[todo]
-    # Sizes, order and the per-object pixel lists from the labelled pixels only (a bool scan finds them several
-    # times faster than one over the int32 labels; every later step then touches ~|mask| pixels, not H·W).
+    # Sizes, order and the per-object pixel lists from the labelled pixels only (every later step then touches
+    # ~|mask| pixels, not H·W).
     pix = np.flatnonzero(flat > 0)
     lab = np.take(flat, pix)
     if (h, w) != (H, W):                                 # box -> image flat indices (row-major order is kept)
         pix = pix + (pix // w) * (W - w) + (y0 * W + x0)
-    few = n - 1 <= 8
-    if few:                                              # a few components: one compare each gives its pixels and
-        comp = [pix[lab == k] for k in range(1, n)]      # its size (np.bincount costs more than these compares)
-        sizes = np.array([0] + [len(c) for c in comp], dtype=np.int64)
-    else:
-        sizes = np.bincount(lab, minlength=n)
-        sizes[0] = 0
+    sizes = np.bincount(lab, minlength=n)
+    sizes[0] = 0
     order = np.argsort(-sizes, kind="stable")
     keep_lab = order[sizes[order] >= min_size][:max_objects]
     if len(keep_lab) > np.iinfo(dtype).max:
         raise ValueError(f"object_pixels: {len(keep_lab)} objects do not fit labels of type {np.dtype(dtype).name}; "
                          f"pass max_objects")
     out = np.zeros((H, W), dtype=dtype)
-    if few:
-        groups = [comp[k - 1] for k in keep_lab]
-        for j, g in enumerate(groups, start=1):
-            out.reshape(-1)[g] = j
-        return out, groups
     lut = np.zeros(len(sizes), dtype=dtype)                # in the output type: the scatter below then casts nothing
     lut[keep_lab] = np.arange(1, len(keep_lab) + 1)
     new = np.take(lut, lab)
     out.reshape(-1)[pix] = new
-    if len(keep_lab) <= 8:                               # a few objects: one compare each
-        groups = [pix[lab == k] for k in keep_lab]
-    else:                                                # many: one stable sort (radix for uint16) keeps pixel order
-        srt = np.argsort(new.astype(np.uint16) if len(keep_lab) < 65536 else new, kind="stable")
-        bounds = np.cumsum(sizes[keep_lab])
-        groups = np.split(pix[srt[len(pix) - int(bounds[-1]):]], bounds[:-1])
+    if len(keep_lab) == 0:
+        return out, []
+    srt = np.argsort(new, kind="stable")                 # label order, pixel order kept within each label
+    bounds = np.cumsum(sizes[keep_lab])
+    groups = np.split(pix[srt[len(pix) - int(bounds[-1]):]], bounds[:-1])
     return out, groups
 
 
@@ -210,13 +189,7 @@ def object_fits(p_t1, p_t2, groups, conf=None, fit_points: int = 4096) -> dict:
     rows = np.ascontiguousarray(pts.T)                                # (3, M)
     extent = (np.maximum.reduceat(rows, starts, axis=1).astype(np.float64)
               - np.minimum.reduceat(rows, starts, axis=1)).T
-    # Centroids in float64: cv2.mean sums 3-channel float images in double, one call per object on its contiguous
-    # rows (several times faster than numpy's reduceat with a float64 accumulator); other dtypes take reduceat.
-    if pts.dtype in (np.float32, np.float64):
-        centroid = np.array([cv2.mean(pts[a:a + n].reshape(-1, 1, 3))[:3]
-                             for a, n in zip(starts.tolist(), lens.tolist())])
-    else:
-        centroid = (np.add.reduceat(rows, starts, axis=1, dtype=np.float64) / lens).T
+    centroid = (np.add.reduceat(rows, starts, axis=1, dtype=np.float64) / lens).T
     confidence = np.ones(k) if c is None else np.add.reduceat(np.take(c, every), starts, dtype=np.float64) / lens
     # Weighted Umeyama (SE(3)) per object on its evenly spread fit pixels.
     fits = [g[::-(-len(g) // fit_points)] for g in groups] if fit_points else list(groups)
