@@ -14,6 +14,18 @@ def _as_image(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(-1, 1, 3)
 
 
+def _two_images(a, b, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """Two (..., 3) point arrays of one shape as ``_as_image`` images of one dtype (float64 when theirs differ),
+    and their leading shape."""
+    a = as_points(a, name_a)
+    b = as_points(b, name_b)
+    same_shape(a, b, name_a, name_b)
+    ai, bi = _as_image(a), _as_image(b)
+    if ai.dtype != bi.dtype:
+        ai, bi = ai.astype(np.float64), bi.astype(np.float64)
+    return ai, bi, a.shape[:-1]
+
+
 def squared_norm(a: np.ndarray, scale: float = 1.0, overwrite: bool = False) -> np.ndarray:
     """``scale·‖a_i‖²`` per point of a 3-channel float image ((N, 1, 3) or (H, W, 3)), one channel out.
     ``overwrite``: square ``a`` in place (a temporary of the caller's; saves one 3-channel allocation and pass)."""
@@ -29,25 +41,15 @@ def motion_mask(a, b, eps_rel: float = 0.02, eps_abs: float | None = None) -> np
     Returns a bool array of the leading shape; pixels where either point is NaN/inf are False (excluded).
     Computed as ``‖a − b‖² > ε²`` (no square roots; OpenCV channel ops), which equals the definition.
     """
-    a = as_points(a, "a")
-    b = as_points(b, "b")
-    same_shape(a, b, "a", "b")
-    ai, bi = _as_image(a), _as_image(b)
-    if ai.dtype != bi.dtype:
-        ai, bi = ai.astype(np.float64), bi.astype(np.float64)
-    return _threshold(cv2.subtract(ai, bi), ai, eps_rel, eps_abs).reshape(a.shape[:-1])
+    ai, bi, shape = _two_images(a, b, "a", "b")
+    return _threshold(cv2.subtract(ai, bi), ai, eps_rel, eps_abs).reshape(shape)
 
 
 def displacement_mask(d, a, eps_rel: float = 0.02, eps_abs: float | None = None) -> np.ndarray:
     """:func:`motion_mask` from a displacement already at hand: ``d = b − a`` (or ``a − b``, e.g. an object flow
     of ``dpm_ros.geometry.flow``) and the reference points ``a``; ``‖d‖ > ε`` with ε as in motion_mask."""
-    d = as_points(d, "d")
-    a = as_points(a, "a")
-    same_shape(d, a, "d", "a")
-    di, ai = _as_image(d), _as_image(a)
-    if ai.dtype != di.dtype:
-        ai, di = ai.astype(np.float64), di.astype(np.float64)
-    return _threshold(di, ai, eps_rel, eps_abs).reshape(a.shape[:-1])
+    di, ai, shape = _two_images(d, a, "d", "a")
+    return _threshold(di, ai, eps_rel, eps_abs).reshape(shape)
 
 
 def _threshold(d: np.ndarray, a: np.ndarray, eps_rel: float, eps_abs: float | None) -> np.ndarray:
