@@ -197,7 +197,9 @@ def connect_ray(address: str):
 def gpus_needed(params: Config, cluster_gpus: float) -> bool:
     """Whether the engine runs on a GPU: tensorrt always, onnxruntime (CPU here) and the oracle never, auto/torch
     when the cluster has GPUs (auto picks TensorRT there, torch picks CUDA)."""
-    if params.engine.startswith("oracle:") or params.backend == "onnxruntime":
+    from dpm_ros.engine.select import oracle_bag
+
+    if oracle_bag(params.engine) is not None or params.backend == "onnxruntime":
         return False
     return params.backend == "tensorrt" or cluster_gpus > 0
 

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dpm_ros.batch_workers import engine_backend
+from dpm_ros.batch_workers import engine_backend, gpus_needed
+from dpm_ros.config import load_config
 from dpm_ros.engine.select import default_engine_path, engine_path, open_engine, oracle_bag
 
 
@@ -28,3 +29,16 @@ def test_errors_name_the_missing_file(tmp_path):
     assert engine_backend(f"oracle:{tmp_path}/x", "auto") == "oracle"
     assert engine_backend("", "onnxruntime") == "onnxruntime"
     assert Path(engine_path("")).suffix == ".onnx"
+
+
+
+def test_ray_asks_no_gpu_for_the_oracle_however_the_spec_is_spaced():
+    """open_engine strips the spec; the Ray resource request must read it the same way (it did not: ' oracle:x'
+    asked for a GPU)."""
+    def cfg(engine, backend):
+        return load_config(None, {"engine": engine, "backend": backend})
+
+    assert not gpus_needed(cfg(" oracle:seq.mcap", "auto"), cluster_gpus=1)
+    assert gpus_needed(cfg(" m.onnx", "auto"), cluster_gpus=1)
+    assert not gpus_needed(cfg("", "onnxruntime"), cluster_gpus=1)
+    assert gpus_needed(cfg("", "tensorrt"), cluster_gpus=0)
