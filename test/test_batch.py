@@ -313,7 +313,7 @@ def test_a_task_stages_its_output_once_and_keeps_the_old_one_on_failure(tmp_path
     sibling of its own); a bag that fails leaves the old output as it was and nothing beside it."""
     from dpm_ros import batch_workers
     from dpm_ros.bag import write_sequence
-    from dpm_ros.replay import load_params
+    from dpm_ros.config import load_config
     from dpm_ros.ros.bag_recorder import BagWriter
     from dpm_ros.synthetic import SyntheticSequence
 
@@ -325,7 +325,7 @@ def test_a_task_stages_its_output_once_and_keeps_the_old_one_on_failure(tmp_path
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     out = out_dir / "in.mcap"
-    task = {"input": str(src), "output": str(out), "params": load_params(None, {"engine": f"oracle:{src}"}),
+    task = {"input": str(src), "output": str(out), "params": load_config(None, {"engine": f"oracle:{src}"}),
             "image_topic": None, "info_topic": None, "copy_input": False, "overwrite": False, "config_digest": "d",
             "input_fingerprint": []}
     rec = batch_workers.run_task(task)
