@@ -59,7 +59,7 @@ def run_task(task: dict) -> dict:
     """One bag, in a worker: ``replay_bag`` straight to the output, which it stages in a hidden sibling and moves
     into place when complete (``output_files`` rules; ``task['overwrite']``: the user's ``--overwrite``). Never
     raises for a bad bag: returns its record (status done/failed, counts, error, node, pid)."""
-    from dpm_ros.replay import replay_bag
+    from dpm_ros.ros.replay import replay_bag
 
     out = Path(task["output"])
     rec = {"input": task["input"], "output": out.name, "status": "failed", "error": None}

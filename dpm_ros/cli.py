@@ -30,7 +30,7 @@ SUBCOMMANDS = {
     "import": "images (folder, glob, TUM rgb.txt) or a video → a rosbag2 MCAP for dpm play / replay",
 }
 # subcommands that need ROS 2 (rclpy, and dpm_ros.ros, which `pip install .` leaves out): offered only where both
-# import. Today replay, batch and demo need it through dpm_ros.replay (rclpy at module level, until the stream/ move).
+# import. replay, batch and demo need it through dpm_ros.ros.replay (rclpy's serialisation of the node's messages).
 NEEDS_ROS = frozenset({"demo", "replay", "batch", "play", "record", "soak"})
 # subcommands whose module name differs from the command ('import' is a Python keyword)
 MODULES = {"import": "import_bag"}

@@ -75,7 +75,7 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("use_learned_mask", False, "-", "use the network's motion probability instead of ε thresholds"),
     ParamSpec("metric", False, "-", "outputs are metres although scale_source is none or chain (a metric engine, or "
               "a chain started at a known fixed_scale); fixed and depth are metric anyway"),
-    # --- metric scale (dpm_ros/scale.py)
+    # --- metric scale (dpm_ros/stream/scale.py)
     ParamSpec("scale_source", "none", "-", "metric scale: 'none' model units; 'fixed' × fixed_scale; 'depth' median "
               "ratio to the depth image of I1 on depth_topic (metres); 'chain' one consistent scale along the "
               "sequence from the frame consecutive pairs share (starts at fixed_scale; metres only if that is)",

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import CompressedImage, Image
 
+from dpm_ros.engine.pair_io import resize_nearest
 from dpm_ros.ros.image_convert import (ImageFormatError, decode_compressed, fill_image, image_to_rgb,
-                                       prepare_pixels, resize_nearest)
+                                       prepare_pixels)
 
 pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 

@@ -4,27 +4,31 @@ the message buffer vs the former full-size arrays; lazily built outputs vs eager
 engine, real pipeline; every message compared as serialised CDR bytes."""
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import pytest
 from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-from dpm_ros.pairing import FramePair, FrameRing, StampedFrame
-from dpm_ros.replay import msgtype_of
+from dpm_ros.stream.pairing import FramePair, FrameRing, StampedFrame
+from dpm_ros.ros.replay import msgtype_of
 from dpm_ros.ros.bag_recorder import canonical_cdr
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth, stage_key
+from dpm_ros.engine.pair_io import resize_nearest
 from dpm_ros.engine.select import open_engine
 from dpm_ros.ros.image_convert import (fill_image, image_msg_into, image_pixels, image_to_rgb, nearest_into,
-                                       prepare_pixels, resize_nearest)
-from dpm_ros.ros.outputs import PAIR_TOPICS, pair_messages
-from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
+                                       prepare_pixels)
 from dpm_ros.config import Config
+from dpm_ros.ros.outputs import PAIR_TOPICS, pair_messages, step_messages
+from dpm_ros.stream.step import PairProcessor, frame_sizes
 from dpm_ros.synthetic import SyntheticSequence
 
 pytestmark = pytest.mark.ros   # needs rclpy / ROS messages / DDS: `pytest -m "not ros"` leaves it out
 
+FRAME_ID = "cam_optical"
 H, W = 150, 206          # not a multiple of the 64×64 network: INTER_AREA with fractional weights
 
 
@@ -55,27 +59,28 @@ def frames():
 def run_pairs(engine, frames, K, encoding, prepared, wanted=None):
     """Every pair of the 4 frames through a fresh PairProcessor (CameraInfo for every stamp); list of message lists."""
     params = Config()
-    step = PairProcessor(params, engine)
-    ring = FrameRing(params.pair_interval, params.max_pair_gap, params.buffer_size)
     engine_hw, out_hw = frame_sizes(engine)
+    step = PairProcessor(params, engine, prepare=partial(prepare_pixels, engine_hw=engine_hw, out_hw=out_hw))
+    ring = FrameRing(params.pair_interval, params.max_pair_gap, params.buffer_size)
     outs = []
     for i, rgb in enumerate(frames[0]):
         stamp_ns = 1_000_000_000 + i * 100_000_000
         msg = image_msg(rgb, encoding, pad=3, stamp_ns=stamp_ns)
-        step.add_camera_info(M.camera_info_msg(Header(stamp=msg.header.stamp, frame_id="cam_optical"), K, H, W))
+        step.add_camera_info(M.calibration(M.camera_info_msg(Header(stamp=msg.header.stamp, frame_id="cam_optical"),
+                                                             K, H, W)))
         t = M.stamp_to_sec(msg.header.stamp)
         if prepared == "deferred" and i % 2:   # the node left the downscale to the worker (PairProcessor)
             px, enc = image_pixels(msg)
-            frame = StampedFrame(t, None, None, msg.header, 0.0, tuple(px.shape[:2]), None, (px, enc))
+            frame = StampedFrame(t, None, None, msg.header, 0.0, tuple(px.shape[:2]), None, (px, enc), FRAME_ID)
         elif prepared:
             px, enc = image_pixels(msg)
             image, colours = prepare_pixels(px, enc, engine_hw, out_hw)
-            frame = StampedFrame(t, image, None, msg.header, 0.0, tuple(px.shape[:2]), colours)
+            frame = StampedFrame(t, image, None, msg.header, 0.0, tuple(px.shape[:2]), colours, frame_id=FRAME_ID)
         else:   # the former input path: a full-resolution RGB copy, resized by the engine in every pair
-            frame = StampedFrame(t, image_to_rgb(msg), None, msg.header, 0.0)
+            frame = StampedFrame(t, image_to_rgb(msg), None, msg.header, 0.0, frame_id=FRAME_ID)
         pair = ring.push(frame)
         if pair is not None:
-            outs.append(step.process(pair, wanted=wanted).messages)
+            outs.append(step_messages(step.process(pair), params, wanted))
     assert len(outs) >= 2
     return outs
 
@@ -245,9 +250,10 @@ def test_node_reads_other_cdr_encapsulations_through_rclpy():
     seen = []
     fake = SimpleNamespace(_enqueue=lambda read: seen.append(read()))
     DpmNode._on_image(fake, data)
-    header, px, enc = seen[-1]
+    r = seen[-1]
+    header, px, enc = r.header, r.pixels, r.encoding
     np.testing.assert_array_equal(px[..., ::-1], rgb)
-    assert (header.stamp.sec, header.stamp.nanosec, enc) == (5, 1, "bgr8")
+    assert (header.stamp.sec, header.stamp.nanosec, enc, r.stamp) == (5, 1, "bgr8", 5.000000001)
     with pytest.raises(ImageFormatError):
         parse_image_cdr(b"\x00\x07" + data[2:])
     fake2 = SimpleNamespace(_enqueue=lambda read: seen.append(read()))

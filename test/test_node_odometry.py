@@ -4,7 +4,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from dpm_ros.geometry.procrustes import invert_se3
-from dpm_ros.ros.odometry import EgoOdometry, body_twist, interpolate_pose
+from dpm_ros.stream.odometry import EgoOdometry, body_twist, interpolate_pose
 
 
 def pose(rotvec, t):

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from dpm_ros.pairing import FrameRing, LatestSlot, StampedFrame
+from dpm_ros.stream.pairing import FrameRing, LatestSlot, StampedFrame
 
 IMG = np.zeros((2, 2, 3), np.uint8)
 

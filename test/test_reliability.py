@@ -436,18 +436,19 @@ def _camera_info(fx=200.0, fy=200.0, cx=160.0, cy=120.0, k22=1.0, d=(0.0,) * 5, 
 ])
 def test_implausible_camera_info_is_rejected_and_counted(bad, reason):
     """(7) fx = 1e-9 or 1e30, cx = −1e7, K[2][2] = 0, NaN distortion were accepted and republished."""
-    from dpm_ros.ros.pair_step import PairProcessor, camera_info_problem
     from dpm_ros.config import Config
-    assert camera_info_problem(_camera_info()) is None
-    assert reason in camera_info_problem(_camera_info(**bad))
+    from dpm_ros.ros.messages import calibration
+    from dpm_ros.stream.step import PairProcessor, camera_info_problem
+    assert camera_info_problem(calibration(_camera_info())) is None
+    assert reason in camera_info_problem(calibration(_camera_info(**bad)))
     told = []
     step = PairProcessor(Config(), None, None, lambda level, kind, text: told.append((kind, text)))
-    assert step.add_camera_info(_camera_info(**bad)) is False
-    assert step.add_camera_info(_camera_info()) is True
+    assert step.add_camera_info(calibration(_camera_info(**bad))) is False
+    assert step.add_camera_info(calibration(_camera_info())) is True
     assert step.counters()["camera_info_rejected"] == 1
     assert told and told[0][0] == "camera_info" and reason in told[0][1]
     told.clear()
-    assert step.add_camera_info(_camera_info(d=(0.1, 0, 0, 0, 0))) is True     # used, but said: D is not applied
+    assert step.add_camera_info(calibration(_camera_info(d=(0.1, 0, 0, 0, 0)))) is True   # used, said: D not applied
     assert told and told[0][0] == "distortion" and "rectified" in told[0][1]
 
 

@@ -1,4 +1,4 @@
-"""Metric scale (dpm_ros.scale): each source on a ground-truth sequence whose pairs are each in their own model units,
+"""Metric scale (stream.scale): each source on a ground-truth sequence whose pairs are each in their own model units,
 the way a network normalises every pair."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dpm_ros.engine.pair_io import resize_nearest
-from dpm_ros.scale import ScaleEstimator, frame_depths, median_ratio, shape_ratio
+from dpm_ros.stream.scale import ScaleEstimator, frame_depths, median_ratio, shape_ratio
 
 H, W = 24, 32
 K = np.array([[30.0, 0, (W - 1) / 2], [0, 30.0, (H - 1) / 2], [0, 0, 1]])
@@ -232,7 +232,7 @@ def test_pipeline_with_depth_scale_gives_metric_ego_motion_and_objects(synthetic
     from dpm_ros import ALL_POINT_MAP_NAMES
     from dpm_ros.engine.oracle import OracleEngine
     from dpm_ros.pipeline import DPMPipeline, Frame
-    from dpm_ros.scale import scale_result
+    from dpm_ros.stream.scale import scale_result
 
     seq = synthetic_sequence
 

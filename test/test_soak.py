@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from dpm_ros.soak import SoakConfig, percentile, rss_mb, summarise
+from dpm_ros.ros.soak import SoakConfig, percentile, rss_mb, summarise
 
 import dpm_ros.engine.oracle  # noqa: E402,F401  (a missing or broken module fails here, never skips)
 
@@ -108,7 +108,7 @@ def test_short_soak_reports_stages_cpu_and_builds_only_subscribed_outputs(short_
 
 
 def test_subscribe_option():
-    from dpm_ros.soak import OUTPUTS, parse_subscribe
+    from dpm_ros.ros.soak import OUTPUTS, parse_subscribe
 
     assert parse_subscribe("all") == list(OUTPUTS) and parse_subscribe("none") == []
     assert parse_subscribe("points, depth") == ["points", "depth"]

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from dpm_ros.tracking import Detection, ObjectTracker
+from dpm_ros.stream.tracking import Detection, ObjectTracker
 
 
 def det(c, v=(0, 0, 0), e=(0.5, 0.5, 0.5)):

@@ -38,11 +38,11 @@ def run_io(height: int, width: int, repeats: int = 20, seed: int = 0, encoding: 
     from dpm_ros.engine.pair_io import resize_image
     from dpm_ros.pipeline import DPMPipeline, Frame
     from dpm_ros.ros.bag_recorder import canonical_cdr
+    from dpm_ros.engine.pair_io import resize_nearest
     from dpm_ros.engine.select import open_engine
-    from dpm_ros.ros.image_convert import (fill_image, image_pixels, image_to_rgb, parse_image_cdr, prepare_pixels,
-                                           resize_nearest)
+    from dpm_ros.ros.image_convert import fill_image, image_pixels, image_to_rgb, parse_image_cdr, prepare_pixels
     from dpm_ros.ros.outputs import PAIR_TOPICS, pair_messages
-    from dpm_ros.ros.pair_step import frame_sizes
+    from dpm_ros.stream.step import frame_sizes
     from dpm_ros.synthetic import SyntheticSequence
 
     engine = open_engine("", "onnxruntime")

@@ -85,7 +85,7 @@ def run(args) -> int:
     from dpm_ros.demo_report import draw_overview, metrics_markdown, read_outputs, score_sequence
     from dpm_ros.config import load_config
     from dpm_ros.engine.select import default_engine_path
-    from dpm_ros.replay import replay_bag
+    from dpm_ros.ros.replay import replay_bag
     from dpm_ros.synthetic import SyntheticSequence
 
     out = Path(args.out)

@@ -51,7 +51,7 @@ def run(args) -> int:
     import sys
 
     from dpm_ros.config import load_config
-    from dpm_ros.replay import replay_bag
+    from dpm_ros.ros.replay import replay_bag
 
     params = load_config(args.params, _overrides(args))
     stats = replay_bag(args.bag, args.out, params, image_topic=args.image_topic,

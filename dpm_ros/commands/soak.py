@@ -1,6 +1,6 @@
 """``dpm soak --minutes N --rate 30 [--out JSON] [--engine ...] [--subscribe LIST]``: drive dpm_node with a
 synthetic camera stream and log its memory, latency, drops, CPU shares and per-stage latency over time
-(``dpm_ros.soak``). Exit code 1 when the node dies or never answers."""
+(``dpm_ros.ros.soak``). Exit code 1 when the node dies or never answers."""
 from __future__ import annotations
 
 
@@ -34,7 +34,7 @@ def run(args) -> int:
 
     import shlex
 
-    from dpm_ros.soak import SoakConfig, format_summary, parse_subscribe, plot_soak, run_soak
+    from dpm_ros.ros.soak import SoakConfig, format_summary, parse_subscribe, plot_soak, run_soak
 
     node_args = []
     for p in args.param:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from dpm_ros.geometry._checks import as_mask, as_point_map, as_weights, finite_rows, need_points, same_shape
 from dpm_ros.geometry.masks import motion_mask
@@ -236,3 +237,14 @@ def motion_in_world(rot, t, T_w_c1) -> np.ndarray:
     m[:3, :3] = rot
     m[:3, 3] = np.asarray(t).reshape(3)
     return T @ m @ np.linalg.inv(T)
+
+
+def object_velocities(o, dt: float) -> tuple[np.ndarray, np.ndarray]:
+    """(linear, angular) velocity of object ``o`` (a ``dpm_ros.pipeline.ObjectMotion``: motion t1→t2 ``R``, ``t``
+    and ``centroid`` at t1, camera 1's frame), per second: ((R c + t) − c) / dt and rotvec(R) / dt, dt = t2 − t1 (s)."""
+    c = np.asarray(o.centroid, float)
+    if dt == 0:
+        return np.zeros(3), np.zeros(3)
+    lin = (np.asarray(o.R, float) @ c + np.asarray(o.t, float) - c) / dt
+    ang = Rotation.from_matrix(np.asarray(o.R, float)).as_rotvec() / dt
+    return lin, ang

@@ -99,6 +99,16 @@ class NodeHealth:
             self.input_rate.tick(now)
             self.last_frame = time.monotonic() if now is None else now
 
+    def frame_arrived(self, stages: dict, deferred: bool = False, now: float | None = None) -> None:
+        """One usable input frame (one lock for all): counted in the input rate, its stage latencies (ms) added,
+        and whether its downscale was deferred to the worker."""
+        with self._lock:
+            self.input_rate.tick(now)
+            self.last_frame = time.monotonic() if now is None else now
+            for name, ms in stages.items():
+                self.stages.setdefault(name, Stats()).add(ms)
+            self.frames_deferred += int(deferred)
+
     def pair_done(self, inference_ms: float, latency_ms: float, queue_ms: float = 0.0,
                   publish_ms: float = 0.0) -> None:
         """One pair published: pipeline time, arrival of I1 → published, arrival → worker start, publishing."""

@@ -1,25 +1,19 @@
 """sensor_msgs Image / CompressedImage ⇄ numpy, without cv_bridge and without a running node.
 
-Input images become uint8 (H, W, 3) RGB, the engine's input. Anything else raises ``ImageFormatError`` (a
-ValueError) whose ``kind`` ("encoding", "size", "decode") is what the node counts in /diagnostics.
+Input images become uint8 (H, W, 3) RGB, the engine's input; depth images float metres. Anything else raises
+``stream.inputs.ImageFormatError`` (a ValueError) whose ``kind`` ("encoding", "size", "decode", "depth_encoding",
+"depth_size") is what the node counts in /diagnostics.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from dpm_ros.engine.pair_io import nearest_indices, resize_nearest  # noqa: F401 (resize_nearest: this module's API)
+from dpm_ros.engine.pair_io import nearest_indices
+from dpm_ros.stream.inputs import ImageFormatError
 
 SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8")
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 MAX_PIXELS = 40_000_000  # larger than 8K UHD (33 MP); checked on the header, before the data is touched
-
-
-class ImageFormatError(ValueError):
-    """An input image the node cannot use; ``kind`` is one of "encoding", "size", "decode"."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
 
 
 def image_pixels(msg) -> tuple[np.ndarray, str]:
@@ -162,6 +156,27 @@ def decode_compressed(msg) -> np.ndarray:
         raise ImageFormatError("decode", f"compressed image (format '{msg.format}', {buf.size} bytes) could not be "
                                          "decoded")
     return img
+
+
+def depth_to_metres(msg) -> np.ndarray:
+    """sensor_msgs/Image depth → float64 (H, W) metres, NaN where invalid. 32FC1: metres (REP 118; NaN/±inf/0
+    invalid); 16UC1 / mono16: millimetres (0 invalid). Anything else raises ImageFormatError("depth_encoding")."""
+    enc = str(msg.encoding).upper()
+    dtypes = {"32FC1": np.float32, "16UC1": np.uint16, "MONO16": np.uint16}
+    if enc not in dtypes:
+        raise ImageFormatError("depth_encoding", f"depth image encoding '{msg.encoding}' not supported "
+                                                 "(use 32FC1 in metres or 16UC1 in millimetres)")
+    dt = np.dtype(dtypes[enc]).newbyteorder(">" if msg.is_bigendian else "<")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h < 1 or w < 1 or step < w * dt.itemsize or len(msg.data) < step * h:
+        raise ImageFormatError("depth_size", f"depth image {w}×{h}, step {step}: data has {len(msg.data)} bytes, "
+                                             f"expected at least step×height = {step * h}")
+    rows = np.frombuffer(bytes(msg.data[:step * h]), np.uint8).reshape(h, step)[:, :w * dt.itemsize]
+    z = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(np.float64)
+    if dt.kind == "u":
+        z = z / 1000.0
+    z[~np.isfinite(z) | (z <= 0)] = np.nan
+    return z
 
 
 def fill_image(msg, array: np.ndarray, encoding: str):

@@ -20,9 +20,17 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dpm_ros.msg import ObjectMotion, ObjectMotionArray
 from dpm_ros.pointcloud import FIELDS, cloud_bytes, cloud_layout
 from dpm_ros.engine.pair_io import crop_box
+from dpm_ros.geometry.motion import object_velocities
 from dpm_ros.ros.image_convert import fill_image, image_msg_into, nearest_into
 
 # --- small conversions ------------------------------------------------------------------------------------------
+
+
+def calibration(msg):
+    """sensor_msgs/CameraInfo → ``stream.step.Calibration`` (its stamp in seconds, K, D, image size)."""
+    from dpm_ros.stream.step import Calibration
+
+    return Calibration(stamp_to_sec(msg.header.stamp), msg.k, msg.d, msg.height, msg.width, msg.distortion_model)
 
 
 def stamp_to_sec(stamp) -> float:
@@ -119,24 +127,18 @@ def camera_info_msg(header: Header, K: np.ndarray, height: int, width: int) -> C
 # --- objects ----------------------------------------------------------------------------------------------------
 
 
-def object_velocities(o, dt: float) -> tuple[np.ndarray, np.ndarray]:
-    """(linear, angular) velocity of object ``o`` (a ``dpm_ros.pipeline.ObjectMotion``: motion t1→t2 ``R``, ``t``
-    and ``centroid`` at t1, camera 1's frame): ((R c + t) − c) / dt and rotvec(R) / dt, dt = t2 − t1 (s)."""
-    c = np.asarray(o.centroid, float)
-    if dt == 0:
-        return np.zeros(3), np.zeros(3)
-    lin = (np.asarray(o.R, float) @ c + np.asarray(o.t, float) - c) / dt
-    ang = Rotation.from_matrix(np.asarray(o.R, float)).as_rotvec() / dt
-    return lin, ang
+def _velocities(objects: list, dt: float, velocities: list | None) -> list:
+    return velocities if velocities is not None else [object_velocities(o, dt) for o in objects]
 
 
-def objects_msg(header: Header, objects: list, dt: float, metric: bool) -> ObjectMotionArray:
-    """ObjectMotionArray of ``dpm_ros.pipeline.ObjectMotion`` objects; ``dt`` = t2 − t1 in seconds (negative)."""
+def objects_msg(header: Header, objects: list, dt: float, metric: bool,
+                velocities: list | None = None) -> ObjectMotionArray:
+    """ObjectMotionArray of ``dpm_ros.pipeline.ObjectMotion`` objects; ``dt`` = t2 − t1 in seconds (negative);
+    ``velocities``: (linear, angular) per object (``geometry.motion.object_velocities``; computed when None)."""
     out = []
-    for o in objects:
+    for o, (lin, ang) in zip(objects, _velocities(objects, dt, velocities)):
         T = np.eye(4)
         T[:3, :3], T[:3, 3] = o.R, o.t
-        lin, ang = object_velocities(o, dt)
         c = np.asarray(o.centroid, float)
         out.append(ObjectMotion(id=int(o.id), motion=transform_msg(T), linear_velocity=vector3(lin),
                                 angular_velocity=vector3(ang), centroid=Point(x=c[0], y=c[1], z=c[2]),
@@ -151,12 +153,12 @@ def _colour(obj_id: int) -> ColorRGBA:
     return ColorRGBA(r=float(r), g=float(g), b=float(b), a=0.6)
 
 
-def markers_msg(header: Header, objects: list, dt: float, ns: str = "dpm_objects") -> MarkerArray:
+def markers_msg(header: Header, objects: list, dt: float, ns: str = "dpm_objects",
+                velocities: list | None = None) -> MarkerArray:
     """A DELETEALL, then per object a box (centroid, extent) and an arrow of 1 s of linear velocity."""
     markers = [Marker(header=header, ns=ns, action=Marker.DELETEALL)]
-    for o in objects:
+    for o, (lin, _) in zip(objects, _velocities(objects, dt, velocities)):
         c = np.asarray(o.centroid, float)
-        lin, _ = object_velocities(o, dt)
         colour = _colour(int(o.id))
         size = np.maximum(np.asarray(o.extent, float), 0.01)
         markers.append(Marker(header=header, ns=ns, id=2 * int(o.id), type=Marker.CUBE, action=Marker.ADD,

@@ -1,5 +1,5 @@
 """``dpm_node``: camera frames in; point clouds, motion masks, ego-motion (odometry + TF), object motions and
-diagnostics out. Thin glue: conversions live in ``messages``/``outputs``, pairing in ``dpm_ros.pairing``, geometry in
+diagnostics out. Thin glue: conversions live in ``messages``/``outputs``, pairing in ``dpm_ros.stream``, geometry in
 ``dpm_ros.pipeline``. Callbacks take a view onto the image bytes, downscale it once to what the engine needs and
 enqueue; one worker thread runs the pipeline (latest pair wins) and builds only the outputs someone subscribes to
 (checked per pair; odometry and TF always). /diagnostics carries each stage's latency (``stage_*_ms_mean/max``).
@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from typing import Optional
 
 import numpy as np
@@ -27,15 +28,17 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from dpm_ros.blas import limit_openblas_threads
 from dpm_ros.config import PARAMS, Config, ConfigError
-from dpm_ros.pairing import FramePair, FrameRing, LatestSlot, StampedFrame
 from dpm_ros.ros import messages as M
 from dpm_ros.ros.diagnostics import NodeHealth
 from dpm_ros.engine.select import open_engine
-from dpm_ros.ros.image_convert import (ImageFormatError, decode_compressed, image_pixels, parse_image_cdr,
-                                       prepare_pixels)
-from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
+from dpm_ros.ros.image_convert import (ImageFormatError, decode_compressed, depth_to_metres, image_pixels,
+                                       parse_image_cdr, prepare_pixels)
+from dpm_ros.ros.outputs import step_messages
 from dpm_ros.ros.params import coerce_overrides, descriptor, override_values, unknown_overrides
 from dpm_ros.ros.static_tf import StaticTransforms, subscribe_tf_static, tf2_lookup
+from dpm_ros.stream.inputs import FrameInput, Notices, Reading
+from dpm_ros.stream.pairing import FramePair, FrameRing, LatestSlot
+from dpm_ros.stream.step import PairProcessor, frame_sizes
 
 try:  # rclpy ≥ Humble; the class moved between releases
     from rclpy._rclpy_pybind11 import RCLError
@@ -80,11 +83,14 @@ class DpmNode(Node):
         self.engine_info = self.engine.info()
         # each frame is made ready for the engine once, on arrival (engines that resize with pair_io.resize_image):
         # the small engine input and the cloud's colours; the full-resolution frame is not kept
-        self._engine_hw, self._out_hw = frame_sizes(self.engine, self.engine_info)
+        engine_hw, out_hw = frame_sizes(self.engine, self.engine_info)
+        prepare = partial(prepare_pixels, engine_hw=engine_hw, out_hw=out_hw)
 
         self.health = NodeHealth()
-        self.ring = FrameRing(self.config.pair_interval, self.config.max_pair_gap, self.config.buffer_size)
-        self._ring_lock = threading.Lock()
+        self.notices = Notices(self._log)   # each kind of problem logged at most every 5 s (all are counted)
+        # the input half, shared with `dpm replay`: decoding errors by kind, the pairing ring, stamps going back
+        self.inputs = FrameInput(FrameRing(self.config.pair_interval, self.config.max_pair_gap,
+                                           self.config.buffer_size), prepare, self.notices, on_error=self.health.error)
         self.slot: LatestSlot[FramePair] = LatestSlot()
         self.static_tf = StaticTransforms()
         self._tf2_lookup = None
@@ -92,8 +98,8 @@ class DpmNode(Node):
             self._tf2_lookup = tf2_lookup(self, self.config.base_frame)   # tf2_ros where importable
             if self._tf2_lookup is None:
                 subscribe_tf_static(self, self.static_tf)
-        # the per-pair work, shared with `dpm replay` (pipeline, scale, odometry, tracking, output messages)
-        self.step = PairProcessor(self.config, self.engine, self._extrinsic, self._on_step_notice)
+        # the per-pair work, shared with `dpm replay` (pipeline, scale, odometry, tracking; messages: step_messages)
+        self.step = PairProcessor(self.config, self.engine, self._extrinsic, self.notices, prepare)
 
         self._make_publishers()
         qos = _input_qos(self.config)
@@ -154,7 +160,7 @@ class DpmNode(Node):
     # --- callbacks (never block) ----------------------------------------------------------------------------------
 
     def _on_image(self, data: bytes) -> None:
-        def read():
+        def read() -> Reading:
             try:
                 msg = parse_image_cdr(data)
             except ImageFormatError:   # bytes this reader does not take (e.g. another CDR encapsulation): rclpy's
@@ -163,87 +169,59 @@ class DpmNode(Node):
                     msg = deserialize_message(data, Image)
                 except Exception as exc:   # rclpy raises various errors on garbage bytes
                     raise ImageFormatError("decode", f"image message could not be deserialised ({exc})") from None
-            return (msg.header, *image_pixels(msg))
+            return Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id, msg.header, *image_pixels(msg))
         self._enqueue(read)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._enqueue(lambda: (msg.header, decode_compressed(msg), "bgr8"))
+        self._enqueue(lambda: Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id, msg.header,
+                                      decode_compressed(msg), "bgr8"))
 
     def _enqueue(self, read) -> None:
-        """One input frame: ``read()`` → (header, a view onto its pixels, encoding); downscaled once to what the
-        engine needs, into the ring. Stages: "receive" (I1's stamp → this callback on the node's clock: camera,
-        transport and the middleware, when the camera stamps with this machine's clock), "deserialize" (reading the
-        bytes; decoding for compressed input) and "convert_resize"."""
+        """One input frame: ``read()`` → a ``Reading`` (header, a view onto its pixels, encoding); downscaled once to
+        what the engine needs, into the ring (``stream.inputs.FrameInput``). Stages: "receive" (I1's stamp → this
+        callback on the node's clock: camera, transport and the middleware, when the camera stamps with this
+        machine's clock), "deserialize" (reading the bytes; decoding for compressed input) and "convert_resize"."""
         now_ns = self.get_clock().now().nanoseconds
-        t0 = time.perf_counter()
-        self.health.frame_in()
         # While the worker is behind (a pair waits untaken, so pairs are being dropped) the downscale is left to the
         # worker, which makes it only for frames of pairs it runs; otherwise it is made here, in parallel with the
         # worker's pair. Same bytes either way.
         defer = self.slot.pending
-        try:
-            header, px, enc = read()
-            t1 = time.perf_counter()
-            image, colours = (None, None) if defer else prepare_pixels(px, enc, self._engine_hw, self._out_hw)
-        except ImageFormatError as exc:
-            self.health.error(exc.kind, str(exc))
-            self._warn_throttled(exc.kind, f"skipped input image: {exc}")
+        got = self.inputs.add(read, defer)
+        if got is None:   # unusable: counted by kind (health.error) and logged, throttled
+            self.health.frame_in()
             return
-        size = tuple(px.shape[:2])
-        frame = StampedFrame(M.stamp_to_sec(header.stamp), image, None, header, time.monotonic(), size, colours,
-                             (px, enc) if defer else None)
-        self.health.stage("receive", 1e-6 * (now_ns - (header.stamp.sec * 1_000_000_000 + header.stamp.nanosec)))
-        self.health.stage("deserialize", 1000.0 * (t1 - t0))
-        if not defer:
-            self.health.stage("convert_resize", 1000.0 * (time.perf_counter() - t1))
-        else:
-            self.health.frames_deferred += 1
-        with self._ring_lock:
-            jumps, resized = self.ring.counters.stamp_jumps_back, self.ring.counters.resolution_changes
-            pair = self.ring.push(frame)
-            if self.ring.counters.stamp_jumps_back != jumps:
-                self._warn_throttled("stamp_back", "image stamp went backwards (bag loop or clock reset): pairing "
-                                     "restarted (counted in /diagnostics pairing_stamp_jumps_back)")
-            if self.ring.counters.resolution_changes != resized:
-                self._warn_throttled("resolution", f"image size changed to {size[1]}×{size[0]}: pairing "
-                                     "restarted (counted in /diagnostics pairing_resolution_changes)")
-        if pair is not None:
-            self.slot.put(pair)
+        stamp = got.frame.header.stamp
+        self.health.frame_arrived({"receive": 1e-6 * (now_ns - (stamp.sec * 1_000_000_000 + stamp.nanosec)),
+                                   "deserialize": got.read_ms, **({} if defer else {"convert_resize": got.prepare_ms})},
+                                  deferred=defer)
+        if got.pair is not None:
+            self.slot.put(got.pair)
 
-    def _warn_throttled(self, kind: str, text: str, period: float = 5.0, error: bool = False) -> None:
-        """Log at most once per ``period`` seconds per kind of problem (every one is counted in /diagnostics)."""
-        now = time.monotonic()
-        last = self.__dict__.setdefault("_last_warning", {})  # (also set up when replay builds a headless node)
-        if now - last.get(kind, -1e9) >= period:
-            last[kind] = now
-            # two call sites: rclpy refuses a second severity from the same line ("Logger severity cannot be
-            # changed between calls"), which killed the worker thread on its first pipeline error
-            if error:
-                self.get_logger().error(text)
-            else:
-                self.get_logger().warning(text)
+    def _log(self, level: str, text: str) -> None:
+        # one call site per severity: rclpy refuses a second severity from the same line ("Logger severity cannot
+        # be changed between calls"), which killed the worker thread on its first pipeline error
+        if level == "info":
+            self.get_logger().info(text)
+        elif level == "error":
+            self.get_logger().error(text)
+        else:
+            self.get_logger().warning(text)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        if not self.step.add_camera_info(msg):   # counted (camera_info_rejected) and told by the step
+        if not self.step.add_camera_info(M.calibration(msg)):   # counted (camera_info_rejected), told by the step
             self.health.error("camera_info", self.step.camera_info_problem)
 
     def _on_depth(self, msg: Image) -> None:
         try:
-            self.step.add_depth(msg)
+            self.step.add_depth(M.stamp_to_sec(msg.header.stamp), lambda: depth_to_metres(msg))
         except ImageFormatError as exc:
             self.health.error(exc.kind, str(exc))
-            self._warn_throttled(exc.kind, f"skipped depth image on {self.depth_topic}: {exc}")
+            self.notices("warn", exc.kind, f"skipped depth image on {self.depth_topic}: {exc}")
 
     def _extrinsic(self, camera_frame: str) -> Optional[np.ndarray]:
         """Pose of the camera optical frame in base_frame from /tf_static (tf2_ros where importable), or None."""
         tf2 = self._tf2_lookup
         return tf2(camera_frame) if tf2 is not None else self.static_tf.lookup(self.config.base_frame, camera_frame)
-
-    def _on_step_notice(self, level: str, kind: str, text: str) -> None:
-        if level == "info":
-            self.get_logger().info(text)
-        else:
-            self._warn_throttled(kind, text)
 
     # --- worker ---------------------------------------------------------------------------------------------------
 
@@ -258,8 +236,7 @@ class DpmNode(Node):
                 if self.slot.closed or not rclpy.ok():  # RCLError / ExternalShutdownException while shutting down
                     return
                 self.health.error("pipeline", f"{type(exc).__name__}: {exc}")
-                self._warn_throttled("pipeline", f"pipeline failed on a pair: {type(exc).__name__}: {exc}",
-                                     error=True)
+                self.notices("error", "pipeline", f"pipeline failed on a pair: {type(exc).__name__}: {exc}")
 
     def _wanted_outputs(self) -> set:
         """The per-pair topics someone subscribes to now (lazy outputs, as image_pipeline: the others are neither
@@ -270,9 +247,12 @@ class DpmNode(Node):
         queue_ms = 1000.0 * (time.monotonic() - pair.newest.received)
         t0 = time.perf_counter()
         wanted = self._wanted_outputs()
-        out = self.step.process(pair, depth_wait=self.config.depth_wait, camera_info_wait=self.config.camera_info_wait,
-                                wanted=wanted)
-        for topic, msg in out.messages:
+        out = self.step.process(pair, depth_wait=self.config.depth_wait,
+                                camera_info_wait=self.config.camera_info_wait)
+        convert: dict = {}
+        messages = step_messages(out, self.config, wanted, convert)
+        out.stages.update({f"convert:{k}": v for k, v in convert.items()})
+        for topic, msg in messages:
             tick = time.perf_counter()
             self._publisher(topic).publish(msg)
             out.stages[f"publish:{topic}"] = (out.stages.get(f"publish:{topic}", 0.0)
@@ -311,14 +291,13 @@ class DpmNode(Node):
             hint = f"; image topics in the graph: {', '.join(found)} (did you mean -r image:={guess} ?)"
         else:
             hint = f"; no {wanted.split('/')[-1]} topic exists in the graph (is the camera driver running?)"
-        self._warn_throttled("no_input", f"no image received on {self.input_topic} after {waited:.0f} s{hint}",
-                             period=NO_INPUT_REPEAT_S)
+        self.notices("warn", "no_input", f"no image received on {self.input_topic} after {waited:.0f} s{hint}",
+                     period=NO_INPUT_REPEAT_S)
 
     # --- diagnostics and shutdown ---------------------------------------------------------------------------------
 
     def _publish_diagnostics(self) -> None:
-        with self._ring_lock:
-            counters = {f"pairing_{k}": v for k, v in self.ring.counters.as_dict().items()}
+        counters = {f"pairing_{k}": v for k, v in self.inputs.pairing().items()}
         counters.update(self.step.counters())
         level, text, values = self.health.report(counters, self.slot.replaced, self.config.diag_max_drop_fraction,
                                                  self.config.diag_max_latency, self.config.diag_no_pair_timeout)

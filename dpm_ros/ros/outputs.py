@@ -1,8 +1,8 @@
-"""One DPM result → the per-pair output messages of the node (pure; shared by ``dpm_node`` and ``dpm replay``).
+"""One pair's typed result (``stream.step.PairResult``) → every output message of the node (shared by ``dpm_node``
+and ``dpm replay``): the only place that assembles them.
 
 Topic keys (relative to the node's namespace): ``dpm/points``, ``dpm/motion_mask``, ``dpm/object_labels``,
-``dpm/depth``, ``dpm/camera_info``, ``dpm/objects``, ``dpm/objects/markers``. Ego-motion messages (odometry, TF)
-need the accumulated trajectory: see ``odometry.py`` and ``messages.odometry_msg`` / ``messages.tf_msg``.
+``dpm/depth``, ``dpm/camera_info``, ``dpm/objects``, ``dpm/objects/markers``, ``dpm/odometry``, and ``tf`` for /tf.
 """
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from dpm_ros.engine.pair_io import crop_image
+from dpm_ros.engine.pair_io import crop_image, resize_nearest
 from dpm_ros.pointcloud import build_cloud
 from dpm_ros.ros import messages as M
-from dpm_ros.ros.image_convert import resize_nearest
 
 
 @dataclass
@@ -64,14 +63,15 @@ def cloud_colours(image1: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def pair_messages(result, header, image1: np.ndarray | None, ids: list[int] | None = None,
                   options: OutputOptions | None = None, wanted=None, input_hw: tuple[int, int] | None = None,
-                  colours: np.ndarray | None = None, timings: dict | None = None) -> dict:
+                  colours: np.ndarray | None = None, timings: dict | None = None,
+                  velocities: list | None = None) -> dict:
     """Messages for one pair. header: I1's header (stamp, optical frame_id); image1: I1 as uint8 (H, W, 3) RGB at
     the INPUT resolution (masks are published at that size; the cloud is coloured from it at output size).
     A node that prepared I1 on arrival passes ``input_hw`` (H, W) and ``colours`` (``cloud_colours`` of I1) instead
     (``image1`` may then be the small engine input or None). ``wanted``: the topic keys to build (None = all of
     ``PAIR_TOPICS``); the others are neither computed nor converted (lazy outputs: a topic nobody subscribes to) and
     each built message's bytes equal the eager ones. ``timings``: when a dict, each built message's conversion time
-    in ms is stored under its topic key."""
+    in ms is stored under its topic key. ``velocities``: (linear, angular) per object when known (else computed)."""
     opt = options or OutputOptions()
     H, W = input_hw if input_hw is not None else image1.shape[:2]
     want = set(PAIR_TOPICS) if wanted is None else set(wanted)
@@ -111,7 +111,30 @@ def pair_messages(result, header, image1: np.ndarray | None, ids: list[int] | No
     if want & {"dpm/objects", "dpm/objects/markers"}:
         reps = object_reports(result, ids)
     if "dpm/objects" in want:
-        done("dpm/objects", M.objects_msg(hd, reps, result.dt, opt.metric))
+        done("dpm/objects", M.objects_msg(hd, reps, result.dt, opt.metric, velocities))
     if "dpm/objects/markers" in want:
-        done("dpm/objects/markers", M.markers_msg(hd, reps, result.dt))
+        done("dpm/objects/markers", M.markers_msg(hd, reps, result.dt, velocities=velocities))
     return out
+
+
+def step_messages(out, config, wanted=None, timings: dict | None = None) -> list:
+    """Every message of one pair, (topic key, message) in publication order, from the step's typed result ``out``
+    (``stream.step.PairResult``) and the node's ``dpm_ros.config.Config``: the per-pair topics of ``wanted`` (None =
+    all), then odometry and TF (always, once the extrinsic is known). ``timings``: ms per message under its topic
+    key (odometry with TF)."""
+    opts = OutputOptions(config.cloud_stride, config.cloud_min_confidence, out.metric)
+    header = M.copy_header(out.frame.header, frame_id=out.frame_id)
+    i1 = out.frame
+    messages = list(pair_messages(out.result, header, i1.image, out.ids, opts, wanted=wanted, input_hw=i1.hw,
+                                  colours=i1.colours, timings=timings, velocities=out.velocities).items())
+    state = out.odometry
+    if state is not None:
+        tick = time.perf_counter()
+        messages.append(("dpm/odometry", M.odometry_msg(header.stamp, config.odom_frame, out.child_frame,
+                                                        state.T_odom_child, state.linear, state.angular)))
+        if config.publish_tf:
+            messages.append(("tf", M.tf_msg(header.stamp, config.odom_frame, out.child_frame,
+                                            state.T_odom_child)))
+        if timings is not None:
+            timings["dpm/odometry"] = 1000.0 * (time.perf_counter() - tick)   # with TF
+    return messages

@@ -1,9 +1,9 @@
-"""One frame pair → every per-pair output message of ``dpm_node``: pipeline → metric scale → odometry → object
-tracking → messages. No rclpy node inside (only message objects from ``messages``/``outputs``), so the live node
-(its worker thread) and ``dpm replay`` run this very code and publish/write the same bytes by construction.
+"""One frame pair → one typed result: pipeline → metric scale → odometry → object tracking (no ROS inside). The
+live node (its worker thread) and ``dpm replay`` run this very code; ``dpm_ros.ros.outputs.step_messages`` turns its
+``PairResult`` into the messages, so both publish/write the same bytes by construction.
 
-Side inputs the step keeps: CameraInfo (K by stamp, or the latest), metric depth images (``depth_topic``, matched to
-I1 by stamp; 32FC1 metres or 16UC1 millimetres) and the base → camera extrinsic (a lookup callable).
+Side inputs the step keeps: camera calibrations (K by stamp, or the latest), metric depth images (``depth_topic``,
+matched to I1 by stamp, metres) and the base → camera extrinsic (a lookup callable).
 """
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from dpm_ros.config import Config
-from dpm_ros.pairing import FramePair
-from dpm_ros.ros import messages as M
-from dpm_ros.ros.image_convert import ImageFormatError
-from dpm_ros.ros.odometry import EgoOdometry
-from dpm_ros.ros.outputs import OutputOptions, pair_messages
-from dpm_ros.scale import ScaleEstimator, scale_result
-from dpm_ros.tracking import Detection, ObjectTracker
+from dpm_ros.geometry.motion import object_velocities
+from dpm_ros.stream.odometry import EgoOdometry, OdometryState
+from dpm_ros.stream.pairing import FramePair, StampedFrame
+from dpm_ros.stream.scale import ScaleEstimate, ScaleEstimator, scale_result
+from dpm_ros.stream.tracking import Detection, ObjectTracker
 
 METRIC_SOURCES = ("fixed", "depth")   # scale sources whose output is metres; "chain" is metric only with `metric`
 STAMP_TOL = 1e-6                       # seconds: "same stamp"
@@ -36,37 +34,14 @@ def frame_sizes(engine, info=None) -> tuple:
     return (out_hw if getattr(engine, "resizes_input", False) else None), out_hw
 
 
-def ensure_prepared(frame, engine_hw, out_hw) -> bool:
+def ensure_prepared(frame, prepare: Callable) -> bool:
     """Make a frame whose downscale was deferred (``frame.source`` set, ``image`` None) ready: engine input and
-    cloud colours by ``prepare_pixels``, the source pixels released. True when it had to."""
+    cloud colours by ``prepare(pixels, encoding)``, the source pixels released. True when it had to."""
     if frame.image is not None:
         return False
-    from dpm_ros.ros.image_convert import prepare_pixels
-
-    frame.image, frame.colours = prepare_pixels(*frame.source, engine_hw, out_hw)
+    frame.image, frame.colours = prepare(*frame.source)
     frame.source = None
     return True
-
-
-def depth_to_metres(msg) -> np.ndarray:
-    """sensor_msgs/Image depth → float64 (H, W) metres, NaN where invalid. 32FC1: metres (REP 118; NaN/±inf/0
-    invalid); 16UC1 / mono16: millimetres (0 invalid). Anything else raises ImageFormatError("depth_encoding")."""
-    enc = str(msg.encoding).upper()
-    dtypes = {"32FC1": np.float32, "16UC1": np.uint16, "MONO16": np.uint16}
-    if enc not in dtypes:
-        raise ImageFormatError("depth_encoding", f"depth image encoding '{msg.encoding}' not supported "
-                                                 "(use 32FC1 in metres or 16UC1 in millimetres)")
-    dt = np.dtype(dtypes[enc]).newbyteorder(">" if msg.is_bigendian else "<")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h < 1 or w < 1 or step < w * dt.itemsize or len(msg.data) < step * h:
-        raise ImageFormatError("depth_size", f"depth image {w}×{h}, step {step}: data has {len(msg.data)} bytes, "
-                                             f"expected at least step×height = {step * h}")
-    rows = np.frombuffer(bytes(msg.data[:step * h]), np.uint8).reshape(h, step)[:, :w * dt.itemsize]
-    z = np.ascontiguousarray(rows).view(dt).reshape(h, w).astype(np.float64)
-    if dt.kind == "u":
-        z = z / 1000.0
-    z[~np.isfinite(z) | (z <= 0)] = np.nan
-    return z
 
 
 class StampedBuffer:
@@ -104,30 +79,54 @@ class StampedBuffer:
 
 
 @dataclass
-class StepOutput:
-    """What one pair produced. ``messages``: (topic key, message) in publication order; keys are the node's
-    relative topics (``dpm/points`` … ``dpm/odometry``) and ``tf`` for /tf. ``inference_ms``: pipeline time."""
-    messages: list
-    inference_ms: float
+class PairResult:
+    """What one pair produced (no message): ``result`` the pipeline's ``DPMResult`` scaled to metres (model units for
+    scale_source none); ``frame`` I1 (its stamp, opaque header, engine input, colours, camera size); ``frame_id``
+    camera 1's optical frame (``camera_frame`` or I1's own); ``metric`` whether positions are metres;
+    ``odometry`` the pose and twist at t1, None while the base → camera extrinsic is awaited; ``child_frame`` the
+    odometry's child frame; ``ids`` stable object ids and ``velocities`` (linear, angular) per object, per second in
+    camera 1's frame, both in ``result.objects`` order; ``scale`` metres per model unit and its ``scale_source``;
+    ``inference_ms`` pipeline time; ``stages`` ms per stage (see ``PairProcessor.process``)."""
+    result: Any
+    frame: StampedFrame
+    frame_id: str
+    odometry: Optional[OdometryState]
+    child_frame: str
+    ids: list
+    velocities: list
     scale: float
     scale_source: str
+    inference_ms: float
+    metric: bool
     timings: dict = field(default_factory=dict)
-    stages: dict = field(default_factory=dict)   # ms per stage of the pair (see PairProcessor.process)
+    stages: dict = field(default_factory=dict)
 
 
 MIN_FOCAL_FRACTION, MAX_FOCAL_FACTOR, PRINCIPAL_MARGIN = 0.05, 50.0, 0.25
 
 
-def camera_info_problem(msg) -> Optional[str]:
-    """Why a CameraInfo cannot be used, or None. Checks: image size > 0; K finite with last row (0, 0, 1); fx, fy
+@dataclass(frozen=True)
+class Calibration:
+    """A camera calibration (a CameraInfo's numbers): ``stamp`` seconds, ``k`` the 9 values of K (row-major,
+    pixels), ``d`` distortion coefficients, ``height``/``width`` the image it belongs to (pixels)."""
+    stamp: float
+    k: Any
+    d: Any
+    height: int
+    width: int
+    distortion_model: str = ""
+
+
+def camera_info_problem(cal: Calibration) -> Optional[str]:
+    """Why a calibration cannot be used, or None. Checks: image size > 0; K finite with last row (0, 0, 1); fx, fy
     in [MIN_FOCAL_FRACTION, MAX_FOCAL_FACTOR] × the larger image side (pixels: 0.05× is beyond any fisheye, 50× a
     long telephoto); principal point within PRINCIPAL_MARGIN of the image (cx in [−0.25 W, 1.25 W]); D finite."""
     try:
-        K = np.asarray(msg.k, float).reshape(3, 3)
-        D = np.asarray(msg.d, float)
+        K = np.asarray(cal.k, float).reshape(3, 3)
+        D = np.asarray(cal.d, float)
     except (TypeError, ValueError) as exc:
         return f"K or D unreadable ({exc})"
-    W, H = int(msg.width), int(msg.height)
+    W, H = int(cal.width), int(cal.height)
     if W <= 0 or H <= 0:
         return f"image size {W}×{H} (width and height must be > 0)"
     if not np.isfinite(K).all():
@@ -151,17 +150,19 @@ class PairProcessor:
     """The node's per-pair work. ``config``: the node's ``dpm_ros.config.Config`` (a runtime change comes by
     ``set_config`` and takes effect at the next pair); ``engine``: an Engine; ``extrinsic_lookup(camera_frame)``:
     4×4 pose of the camera optical frame in ``base_frame`` or None (used only when ``base_frame`` is set);
-    ``notify(level, kind, text)``: level "info" or "warn" (the caller throttles and counts)."""
+    ``notify(level, kind, text)``: level "info" or "warn" (the caller throttles and counts); ``prepare(pixels,
+    encoding)`` → (engine input, cloud colours): how frames whose downscale the node deferred are made ready
+    (``image_convert.prepare_pixels``)."""
 
     def __init__(self, config: Config, engine, extrinsic_lookup: Callable[[str], Optional[np.ndarray]] | None = None,
-                 notify: Callable[[str, str, str], None] | None = None):
+                 notify: Callable[[str, str, str], None] | None = None, prepare: Callable | None = None):
         from dpm_ros.pipeline import DPMPipeline, Frame  # torch and geometry: imported when the node starts
 
         self.config = config
         self._pending: Optional[Config] = None      # set_config's, applied by the worker before its next pair
         self._Frame, self._DPMPipeline = Frame, DPMPipeline
         self.engine = engine
-        self._sizes: Optional[tuple] = None   # frame_sizes(engine), when a deferred frame first needs it
+        self._prepare = prepare   # (pixels, encoding) → (engine input, colours), for frames the node deferred
         self.pipeline = DPMPipeline(engine, config)
         self.tracker = ObjectTracker(config.track_gate_abs, config.track_gate_rel, config.track_max_age)
         self.odometry = EgoOdometry()
@@ -183,32 +184,34 @@ class PairProcessor:
 
     # --- side inputs (any thread) ---------------------------------------------------------------------------------
 
-    def add_camera_info(self, msg) -> bool:
-        """Keep a CameraInfo; False (ignored, counted in ``camera_info_rejected``, told once per kind) when it fails
+    def add_camera_info(self, cal: Calibration) -> bool:
+        """Keep a calibration; False (ignored, counted in ``camera_info_rejected``, told once per kind) when it fails
         ``camera_info_problem``. Distortion is not applied (feed rectified images): non-zero D is told once."""
-        problem = camera_info_problem(msg)
+        problem = camera_info_problem(cal)
         if problem is not None:
             self.camera_info_rejected += 1
             self.camera_info_problem = problem
             self._notify("warn", "camera_info", f"ignored CameraInfo: {problem}; K is estimated from the point map "
                          "until a valid one arrives (counted in camera_info_rejected)")
             return False
-        K = np.asarray(msg.k, float).reshape(3, 3)
-        if np.any(np.asarray(msg.d, float) != 0):
-            self._notify("warn", "distortion", f"CameraInfo has distortion ({msg.distortion_model}, D = "
-                         f"{list(np.round(np.asarray(msg.d, float), 4))}) that dpm_node does not apply: feed "
+        K = np.asarray(cal.k, float).reshape(3, 3)
+        if np.any(np.asarray(cal.d, float) != 0):
+            self._notify("warn", "distortion", f"CameraInfo has distortion ({cal.distortion_model}, D = "
+                         f"{list(np.round(np.asarray(cal.d, float), 4))}) that dpm_node does not apply: feed "
                          "rectified images (image_rect from image_proc) or the geometry is biased")
-        self._camera_infos.add(M.stamp_to_sec(msg.header.stamp), (K, int(msg.height), int(msg.width)))
+        self._camera_infos.add(cal.stamp, (K, int(cal.height), int(cal.width)))
         return True
 
-    def add_depth(self, msg) -> None:
-        """Keep a depth image (for scale_source 'depth'); raises ImageFormatError for an unusable one."""
+    def add_depth(self, stamp: float, read: Callable[[], np.ndarray]) -> None:
+        """Keep I1's metric depth (for scale_source 'depth'): ``read()`` → float (H, W) metres, NaN where invalid
+        (``image_convert.depth_to_metres``); an ImageFormatError it raises is counted (``scale_depth_errors``) and
+        passed on."""
         try:
-            depth = depth_to_metres(msg)
-        except ImageFormatError:
+            depth = read()
+        except ValueError:
             self.depth_errors += 1
             raise
-        self.depth.add(M.stamp_to_sec(msg.header.stamp), depth)
+        self.depth.add(stamp, depth)
 
     def set_config(self, config: Config) -> None:
         """A runtime change (only ``runtime`` parameters differ): the pipeline is rebuilt and the tracker retuned
@@ -242,19 +245,16 @@ class PairProcessor:
                          f"(camera_info_sync {self.config.camera_info_sync}): K estimated from the point map")
             return None
         K, h, w = match
-        H, W = getattr(frame, "size", None) or frame.image.shape[:2]   # camera size (image may be downscaled)
+        H, W = frame.hw   # camera size (image may be downscaled)
         if h and w and (h, w) != (H, W):
             K = np.diag([W / w, H / h, 1.0]) @ K
         return K
 
-    def process(self, pair: FramePair, depth_wait: float = 0.0, camera_info_wait: float = 0.0,
-                wanted=None) -> StepOutput:
+    def process(self, pair: FramePair, depth_wait: float = 0.0, camera_info_wait: float = 0.0) -> PairResult:
         """Run one pair (I1 = ``pair.newest``). ``depth_wait`` / ``camera_info_wait``: seconds to wait for I1's
-        depth image / CameraInfo when they come late (live node; a bag replay has them in order). ``wanted``: the
-        per-pair topic keys to build (None = all; see ``outputs.pair_messages``); odometry and TF always are.
-        ``StepOutput.stages``: ms per stage ("convert_resize_late" when a frame's downscale was deferred to here,
-        "wait" for I1's CameraInfo, "inference", "geometry", "scale", "odometry_tracking", and per message
-        "convert:<topic key>")."""
+        depth image / CameraInfo when they come late (live node; a bag replay has them in order).
+        ``PairResult.stages``: ms per stage ("convert_resize_late" when a frame's downscale was deferred to here,
+        "wait" for I1's CameraInfo, "inference", "geometry", "scale", "odometry_tracking")."""
         pending, self._pending = self._pending, None
         if pending is not None:
             self.config = pending
@@ -263,10 +263,7 @@ class PairProcessor:
             self.tracker.max_age = pending.track_max_age
         new, old = pair.newest, pair.older
         t_prep = time.perf_counter()
-        late = 0
-        if new.image is None or old.image is None:   # frames whose downscale the node left to this worker
-            self._sizes = self._sizes or frame_sizes(self.engine)
-            late = sum(ensure_prepared(f, *self._sizes) for f in (new, old))
+        late = sum(ensure_prepared(f, self._prepare) for f in (new, old))   # frames the node left to this worker
         t_wait = time.perf_counter()
         # eps_abs: metres → this pair's model units, with the best factor known before inference
         eps_abs = self.config.eps_abs / self._scale_guess() if self.config.eps_abs > 0 else None
@@ -279,31 +276,20 @@ class PairProcessor:
         result, estimate = self._metric(new.stamp, old.stamp, result, depth_wait)   # includes the depth wait
         t2 = time.perf_counter()
 
-        camera_frame = self.config.camera_frame or new.header.frame_id
-        header = M.copy_header(new.header, frame_id=camera_frame)
+        camera_frame = self.config.camera_frame or new.frame_id
         state = self._update_odometry(camera_frame, new.stamp, old.stamp, np.asarray(result.T_c1_c2, float))
-        ids = self._track(new.stamp, result, state.T_odom_camera)
+        velocities = [object_velocities(o, result.dt) for o in result.objects]
+        ids = self._track(new.stamp, result, velocities, state.T_odom_camera)
         t3 = time.perf_counter()
-        opts = OutputOptions(self.config.cloud_stride, self.config.cloud_min_confidence, self.metric)
-        convert: dict = {}
-        messages = list(pair_messages(result, header, new.image, ids, opts, wanted=wanted, input_hw=new.hw,
-                                      colours=new.colours, timings=convert).items())
-        if self.extrinsic_ok:
-            child = self.config.base_frame or camera_frame
-            tick = time.perf_counter()
-            messages.append(("dpm/odometry", M.odometry_msg(header.stamp, self.config.odom_frame, child,
-                                                            state.T_odom_child, state.linear, state.angular)))
-            if self.config.publish_tf:
-                messages.append(("tf", M.tf_msg(header.stamp, self.config.odom_frame, child, state.T_odom_child)))
-            convert["dpm/odometry"] = 1000.0 * (time.perf_counter() - tick)   # with TF
         timings = dict(getattr(result, "timings", {}) or {})
         stages = {"wait": 1000.0 * (t0 - t_wait), "inference": timings.get("inference", inference_ms),
                   "geometry": timings.get("geometry", 0.0), "scale": 1000.0 * (t2 - t1),
                   "odometry_tracking": 1000.0 * (t3 - t2)}
         if late:
             stages["convert_resize_late"] = 1000.0 * (t_wait - t_prep)
-        stages.update({f"convert:{k}": v for k, v in convert.items()})
-        return StepOutput(messages, inference_ms, estimate.scale, estimate.source, timings, stages)
+        return PairResult(result, new, camera_frame, state if self.extrinsic_ok else None,
+                          self.config.base_frame or camera_frame, ids, velocities, estimate.scale, estimate.source,
+                          inference_ms, self.metric, timings, stages)
 
     def _scale_guess(self) -> float:
         """Metres per model unit before the pair is seen: the fixed factor, else the previous pair's (or the chain's
@@ -314,7 +300,7 @@ class PairProcessor:
             return self.scale.fixed_scale if self.scale.source == "fixed" else self.scale.initial_scale
         return self.scale.last_scale
 
-    def _metric(self, t1: float, t2: float, result, depth_wait: float):
+    def _metric(self, t1: float, t2: float, result, depth_wait: float) -> tuple[Any, ScaleEstimate]:
         """The pair scaled to metres (or kept in model units for 'none'); resets the chain when stamps go back."""
         if self._last_t1 is not None and t1 < self._last_t1:
             self.scale.reset()
@@ -351,12 +337,11 @@ class PairProcessor:
                                                   "odometry and TF are not published until it arrives")
         return self.odometry.update(t1, t2, T_c1_c2)
 
-    def _track(self, stamp: float, result, T_odom_camera: np.ndarray) -> list[int]:
+    def _track(self, stamp: float, result, velocities: list, T_odom_camera: np.ndarray) -> list[int]:
         """Stable object ids: centroids and velocities moved into odom so camera motion does not break tracks."""
         R, t = T_odom_camera[:3, :3], T_odom_camera[:3, 3]
         dets = []
-        for o in result.objects:
+        for o, (lin, _) in zip(result.objects, velocities):
             c = np.asarray(o.centroid, float)
-            lin = M.object_velocities(o, result.dt)[0]
             dets.append(Detection(R @ c + t, R @ lin, np.asarray(o.extent, float)))
         return self.tracker.update(stamp, dets)

@@ -1,12 +1,12 @@
 """Offline replay: a rosbag2 with a camera topic in, a bag with dpm_node's outputs out, without DDS.
 
 The very code of ``dpm_node`` runs, without ROS (no rclpy context, no DDS participant): the bag's images go
-through the node's conversion and pairing (``prepare_pixels``, ``FrameRing``), and each pair
-through the node's per-pair step, ``ros.pair_step.PairProcessor`` (pipeline, metric scale, odometry, tracking, output
-messages), fed with the bag's CameraInfo, depth (``scale_source: depth``) and /tf_static in bag order. Every message
-it returns is serialised with ``rclpy.serialization`` (the bytes rclpy would send), its alignment padding zeroed
-(rclpy leaves it uninitialised, see ``canonical_cdr``; so the same bag always replays to the same bytes) and written
-with its schema, stamped with I1's header stamp. Unlike the live node, no pair is dropped (inference never falls
+through the node's input half (``stream.inputs.FrameInput``: conversion, error counts by kind, pairing), and each
+pair through the node's per-pair step, ``stream.step.PairProcessor`` (pipeline, metric scale, odometry, tracking)
+and ``outputs.step_messages``, fed with the bag's CameraInfo, depth (``scale_source: depth``) and /tf_static in bag
+order. Every message is serialised with ``rclpy.serialization`` (the bytes rclpy would send), its alignment padding
+zeroed (rclpy leaves it uninitialised, see ``canonical_cdr``; so the same bag always replays to the same bytes) and
+written with its schema, stamped with I1's header stamp. Unlike the live node, no pair is dropped (inference never falls
 behind a bag) and /diagnostics (wall clock rates) is not written. The input bag is only read.
 """
 from __future__ import annotations
@@ -95,7 +95,8 @@ def explain_no_pairs(stats: ReplayStats, image_topic: str, params: Config) -> st
         return f"the bag has no message on {image_topic}"
     c, reasons = stats.pairing, []
     if stats.skipped_images:
-        reasons.append("unusable images: " + ", ".join(f"{n} {k}" for k, n in stats.skipped_images.items()))
+        reasons.append("unusable images: " + ", ".join(f"{n} {'undecodable' if k == 'decode' else k}"
+                                                      for k, n in stats.skipped_images.items()))
     if c.get("duplicates"):
         reasons.append(f"{c['duplicates']} with the same header stamp as the previous image (ignored)")
     if c.get("stamp_jumps_back"):
@@ -112,23 +113,102 @@ def explain_no_pairs(stats: ReplayStats, image_topic: str, params: Config) -> st
     return f"{stats.images} images on {image_topic}; " + ("; ".join(reasons) or "no pairing check fired")
 
 
+class _Replay:
+    """One replay's state: the node's input half (``stream.inputs.FrameInput``) and per-pair step fed in bag order,
+    each pair's messages written to ``writer``. A pair is run when the next image arrives (or at the end), so the
+    CameraInfo and depth images recorded with its I1 have been read."""
+
+    def __init__(self, params: Config, engine, writer, stats: ReplayStats, notices):
+        from functools import partial
+
+        from dpm_ros.ros.image_convert import prepare_pixels
+        from dpm_ros.ros.static_tf import StaticTransforms
+        from dpm_ros.stream.inputs import FrameInput
+        from dpm_ros.stream.pairing import FrameRing
+        from dpm_ros.stream.step import PairProcessor, frame_sizes
+
+        engine_hw, out_hw = frame_sizes(engine)   # each image prepared on arrival as the node does
+        prepare = partial(prepare_pixels, engine_hw=engine_hw, out_hw=out_hw)
+        self.params, self.writer, self.stats, self.notices = params, writer, stats, notices
+        self.static_tf = StaticTransforms()
+        self.step = PairProcessor(params, engine, lambda cam: self.static_tf.lookup(params.base_frame, cam),
+                                  notices, prepare)
+        self.inputs = FrameInput(FrameRing(params.pair_interval, params.max_pair_gap, params.buffer_size),
+                                 prepare, notices)
+        self.pending = None
+
+    def image(self, msg, compressed: bool) -> None:
+        """One message of the image topic (None: its bytes did not decode)."""
+        from dpm_ros.ros.image_convert import ImageFormatError, decode_compressed, image_pixels
+        from dpm_ros.ros.messages import stamp_to_sec
+        from dpm_ros.stream.inputs import Reading
+
+        self.flush()   # the previous pair, once CameraInfo/depth sent with its image have been read
+        self.stats.images += 1
+
+        def read() -> Reading:
+            if msg is None:
+                raise ImageFormatError("decode", "image message bytes are not valid CDR")
+            px, enc = (decode_compressed(msg), "bgr8") if compressed else image_pixels(msg)
+            return Reading(stamp_to_sec(msg.header.stamp), msg.header.frame_id, msg.header, px, enc)
+
+        got = self.inputs.add(read)
+        if got is not None and got.pair is not None:
+            self.pending = got.pair
+
+    def depth(self, msg, topic: str) -> None:
+        from dpm_ros.ros.image_convert import depth_to_metres
+        from dpm_ros.ros.messages import stamp_to_sec
+
+        try:
+            self.step.add_depth(stamp_to_sec(msg.header.stamp), lambda: depth_to_metres(msg))
+        except ValueError as exc:
+            self.notices("warn", "depth_image", f"skipped depth image on {topic}: {exc}")
+
+    def flush(self) -> None:
+        """Run the pending pair and write its messages (a failing pair is counted and told once, like the node's
+        worker)."""
+        from rclpy.serialization import serialize_message
+
+        from dpm_ros.ros.outputs import step_messages
+
+        pair, self.pending = self.pending, None
+        if pair is None:
+            return
+        try:
+            out = self.step.process(pair)
+            messages = step_messages(out, self.params)
+        except Exception as exc:  # like the node's worker: count, tell once, go on with the next pair
+            self.stats.failed_pairs += 1
+            if self.stats.first_error is None:
+                self.stats.first_error = f"{type(exc).__name__}: {exc}"
+                print(f"dpm replay: warning: a pair failed ({self.stats.first_error}); skipping such pairs",
+                      file=sys.stderr, flush=True)
+            return
+        stamp = pair.newest.header.stamp
+        stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+        for key, msg in messages:
+            topic, msgtype = "/" + key, msgtype_of(msg)
+            self.writer.add_topic(topic, msgtype)
+            self.writer.write(topic, stamp_ns, canonical_cdr(serialize_message(msg), msgtype))
+            self.stats.messages_written += 1
+        self.stats.pairs += 1
+        self.stats.scales.append(out.scale)
+
+
 def replay_bag(in_path, out_path, params: Config, engine=None, image_topic: str | None = None,
                info_topic: str | None = None, copy_input: bool = False, progress: bool = True,
                overwrite: bool = False) -> ReplayStats:
     """Run the bag at ``in_path`` through dpm_node's code and write its outputs to ``out_path`` (see module doc).
     ``params``: the node's configuration (``dpm_ros.config.load_config``); ``engine``: an Engine, or None to open
     ``params.engine`` like the node does."""
-    from rclpy.serialization import deserialize_message, serialize_message
+    from rclpy.serialization import deserialize_message
     from tqdm import tqdm
 
-    from dpm_ros.pairing import FrameRing, StampedFrame
-    from dpm_ros.engine.select import open_engine
-    from dpm_ros.ros.image_convert import ImageFormatError, decode_compressed, image_pixels, prepare_pixels
-    from dpm_ros.ros.messages import stamp_to_sec
-    from dpm_ros.ros.pair_step import PairProcessor, frame_sizes
-    from dpm_ros.ros.static_tf import StaticTransforms
-
     from dpm_ros.output_files import check_output
+    from dpm_ros.engine.select import open_engine
+    from dpm_ros.ros.messages import calibration
+    from dpm_ros.stream.inputs import Notices
 
     check_output(out_path, overwrite, [in_path])   # before any work: never the input, only a bag with overwrite
     reader = open_reader(in_path)
@@ -139,18 +219,9 @@ def replay_bag(in_path, out_path, params: Config, engine=None, image_topic: str 
         compressed = image_conn.msgtype == CAMERA_TYPES[1]
         params = params.replace(image_transport="compressed" if compressed else "raw")
         engine = engine if engine is not None else open_engine(params.engine, params.backend)
-        static_tf = StaticTransforms()
-        told: set = set()
-
-        def notify(level: str, kind: str, text: str) -> None:   # once per kind, like the node's throttled log
-            if level != "info" and kind not in told:
-                told.add(kind)
-                print(f"dpm replay: warning: {text}", file=sys.stderr, flush=True)
-
-        engine_hw, out_hw = frame_sizes(engine)   # each image prepared on arrival as the node does
-        step = PairProcessor(params, engine, lambda cam: static_tf.lookup(params.base_frame, cam), notify)
-        ring = FrameRing(params.pair_interval, params.max_pair_gap, params.buffer_size)
-        pending: list = []
+        # each kind of problem told once (the node: at most every 5 s), all counted
+        notices = Notices(lambda level, text: print(f"dpm replay: warning: {text}", file=sys.stderr, flush=True)
+                          if level != "info" else None, period=None)
         wanted = {image_topic, info_topic, depth_topic, "/tf_static"} - {None}
         conns = reader.connections if copy_input else [c for c in reader.connections if c.topic in wanted]
         classes = {c.topic: resolve_msg_class(c.msgtype) for c in conns if c.topic in wanted}
@@ -158,54 +229,7 @@ def replay_bag(in_path, out_path, params: Config, engine=None, image_topic: str 
             raise ValueError(f"cannot load the message class of {image_topic} ({image_conn.msgtype})")
         stats = ReplayStats()
         with BagWriter(out_path, overwrite=overwrite, keep_partial=False, inputs=[in_path]) as writer:
-            def flush_pair() -> None:
-                if not pending:
-                    return
-                pair = pending.pop()
-                try:
-                    out = step.process(pair)
-                except Exception as exc:  # like the node's worker: count, tell once, go on with the next pair
-                    stats.failed_pairs += 1
-                    if stats.first_error is None:
-                        stats.first_error = f"{type(exc).__name__}: {exc}"
-                        print(f"dpm replay: warning: a pair failed ({stats.first_error}); skipping such pairs",
-                              file=sys.stderr, flush=True)
-                    return
-                stamp = pair.newest.header.stamp
-                stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
-                for key, msg in out.messages:
-                    topic, msgtype = "/" + key, msgtype_of(msg)
-                    writer.add_topic(topic, msgtype)
-                    writer.write(topic, stamp_ns, canonical_cdr(serialize_message(msg), msgtype))
-                    stats.messages_written += 1
-                stats.pairs += 1
-                stats.scales.append(out.scale)
-
-            def take_image(msg) -> None:
-                try:
-                    px, enc = (decode_compressed(msg), "bgr8") if compressed else image_pixels(msg)
-                    image, colours = prepare_pixels(px, enc, engine_hw, out_hw)
-                except ImageFormatError as exc:
-                    stats.skipped_images[exc.kind] = stats.skipped_images.get(exc.kind, 0) + 1
-                    notify("warn", exc.kind, f"skipped input image: {exc}")
-                    return
-                pair = ring.push(StampedFrame(stamp_to_sec(msg.header.stamp), image, None, msg.header,
-                                              time.monotonic(), tuple(px.shape[:2]), colours))
-                if pair is not None:
-                    pending[:] = [pair]
-
-            def decode(topic: str, data: bytes):
-                """The message, or None (counted, told once per topic) when its CDR bytes do not decode."""
-                if classes.get(topic) is None:
-                    return None
-                try:
-                    return deserialize_message(data, classes[topic])
-                except Exception as exc:   # rclpy raises various errors on garbage bytes
-                    stats.undecodable[topic] = stats.undecodable.get(topic, 0) + 1
-                    notify("warn", f"cdr:{topic}", f"skipped a message on {topic} whose bytes are not valid "
-                           f"{classes[topic].__name__} CDR ({type(exc).__name__}: {exc})")
-                    return None
-
+            run = _Replay(params, engine, writer, stats, notices)
             start = time.perf_counter()
             total = next(c.msgcount for c in reader.connections if c.topic == image_topic)
             with tqdm(total=total, unit="img", desc="dpm replay", file=sys.stderr, disable=not progress,
@@ -214,36 +238,35 @@ def replay_bag(in_path, out_path, params: Config, engine=None, image_topic: str 
                     if copy_input:
                         writer.add_topic(conn.topic, conn.msgtype, [])
                         writer.write(conn.topic, stamp_ns, data)
-                    if conn.topic not in wanted:
+                    if conn.topic not in wanted or classes.get(conn.topic) is None:
                         continue
-                    msg = decode(conn.topic, data)
+                    try:
+                        msg = deserialize_message(data, classes[conn.topic])
+                    except Exception as exc:   # rclpy raises various errors on garbage bytes
+                        msg = None
+                        stats.undecodable[conn.topic] = stats.undecodable.get(conn.topic, 0) + 1
+                        notices("warn", f"cdr:{conn.topic}", f"skipped a message on {conn.topic} whose bytes are "
+                                f"not valid {classes[conn.topic].__name__} CDR ({type(exc).__name__}: {exc})")
                     if conn.topic == image_topic:
-                        flush_pair()  # the previous pair, once CameraInfo/depth sent with its image have been read
-                        stats.images += 1
                         bar.update(1)
-                        if msg is None:
-                            stats.skipped_images["undecodable"] = stats.skipped_images.get("undecodable", 0) + 1
-                        else:
-                            take_image(msg)
+                        run.image(msg, compressed)
                     elif msg is None:
                         continue
                     elif conn.topic == info_topic:
-                        step.add_camera_info(msg)
+                        run.step.add_camera_info(calibration(msg))
                     elif conn.topic == depth_topic:
-                        try:
-                            step.add_depth(msg)
-                        except ValueError as exc:
-                            notify("warn", "depth_image", f"skipped depth image on {depth_topic}: {exc}")
+                        run.depth(msg, depth_topic)
                     elif conn.topic == "/tf_static":
-                        static_tf.add_message(msg)
-                flush_pair()
+                        run.static_tf.add_message(msg)
+                run.flush()
             stats.wall_s = time.perf_counter() - start
             stats.per_topic = dict(writer.counts)
-            stats.pairing = ring.counters.as_dict()
+            stats.pairing = run.inputs.pairing()
+            stats.skipped_images = dict(run.inputs.errors)
             if stats.pairs == 0:   # raised inside the writer: no empty output is left
                 raise ValueError(f"no pair written from '{in_path}': "
                                  + explain_no_pairs(stats, image_topic, params))
-        stats.counters = step.counters()
+        stats.counters = run.step.counters()
         if params.scale_source != "none" and stats.scales:
             c = stats.counters
             print(f"dpm replay: scale ({params.scale_source}): {min(stats.scales):.4g}..{max(stats.scales):.4g} "

@@ -28,6 +28,7 @@ class StampedFrame:
     size: Optional[tuple] = None         # camera (H, W) when ``image`` was downscaled on arrival; None: image's own
     colours: Optional[np.ndarray] = None  # uint8 (h, w, 3) RGB cloud colours at the engine's output grid, or None
     source: Any = None   # (pixels view, encoding) of a frame whose downscale was deferred (``image`` None until then)
+    frame_id: str = ""   # the camera's optical frame (the header's frame_id)
 
     @property
     def hw(self) -> tuple:

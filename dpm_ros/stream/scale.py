@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dpm_ros.engine.pair_io import crop_image, resize_nearest  # noqa: F401 (resize_nearest: part of this module's API)
+from dpm_ros.engine.pair_io import crop_image, resize_nearest
 
 SCALE_SOURCES = ("none", "fixed", "depth", "chain")
 
