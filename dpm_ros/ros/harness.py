@@ -2,8 +2,8 @@
 
 Used by the integration tests, ``dpm soak`` and benchmarks. ``NodeProcess`` runs the node as a subprocess (DDS on
 loopback: the caller's environment must already carry the variables of ``scripts/ros_env.sh``). ``Probe`` is an
-rclpy node in its own context and executor thread that publishes inputs with reliable QoS and records every output
-message with its arrival time.
+rclpy node in its own context and executor thread that publishes inputs and records every output message with its
+arrival time (tests), or only latency, diagnostics and counts (``dpm soak``).
 """
 from __future__ import annotations
 
@@ -67,14 +67,23 @@ class NodeProcess:
 
 
 class Probe:
-    """Publishes inputs and records outputs. ``outputs``: topic → list of (arrival monotonic time, message)."""
+    """An rclpy node in its own context and executor thread that publishes the node's inputs and watches its
+    outputs. Two uses, one class:
+
+    - tests (``record=True``, reliable QoS): every output message is kept with its arrival time (``got``,
+      ``arrivals``);
+    - a stream over hours (``dpm soak``: ``record=False``, ``sensor_qos=True`` publishes best-effort like a camera
+      driver): nothing is kept but per-stamp latency from /dpm/odometry (``publish_stamped`` → ``take``), the latest
+      /diagnostics values and, for ``count`` (name → output topic), raw subscriptions that only count (``counts``).
+      Memory stays bounded."""
 
     def __init__(self, namespace: str = "", image_topic: str = "/camera/image_raw",
-                 camera_info_topic: str = "/camera/camera_info"):
+                 camera_info_topic: str = "/camera/camera_info", name: str = "dpm_probe", record: bool = True,
+                 sensor_qos: bool = False, count: Optional[dict] = None):
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
         from sensor_msgs.msg import CameraInfo, CompressedImage, Image
         from tf2_msgs.msg import TFMessage
 
@@ -82,13 +91,20 @@ class Probe:
 
         self.context = Context()
         rclpy.init(context=self.context)
-        self.node = rclpy.create_node("dpm_probe", context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
         self.outputs: dict[str, list] = defaultdict(list)
+        self.record = record
         self._lock = threading.Lock()
+        self.sent: dict[int, float] = {}        # stamp (ns) → publish time (monotonic s); pruned
+        self.latencies: list[float] = []        # ms, since the last take()
+        self.n_odometry = 0
+        self.diag: dict[str, str] = {}
+        self.received = {n: 0 for n in (count or {})}   # raw output messages counted, by name
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, image_topic, reliable)
-        self.compressed_pub = self.node.create_publisher(CompressedImage, image_topic + "/compressed", reliable)
-        self.info_pub = self.node.create_publisher(CameraInfo, camera_info_topic, reliable)
+        inputs = qos_profile_sensor_data if sensor_qos else reliable
+        self.image_pub = self.node.create_publisher(Image, image_topic, inputs)
+        self.compressed_pub = self.node.create_publisher(CompressedImage, image_topic + "/compressed", inputs)
+        self.info_pub = self.node.create_publisher(CameraInfo, camera_info_topic, inputs)
         latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.tf_static_pub = self.node.create_publisher(TFMessage, "/tf_static", latched)
@@ -107,8 +123,15 @@ class Probe:
         topics.update({"dpm/odometry": (ns + "dpm/odometry", Odometry), "tf": ("/tf", TFMessage),
                        "diagnostics": ("/diagnostics", DiagnosticArray)})
         self.points_topic = topics["dpm/points"][0]
+        self.odometry_topic = topics["dpm/odometry"][0]
         for key, (topic, typ) in topics.items():
-            self.node.create_subscription(typ, topic, self._recorder(key), reliable)
+            if record or key in ("dpm/odometry", "diagnostics"):
+                self.node.create_subscription(typ, topic, self._recorder(key), reliable if record else
+                                              QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE))
+        by_topic = {topic: typ for topic, typ in topics.values()}
+        for n, topic in (count or {}).items():   # raw (undeserialised) best-effort: the node sees a subscriber
+            self.node.create_subscription(by_topic[topic], topic, lambda _m, n=n: self._count(n),
+                                          qos_profile_sensor_data, raw=True)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, daemon=True)
@@ -122,9 +145,55 @@ class Probe:
 
     def _recorder(self, key: str) -> Callable:
         def record(msg):
+            now = time.monotonic()
             with self._lock:
-                self.outputs[key].append((time.monotonic(), msg))
+                if self.record:
+                    self.outputs[key].append((now, msg))
+                if key == "dpm/odometry":
+                    self.n_odometry += 1
+                    sent = self.sent.pop(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, None)
+                    if sent is not None:
+                        self.latencies.append(1000.0 * (now - sent))
+                elif key == "diagnostics":
+                    values = {kv.key: kv.value for st in msg.status for kv in st.values}
+                    if "frames_in" in values:
+                        self.diag = values
         return record
+
+    def _count(self, name: str) -> None:
+        with self._lock:
+            self.received[name] += 1
+
+    def publish_stamped(self, image_msg, info_msg, stamp_ns: int) -> None:
+        """Publish a frame and its CameraInfo stamped ``stamp_ns``, remembering when (for ``take``'s latency)."""
+        from builtin_interfaces.msg import Time
+
+        t = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+        image_msg.header.stamp = t
+        info_msg.header.stamp = t
+        self.info_pub.publish(info_msg)
+        with self._lock:
+            self.sent[stamp_ns] = time.monotonic()
+            if len(self.sent) > 2000:  # outputs for old stamps will never come (dropped pairs): forget them
+                for k in sorted(self.sent)[:1000]:
+                    del self.sent[k]
+        self.image_pub.publish(image_msg)
+
+    def take(self) -> tuple[list[float], int, dict]:
+        """(I1 publish → /dpm/odometry latencies in ms since the last call, odometry messages so far, latest
+        /diagnostics values)."""
+        with self._lock:
+            lat, self.latencies = self.latencies, []
+            return lat, self.n_odometry, dict(self.diag)
+
+    def counts(self) -> dict:
+        """Raw output messages received so far, by the names of ``count``."""
+        with self._lock:
+            return dict(self.received)
+
+    def connected(self) -> bool:
+        """The node subscribes to our image topic and publishes odometry."""
+        return self.image_pub.get_subscription_count() > 0 and self.node.count_publishers(self.odometry_topic) > 0
 
     def got(self, name: str) -> list:
         """Messages received on output ``name`` ('dpm/points', 'tf', 'diagnostics', ...)."""

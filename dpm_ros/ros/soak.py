@@ -20,7 +20,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -130,114 +129,6 @@ def camera_loop(cfg: SoakConfig, workdir: Path) -> tuple[list[np.ndarray], np.nd
     return [seq.frame(i)["image"] for i in range(len(seq))], seq.K, cfg.engine
 
 
-class StreamProbe:
-    """rclpy node (own context and spin thread): publishes the camera stream best-effort like a driver, records
-    per-stamp latency from /dpm/odometry and the latest /diagnostics values. Memory stays bounded over hours."""
-
-    def __init__(self, subscribe: tuple = ()):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from nav_msgs.msg import Odometry
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-        from sensor_msgs.msg import CameraInfo, Image
-
-        self.context = Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("dpm_soak", context=self.context)
-        self.image_pub = self.node.create_publisher(Image, IMAGE_TOPIC, qos_profile_sensor_data)
-        self.info_pub = self.node.create_publisher(CameraInfo, INFO_TOPIC, qos_profile_sensor_data)
-        reliable = QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(Odometry, "/dpm/odometry", self._on_odometry, reliable)
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
-        self.received = {name: 0 for name in subscribe}   # per-pair output messages received, by OUTPUTS key
-        self._subscribe_outputs(subscribe)
-        self._lock = threading.Lock()
-        self.sent: dict[int, float] = {}        # stamp (ns) → publish time (monotonic s); pruned
-        self.latencies: list[float] = []        # ms, since the last take_latencies()
-        self.outputs = 0
-        self.diag: dict[str, str] = {}
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _subscribe_outputs(self, names) -> None:
-        """Raw (undeserialised) best-effort subscriptions: the node sees a subscriber, the probe only counts."""
-        from rclpy.qos import qos_profile_sensor_data
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-        from visualization_msgs.msg import MarkerArray
-
-        from dpm_ros.msg import ObjectMotionArray
-
-        types = {"points": PointCloud2, "motion_mask": Image, "object_labels": Image, "depth": Image,
-                 "camera_info": CameraInfo, "objects": ObjectMotionArray, "markers": MarkerArray}
-        for name in names:
-            self.node.create_subscription(types[name], OUTPUTS[name], lambda _m, n=name: self._count(n),
-                                          qos_profile_sensor_data, raw=True)
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self.received[name] += 1
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # context shut down at close()
-            pass
-
-    def _on_odometry(self, msg) -> None:
-        now = time.monotonic()
-        ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        with self._lock:
-            sent = self.sent.pop(ns, None)
-            self.outputs += 1
-            if sent is not None:
-                self.latencies.append(1000.0 * (now - sent))
-
-    def _on_diagnostics(self, msg) -> None:
-        values = {kv.key: kv.value for st in msg.status for kv in st.values}
-        if "frames_in" in values:
-            with self._lock:
-                self.diag = values
-
-    def connected(self) -> bool:
-        return self.image_pub.get_subscription_count() > 0 and self.node.count_publishers("/dpm/odometry") > 0
-
-    def publish(self, image_msg, info_msg, stamp_ns: int) -> None:
-        from builtin_interfaces.msg import Time
-
-        t = Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
-        image_msg.header.stamp = t
-        info_msg.header.stamp = t
-        self.info_pub.publish(info_msg)
-        with self._lock:
-            self.sent[stamp_ns] = time.monotonic()
-            if len(self.sent) > 2000:  # outputs for old stamps will never come (dropped pairs): forget them
-                for k in sorted(self.sent)[:1000]:
-                    del self.sent[k]
-        self.image_pub.publish(image_msg)
-
-    def take(self) -> tuple[list[float], int, dict]:
-        """(latencies in ms since the last call, outputs so far, latest diagnostics values)."""
-        with self._lock:
-            lat, self.latencies = self.latencies, []
-            return lat, self.outputs, dict(self.diag)
-
-    def counts(self) -> dict:
-        with self._lock:
-            return dict(self.received)
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown(context=self.context)
-        self._thread.join(timeout=5)
-
-
 def summarise(samples: list[dict], all_latencies: list[float], warmup: float, published: int) -> dict:
     """The summary of the samples so far (see module docstring for the quantities)."""
     after = [s for s in samples if s["t_s"] >= warmup] or samples[-1:]
@@ -311,7 +202,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
     from std_msgs.msg import Header
 
     from dpm_ros.ros import messages as M
-    from dpm_ros.ros.harness import NodeProcess
+    from dpm_ros.ros.harness import NodeProcess, Probe
     from dpm_ros.ros.image_convert import fill_image
 
     out = Path(cfg.out) if cfg.out else None
@@ -325,9 +216,10 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
         args += ["-p", f"engine:={engine.strip()}"]
     doc = dict(config=dict(asdict(cfg), engine_param=engine or "(shipped engines/dpm_small.onnx)",
                            warmup_s=cfg.warmup, domain_id=int(os.environ["ROS_DOMAIN_ID"])),
-               source=_git_state(Path(__file__).resolve().parents[1]), started_utc=time.strftime(
+               source=_git_state(Path(__file__).resolve().parents[2]), started_utc=time.strftime(
                    "%Y-%m-%dT%H:%M:%SZ", time.gmtime()), complete=False, samples=[], summary={})
-    probe = StreamProbe(tuple(cfg.subscribe))
+    probe = Probe(image_topic=IMAGE_TOPIC, camera_info_topic=INFO_TOPIC, name="dpm_soak", record=False,
+                  sensor_qos=True, count={n: OUTPUTS[n] for n in cfg.subscribe})
     published, all_lat = 0, []
     cpu_mark: dict = {}
 
@@ -373,7 +265,7 @@ def run_soak(cfg: SoakConfig, log=print) -> dict:
                 stamp_ns = max(int((wall0 + (now - t_start)) * 1e9), last_ns + 1)  # strictly increasing
                 last_ns = stamp_ns
                 image_msg, info_msg = msgs[published % len(msgs)]
-                probe.publish(image_msg, info_msg, stamp_ns)
+                probe.publish_stamped(image_msg, info_msg, stamp_ns)
                 published += 1
                 if now >= next_sample:
                     next_sample += cfg.sample_s
