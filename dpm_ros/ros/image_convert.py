@@ -6,6 +6,9 @@ Input images become uint8 (H, W, 3) RGB, the engine's input; depth images float 
 """
 from __future__ import annotations
 
+import struct
+from types import SimpleNamespace
+
 import numpy as np
 
 from dpm_ros.engine.pair_io import nearest_indices
@@ -48,54 +51,58 @@ class RawImage:
         self.is_bigendian, self.step, self.data = is_bigendian, step, data
 
 
+_U32 = {"<": struct.Struct("<I"), ">": struct.Struct(">I")}   # built once, not per image
+
+
+class _CdrReader:
+    """Reads CDR fields of one serialised message (aligned to their size from the byte after the 4-byte header)."""
+    __slots__ = ("buf", "pos", "u32_struct")
+
+    def __init__(self, buf: memoryview, little: bool):
+        self.buf, self.pos, self.u32_struct = buf, 4, _U32["<" if little else ">"]
+
+    def u32(self) -> int:
+        pos = 4 + ((self.pos - 4 + 3) & ~3)
+        if pos + 4 > len(self.buf):
+            raise ImageFormatError("decode", "serialised image: truncated")
+        (v,) = self.u32_struct.unpack_from(self.buf, pos)
+        self.pos = pos + 4
+        return v
+
+    def string(self) -> str:
+        n = self.u32()
+        if self.pos + n > len(self.buf) or n < 1:
+            raise ImageFormatError("decode", "serialised image: bad string length")
+        text = bytes(self.buf[self.pos:self.pos + n - 1]).decode("utf-8", "replace")
+        self.pos += n
+        return text
+
+
 def parse_image_cdr(data) -> RawImage:
     """Serialised sensor_msgs/Image (CDR as a raw subscription delivers it: 4-byte encapsulation header, then the
     fields aligned to their size from the byte after it) → ``RawImage`` whose pixels are a view onto ``data``.
     Raises ImageFormatError("decode") on bytes that are not such a message."""
-    import struct
-    from types import SimpleNamespace
-
     buf = memoryview(data).cast("B")
     if len(buf) < 4 or buf[0] != 0 or buf[1] not in (0, 1):
         raise ImageFormatError("decode", "serialised image: not a plain CDR message (encapsulation "
                                          f"{bytes(buf[:2]).hex() or 'missing'})")
-    end = "<" if buf[1] == 1 else ">"
-    pos = 4
-
-    def u32() -> int:
-        nonlocal pos
-        pos = 4 + ((pos - 4 + 3) & ~3)
-        if pos + 4 > len(buf):
-            raise ImageFormatError("decode", "serialised image: truncated")
-        (v,) = struct.unpack_from(end + "I", buf, pos)
-        pos += 4
-        return v
-
-    def string() -> str:
-        nonlocal pos
-        n = u32()
-        if pos + n > len(buf) or n < 1:
-            raise ImageFormatError("decode", "serialised image: bad string length")
-        text = bytes(buf[pos:pos + n - 1]).decode("utf-8", "replace")
-        pos += n
-        return text
-
-    sec = u32()
+    r = _CdrReader(buf, buf[1] == 1)
+    sec = r.u32()
     sec = sec - (1 << 32) if sec >= 1 << 31 else sec   # int32
-    nanosec = u32()
-    frame_id = string()
-    height, width = u32(), u32()
-    encoding = string()
-    if pos >= len(buf):
+    nanosec = r.u32()
+    frame_id = r.string()
+    height, width = r.u32(), r.u32()
+    encoding = r.string()
+    if r.pos >= len(buf):
         raise ImageFormatError("decode", "serialised image: truncated")
-    is_bigendian = buf[pos]
-    pos += 1
-    step = u32()
-    n = u32()
-    if pos + n > len(buf):
-        raise ImageFormatError("decode", f"serialised image: data has {len(buf) - pos} bytes, header says {n}")
+    is_bigendian = buf[r.pos]
+    r.pos += 1
+    step = r.u32()
+    n = r.u32()
+    if r.pos + n > len(buf):
+        raise ImageFormatError("decode", f"serialised image: data has {len(buf) - r.pos} bytes, header says {n}")
     header = SimpleNamespace(stamp=SimpleNamespace(sec=sec, nanosec=nanosec), frame_id=frame_id)
-    return RawImage(header, height, width, encoding, is_bigendian, step, buf[pos:pos + n])
+    return RawImage(header, height, width, encoding, is_bigendian, step, buf[r.pos:r.pos + n])
 
 
 def to_rgb(px: np.ndarray, enc: str) -> np.ndarray:
