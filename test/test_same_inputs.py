@@ -89,7 +89,8 @@ def test_node_and_replay_count_the_same_malformed_inputs_the_same_way(planted, t
     from dpm_ros.ros.bag_recorder import BagWriter
     from dpm_ros.ros.harness import NodeProcess, Probe
     from dpm_ros.ros.messages import stamp_to_sec
-    from dpm_ros.ros.replay import load_params, msgtype_of, replay_bag
+    from dpm_ros.config import load_config
+    from dpm_ros.ros.replay import msgtype_of, replay_bag
 
     seq, msgs = planted
     bag = tmp_path / "planted.mcap"
@@ -97,7 +98,7 @@ def test_node_and_replay_count_the_same_malformed_inputs_the_same_way(planted, t
         for k, (topic, msg) in enumerate(msgs):   # log time: sending order
             writer.add_topic(topic, msgtype_of(msg))
             writer.write(topic, 1_000_000_000 + k, serialize_message(msg))
-    params = load_params(ROOT / "config" / "dpm.yaml", dict(PARAMS, engine=f"oracle:{seq}"))
+    params = load_config(ROOT / "config" / "dpm.yaml", dict(PARAMS, engine=f"oracle:{seq}"))
     stats = replay_bag(bag, tmp_path / "out.mcap", params, progress=False)
     offline = dict(stats.counters, **{f"pairing_{k}": v for k, v in stats.pairing.items()},
                    **{f"errors_{k}": v for k, v in stats.skipped_images.items()})
