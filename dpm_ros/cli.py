@@ -14,8 +14,8 @@ import sys
 SUBCOMMANDS = {
     "demo": "synthetic sequence through the full pipeline; writes an overview PNG and a metrics table",
     "synth": "write a synthetic dynamic sequence with ground truth as a rosbag2 (MCAP)",
-    "bench": "benchmarks of the hot paths (geometry, network, training, packing, the node's image in/out); "
-             "JSON on stdout",
+    "bench": "benchmarks of the hot paths (geometry, network, ONNX Runtime options, training, packing, the node's "
+             "image in/out); JSON on stdout",
     "train": "train a DPM network on synthetic data (checkpoints, exact resume)",
     "curve": "continue the shipped model's learning curve from the committed state; evaluate and log a row",
     "eval": "paper-style tables (Lrel, EPE, RPE, mask IoU) on a held-out synthetic set",

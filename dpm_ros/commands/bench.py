@@ -41,7 +41,13 @@ def _io(args) -> dict:
     return run_io(height=args.height, width=args.width, repeats=args.repeats, seed=args.seed)
 
 
-TARGETS = {"geometry": _geometry, "engine": _engine, "batch": _batch, "train": _train, "io": _io}
+def _ort(args) -> dict:
+    from dpm_ros.benchmarks.ort_options import run_ort_benchmark
+
+    return run_ort_benchmark(model=args.model, rate=args.rate, repeats=args.repeats, warmup=args.warmup)
+
+
+TARGETS = {"geometry": _geometry, "engine": _engine, "batch": _batch, "train": _train, "io": _io, "ort": _ort}
 
 
 def add_arguments(parser) -> None:
@@ -57,6 +63,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bag-frames", type=int, default=20, help="batch: frames per bag (default 20)")
     parser.add_argument("--bag-size", default="96x128", metavar="HxW", help="batch: image size (default 96x128)")
     parser.add_argument("--no-ray", action="store_true", help="batch: skip the Ray runs")
+    parser.add_argument("--model", default=None, metavar="ONNX",
+                        help="ort: model file (default the shipped engines/dpm_small.onnx)")
+    parser.add_argument("--rate", type=float, default=30.0, help="ort: pairs per second the calls are paced at "
+                                                                  "(default 30)")
     from dpm_ros.benchmarks.engine import add_engine_arguments
 
     add_engine_arguments(parser)  # engine target: --preset --weights --resolution --backend --warmup --threads

@@ -36,21 +36,38 @@ def choose_providers(device: str = "cpu") -> list[str]:
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
 
 
+def session_options(threads: int | None = None, spinning: bool = False):
+    """ONNX Runtime SessionOptions for a DPM network: all graph optimisations, one operator at a time (sequential),
+    ``threads`` intra-op threads (None/0: ONNX Runtime's choice, one per physical core) and, unless ``spinning``,
+    pool threads that sleep between operators and between calls instead of busy-waiting: a spinning pool burns the
+    CPU time the rest of the node (frame conversion, geometry, publishing) needs on a 2-core machine (measured in
+    README, issue 14)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    for pool in ("intra_op", "inter_op"):
+        options.add_session_config_entry(f"session.{pool}.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3  # errors only; we raise our own messages
+    return options
+
+
 class OnnxRuntimeEngine(Engine):
-    """A DPM ONNX file run by ONNX Runtime. ``threads``: intra-op threads (default: ONNX Runtime's choice)."""
+    """A DPM ONNX file run by ONNX Runtime. ``threads``: intra-op threads (default: ONNX Runtime's choice);
+    ``spinning``: let idle pool threads busy-wait (ONNX Runtime's default; off here, see ``session_options``)."""
 
     resizes_input = True   # prepare_pair → pair_io.resize_image to the network resolution
 
-    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, onnx_path: str | Path, device: str = "cpu", threads: int | None = None,
+                 spinning: bool = False):
         import onnxruntime as ort
 
         self.onnx = read_onnx_info(onnx_path)
         self.providers = choose_providers(device)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = int(threads)
-        options.log_severity_level = 3  # errors only; we raise our own messages
+        options = session_options(threads, spinning)
         providers = [(p, {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(self.onnx.path.parent)})
                      if p == "TensorrtExecutionProvider" else p for p in self.providers]
         try:
