@@ -114,3 +114,28 @@ def test_subscribe_option():
     assert parse_subscribe("points, depth") == ["points", "depth"]
     with pytest.raises(ValueError, match="unknown output"):
         SoakConfig(subscribe=["points", "mask"]).check()
+
+
+def test_loop_cache_is_written_once_and_read_back(tmp_path, monkeypatch):
+    """--loop-cache: the rendered loop is stored (npz, no pickle) and a later run reads it instead of rendering; a
+    file of another shape is rendered again."""
+    from dpm_ros import soak
+    from dpm_ros.synthetic import SyntheticSequence
+
+    cfg = SoakConfig(width=40, height=24, frames=3, loop_cache=str(tmp_path / "loops"))
+    images, K, engine = soak.camera_loop(cfg, tmp_path)
+    cached = list((tmp_path / "loops").glob("*.npz"))
+    assert [p.name for p in cached] == ["soak_loop_3_30_40x24.npz"] and engine == ""
+    fresh = [SyntheticSequence(seed=7, n_frames=3, fps=30.0, height=24, width=40, n_objects=3,
+                               renderer="numpy").frame(i)["image"] for i in range(3)]
+    assert all(np.array_equal(a, b) for a, b in zip(images, fresh)) and len(images) == 3
+
+    def no_render(self, i):
+        raise AssertionError("rendered although the loop is cached")
+
+    monkeypatch.setattr(SyntheticSequence, "frame", no_render)
+    again, K2, _ = soak.camera_loop(cfg, tmp_path)
+    assert all(np.array_equal(a, b) for a, b in zip(again, fresh)) and np.array_equal(K, K2)
+    np.savez(cached[0], images=np.zeros((2, 24, 40, 3), np.uint8))   # not this loop: rendered again
+    with pytest.raises(AssertionError, match="rendered although"):
+        soak.camera_loop(cfg, tmp_path)

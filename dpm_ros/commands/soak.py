@@ -25,6 +25,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--node-cmd", default=None, metavar="CMD",
                         help="run CMD (split like a shell) instead of dpm_node, e.g. another checkout's "
                              "'env PYTHONPATH=/path/to/old .venv/bin/python -m dpm_ros.ros.node', for A/B runs")
+    parser.add_argument("--loop-cache", default=None, metavar="DIR",
+                        help="keep the rendered camera loop in DIR and reuse it in later runs (rendering 1920×1080 "
+                             "takes minutes on a loaded machine; A/B runs)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                         help="extra node parameter (repeatable), e.g. --param pair_interval:=0.1")
 
@@ -45,7 +48,8 @@ def run(args) -> int:
                      height=args.height, frames=args.frames, sample_s=args.sample_s, warmup_s=args.warmup_s,
                      out=args.out, domain_id=args.domain_id, node_args=node_args,
                      subscribe=parse_subscribe(args.subscribe),
-                     node_command=shlex.split(args.node_cmd) if args.node_cmd else None)
+                     node_command=shlex.split(args.node_cmd) if args.node_cmd else None,
+                     loop_cache=args.loop_cache)
     try:
         doc = run_soak(cfg, log=lambda s: print(s, file=sys.stderr, flush=True))
     except RuntimeError as exc:
