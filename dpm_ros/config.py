@@ -34,6 +34,9 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("engine", "", "path", "ONNX/engine file, or 'oracle:<synthetic bag>' (ground truth); empty = the "
               "shipped engines/dpm_small.onnx"),
     ParamSpec("backend", "auto", "-", "inference backend", choices=("auto", "torch", "onnxruntime", "tensorrt")),
+    ParamSpec("engine_threads", 1, "threads", "CPU threads of the network on onnxruntime's CPU provider (they "
+              "sleep, never spin, between calls); 0 = onnxruntime's choice, one per core. 1 leaves the other core of "
+              "a 2-core robot to frame conversion and publishing; same outputs either way", range=(0, 256)),
     # --- input
     ParamSpec("image_transport", "raw", "-", "subscribe to 'image' (raw) or '<image>/compressed' (CompressedImage)",
               choices=("raw", "compressed")),
@@ -154,6 +157,7 @@ class Config:
     ``-p`` overrides)."""
     engine: str = _default("engine")
     backend: str = _default("backend")
+    engine_threads: int = _default("engine_threads")
     image_transport: str = _default("image_transport")
     use_camera_info: bool = _default("use_camera_info")
     camera_info_sync: str = _default("camera_info_sync")

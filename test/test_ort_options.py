@@ -74,3 +74,15 @@ def test_dpm_bench_ort_command_writes_json(tmp_path, capsys):
     report = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == report
     assert len(report["results"]) == 5 and all(r["outputs_identical"] for r in report["results"])
+
+
+def test_engine_threads_parameter_reaches_the_session():
+    """dpm_node / dpm replay: ``engine_threads`` (default 1) → onnxruntime intra-op threads; 0 = its own choice."""
+    from dpm_ros.config import BY_NAME, Config
+    from dpm_ros.engine.select import open_engine
+
+    default = BY_NAME["engine_threads"].default
+    assert default == 1 and Config().engine_threads == 1
+    one = open_engine("", "onnxruntime", default).session.get_session_options()
+    assert one.intra_op_num_threads == 1 and one.get_session_config_entry(SPIN_KEYS[0]) == "0"
+    assert open_engine("", "onnxruntime", 0).session.get_session_options().intra_op_num_threads == 0

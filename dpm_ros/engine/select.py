@@ -47,8 +47,9 @@ def engine_path(spec: str | None) -> Path:
     return Path(os.path.expanduser(spec)) if spec else default_engine_path()
 
 
-def open_engine(spec: str, backend: str = "auto"):
-    """Engine for the parameter value ``spec`` (see module docstring)."""
+def open_engine(spec: str, backend: str = "auto", threads: int | None = None):
+    """Engine for the parameter value ``spec`` (see module docstring); ``threads``: the network's CPU threads on
+    onnxruntime (parameter ``engine_threads``; None/0 = onnxruntime's choice)."""
     path = oracle_bag(spec)
     if path is not None:
         if not path.exists():
@@ -61,4 +62,4 @@ def open_engine(spec: str, backend: str = "auto"):
         raise ValueError(f"engine file '{path}' not found (parameter 'engine')")
     from dpm_ros.engine import load_engine
 
-    return load_engine(str(path), backend=backend)
+    return load_engine(str(path), backend=backend, threads=threads or None)

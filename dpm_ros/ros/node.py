@@ -79,7 +79,7 @@ class DpmNode(Node):
             self.declare_parameter(spec.name, spec.default, descriptor(spec))
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self.engine = open_engine(self.config.engine, self.config.backend)
+        self.engine = open_engine(self.config.engine, self.config.backend, self.config.engine_threads)
         self.engine_info = self.engine.info()
         # each frame is made ready for the engine once, on arrival (engines that resize with pair_io.resize_image):
         # the small engine input and the cloud's colours; the full-resolution frame is not kept

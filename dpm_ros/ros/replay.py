@@ -218,7 +218,8 @@ def replay_bag(in_path, out_path, params: Config, engine=None, image_topic: str 
         image_conn = next(c for c in reader.connections if c.topic == image_topic)
         compressed = image_conn.msgtype == CAMERA_TYPES[1]
         params = params.replace(image_transport="compressed" if compressed else "raw")
-        engine = engine if engine is not None else open_engine(params.engine, params.backend)
+        engine = engine if engine is not None else open_engine(params.engine, params.backend,
+                                                                 params.engine_threads)
         # each kind of problem told once (the node: at most every 5 s), all counted
         notices = Notices(lambda level, text: print(f"dpm replay: warning: {text}", file=sys.stderr, flush=True)
                           if level != "info" else None, period=None)
