@@ -12,7 +12,6 @@ pair × rate (percent of one core). Every configuration's outputs are checked bi
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -20,17 +19,6 @@ import numpy as np
 
 #: (intra-op threads or None = ONNX Runtime's choice, spinning); the first is ONNX Runtime's own default
 DEFAULT_CONFIGS = ((None, True), (None, False), (1, False), (2, False), (1, True))
-
-
-def shipped_model() -> Path:
-    """engines/dpm_small.onnx of this source tree, else of this interpreter's prefix (share/dpm_ros, a venv
-    install); ValueError when neither exists (pass ``model``)."""
-    candidates = [Path(__file__).resolve().parents[2] / "engines" / "dpm_small.onnx",
-                  Path(sys.prefix) / "share" / "dpm_ros" / "engines" / "dpm_small.onnx"]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise ValueError(f"shipped model not found (looked at {', '.join(map(str, candidates))}); pass --model")
 
 
 def _stats(values: list[float]) -> dict:
@@ -79,11 +67,12 @@ def run_ort_benchmark(model: str | None = None, rate: float = 30.0, repeats: int
     from dpm_ros.benchmarks.engine import environment
     from dpm_ros.engine.onnx_model import read_onnx_info
     from dpm_ros.engine.pair_io import prepare_pair
+    from dpm_ros.engine.select import default_engine_path
     from dpm_ros.synthetic import SyntheticSequence
 
     if not rate > 0 or repeats < 2:
         raise ValueError(f"need rate > 0 Hz and repeats ≥ 2, got {rate} Hz, {repeats}")
-    path = Path(model) if model else shipped_model()
+    path = Path(model) if model else default_engine_path()
     info = read_onnx_info(path)
     seq = SyntheticSequence(seed=0, n_frames=2, fps=rate, height=camera_hw[0] // 4, width=camera_hw[1] // 4,
                             n_objects=3, renderer="numpy")
