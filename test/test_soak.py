@@ -119,7 +119,7 @@ def test_subscribe_option():
 def test_loop_cache_is_written_once_and_read_back(tmp_path, monkeypatch):
     """--loop-cache: the rendered loop is stored (npz, no pickle) and a later run reads it instead of rendering; a
     file of another shape is rendered again."""
-    from dpm_ros import soak
+    from dpm_ros.ros import soak
     from dpm_ros.synthetic import SyntheticSequence
 
     cfg = SoakConfig(width=40, height=24, frames=3, loop_cache=str(tmp_path / "loops"))
