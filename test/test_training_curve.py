@@ -118,6 +118,33 @@ def test_adopt_advances_the_committed_state_and_the_next_segment_reads_new_data(
     assert cfg.data_offset == 1012 and cfg.init.endswith("w.safetensors")
 
 
+def test_adopt_keeps_the_committed_dtype_history_and_file_mode(tmp_path):
+    """An fp16 state stays fp16 (half the bytes in every commit), its record keeps its history, and the files keep
+    the mode a plain write gives (mkstemp and safetensors both create 0600)."""
+    from dpm_ros.model import load_model, save_model
+    from dpm_ros.model.checkpoint import read_model_meta, stored_dtype
+    state = _state(tmp_path)
+    weights = tmp_path / "engines" / "w.safetensors"
+    save_model(load_model(weights), weights, record={"history": "run 1"}, dtype=torch.float16)
+    assert stored_dtype(weights) == torch.float16
+    runs = tmp_path / "runs"
+    assert main(["curve", "continue", "--foreground", "--no-progress", "--state", str(state), "--runs", str(runs),
+                 "--steps", "4"]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    curve.adopt(runs / "from-1000" / "last.pt", state, {"pairs_seen": 1008, "cpu_hours": 0.6, "next_sample": 1008,
+                                                        "step": 4})
+    assert stored_dtype(weights) == torch.float16
+    record = read_model_meta(weights)["record"]
+    assert record["history"] == "run 1" and record["curve"]["segment_step"] == 4
+    assert record["curve"]["stored_as"] == "float16"
+    trained = torch.load(runs / "from-1000" / "last.pt", weights_only=True)["model"]
+    adopted = load_model(weights).state_dict()
+    assert all(torch.equal(w.float(), trained[n].half().float()) for n, w in adopted.items())
+    for path in (weights, weights.with_suffix(".json"), state):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
 def test_continuation_at_another_resolution_and_bad_state_is_refused(tmp_path):
     state = _state(tmp_path)
     cfg = curve.segment_config(curve.load_state(state), state, tmp_path / "runs", {"height": 48, "width": 64})

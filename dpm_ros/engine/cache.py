@@ -114,13 +114,24 @@ def timing_cache_path(cache_dir: str | Path, tensorrt_version: str, gpu_name: st
     return Path(cache_dir) / f"timing_{tag}.timing"
 
 
+def file_mode(path: Path) -> int:
+    """The permission bits a write to ``path`` should leave: the existing file's, else 0666 minus the umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` so that readers see either the old file or the complete new one, never a part
-    (temporary file in the same directory, fsync, os.replace)."""
+    (temporary file in the same directory, fsync, os.replace). The file keeps its mode (new: 0666 minus the umask)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode(path))   # mkstemp makes 0600; the file keeps the mode a plain write would give
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -90,24 +90,41 @@ def load_state_dict_checked(model: DPMNet, sd: dict[str, torch.Tensor], source: 
 
 
 def _atomic(path: Path, write) -> None:
+    from dpm_ros.engine.cache import file_mode
+
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
+    os.chmod(tmp, file_mode(path))   # safetensors' writer makes 0600; keep the mode a plain write would give
     os.replace(tmp, path)
 
 
-def save_model(model: DPMNet, path: str | os.PathLike, record: dict | None = None) -> Path:
+def save_model(model: DPMNet, path: str | os.PathLike, record: dict | None = None,
+               dtype: torch.dtype | None = None) -> Path:
     """Write the weights to ``path`` (.safetensors) and ``path.with_suffix('.json')``:
     ``{"format", "config": DPMConfig.to_dict(), "record": record}`` (record: training steps, data, wall time...).
-    Returns the weights path."""
+    ``dtype`` (e.g. torch.float16, half the bytes): store floating-point tensors in it. Returns the weights path."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"model path {path} must end in .safetensors (the config goes beside it as .json)")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": model.config.to_dict(), "record": record or {}}
-    sd = {k: v.cpu() for k, v in _canonical_state_dict(model).items()}
+    sd = {k: v.cpu() if dtype is None or not v.is_floating_point() else v.cpu().to(dtype).contiguous()
+          for k, v in _canonical_state_dict(model).items()}
     _atomic(path, lambda p: save_file(sd, str(p), metadata={"format": "pt", "dpm_ros": json.dumps(meta)}))
     _atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
     return path
+
+
+def stored_dtype(path: str | os.PathLike) -> torch.dtype:
+    """The dtype of the floating-point tensors in a saved .safetensors file (its first such tensor's)."""
+    with safe_open(str(path), framework="pt") as f:
+        for name in f.keys():
+            t = f.get_slice(name)
+            dtype = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}.get(
+                t.get_dtype())
+            if dtype is not None:
+                return dtype
+    raise ValueError(f"{path}: no floating-point tensor")
 
 
 def read_model_meta(path: str | os.PathLike) -> dict:

@@ -188,13 +188,19 @@ def adopt(ckpt: Path, state_path: Path, pos: dict) -> Path:
     """Make a checkpoint the committed state: its weights over the state's weights file (+ JSON record) and the
     curve position in the state file (so the next clone continues from here). Returns the weights path."""
     from dpm_ros.model import save_model
+    from dpm_ros.model.checkpoint import read_model_meta, stored_dtype
     from dpm_ros.training import evaluate as ev
     state = load_state(state_path)
     target = weights_path(state, state_path)
     net = ev.load_weights(Path(ckpt))
-    record = {"curve": {"pairs_seen": pos["pairs_seen"], "cpu_hours": round(pos["cpu_hours"], 3),
-                        "segment": Path(ckpt).parent.name, "segment_step": pos["step"]}}
-    save_model(net, target, record=record)
+    # the committed file keeps its dtype (fp16 halves a commit) and its history; this segment is added to it
+    dtype = stored_dtype(target) if target.is_file() else None
+    record = dict(read_model_meta(target).get("record") or {}) if target.is_file() else {}
+    record.pop("stored_as", None)   # described the previous file
+    record["curve"] = {"pairs_seen": pos["pairs_seen"], "cpu_hours": round(pos["cpu_hours"], 3),
+                       "segment": Path(ckpt).parent.name, "segment_step": pos["step"],
+                       "stored_as": str(dtype or "float32").replace("torch.", "")}
+    save_model(net, target, record=record, dtype=dtype)
     state.update(pairs_seen=pos["pairs_seen"], cpu_hours=round(pos["cpu_hours"], 4), next_sample=pos["next_sample"])
     state.setdefault("segments", []).append({"segment": Path(ckpt).parent.name, "steps": pos["step"],
                                              "pairs_seen": pos["pairs_seen"]})
