@@ -227,7 +227,7 @@ def to_rgb_of(raw):
 
 
 def test_bench_io_reports_before_and_now_with_identical_outputs():
-    from dpm_ros.benchmarks.io_path import run_io
+    from dpm_ros.ros.io_bench import run_io
 
     r = run_io(96, 128, repeats=2)
     assert r["outputs_identical"] is True and r["engine_input"] == "64x64" and r["camera"] == "128x96"

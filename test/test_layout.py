@@ -17,14 +17,11 @@ ROS_ROOTS = {"rclpy", "rclpy_message_converter", "launch", "launch_ros", "tf2_ro
 ROS_MESSAGES = {"std_msgs", "sensor_msgs", "geometry_msgs", "nav_msgs", "tf2_msgs", "visualization_msgs",
                 "diagnostic_msgs", "builtin_interfaces", "rcl_interfaces"}
 
-# Modules outside dpm_ros/ros/ (and the commands, which import it lazily by design) that still import rclpy, or
-# the ROS layer dpm_ros.ros, inside a function. They move under dpm_ros/ros/ (their pure halves into dpm_ros/stream/)
-# in the rest of issue #11: empty these lists then, never add to them.
-RCLPY_ALLOWED = {
-    "dpm_ros.benchmarks.io_path",   # `dpm bench io` times the node's image in/out with rclpy (landed during #11)
-}
+# Modules outside dpm_ros/ros/ (the commands aside, which import it lazily by design) that import rclpy, or the ROS
+# layer dpm_ros.ros, inside a function. Never add to these lists: new ROS code goes under dpm_ros/ros/.
+RCLPY_ALLOWED: set[str] = set()
 ROS_LAYER_ALLOWED = RCLPY_ALLOWED | {
-    "dpm_ros.batch_workers",   # runs dpm_ros.ros.replay (replay_bag) in each worker
+    "dpm_ros.batch_workers",   # a worker of `dpm batch` (a NEEDS_ROS command) runs dpm_ros.ros.replay.replay_bag
 }
 
 
@@ -115,7 +112,7 @@ def test_the_core_does_not_call_into_dpm_ros_ros():
 
 
 # Commands offered without ROS although one of their targets needs it (that target fails without ROS).
-MIXED = {"bench": "the `io` target (dpm_ros.benchmarks.io_path)"}
+MIXED = {"bench": "the `io` target (dpm_ros.ros.io_bench)"}
 
 
 @pytest.mark.parametrize("command", sorted(cli.SUBCOMMANDS))

@@ -36,7 +36,7 @@ def _train(args) -> dict:
 
 
 def _io(args) -> dict:
-    from dpm_ros.benchmarks.io_path import run_io
+    from dpm_ros.ros.io_bench import run_io
 
     return run_io(height=args.height, width=args.width, repeats=args.repeats, seed=args.seed)
 
