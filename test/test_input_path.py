@@ -68,16 +68,16 @@ def run_pairs(engine, frames, K, encoding, prepared, wanted=None):
         msg = image_msg(rgb, encoding, pad=3, stamp_ns=stamp_ns)
         step.add_camera_info(M.calibration(M.camera_info_msg(Header(stamp=msg.header.stamp, frame_id="cam_optical"),
                                                              K, H, W)))
-        t = M.stamp_to_sec(msg.header.stamp)
+        t, ns = M.stamp_to_sec(msg.header.stamp), M.stamp_to_ns(msg.header.stamp)
         if prepared == "deferred" and i % 2:   # the node left the downscale to the worker (PairProcessor)
             px, enc = image_pixels(msg)
-            frame = StampedFrame(t, None, None, msg.header, 0.0, tuple(px.shape[:2]), None, (px, enc), FRAME_ID)
+            frame = StampedFrame(t, None, None, ns, 0.0, tuple(px.shape[:2]), None, (px, enc), FRAME_ID)
         elif prepared:
             px, enc = image_pixels(msg)
             image, colours = prepare_pixels(px, enc, engine_hw, out_hw)
-            frame = StampedFrame(t, image, None, msg.header, 0.0, tuple(px.shape[:2]), colours, frame_id=FRAME_ID)
+            frame = StampedFrame(t, image, None, ns, 0.0, tuple(px.shape[:2]), colours, frame_id=FRAME_ID)
         else:   # the former input path: a full-resolution RGB copy, resized by the engine in every pair
-            frame = StampedFrame(t, image_to_rgb(msg), None, msg.header, 0.0, frame_id=FRAME_ID)
+            frame = StampedFrame(t, image_to_rgb(msg), None, ns, 0.0, frame_id=FRAME_ID)
         pair = ring.push(frame)
         if pair is not None:
             outs.append(step_messages(step.process(pair), params, wanted))
@@ -251,9 +251,9 @@ def test_node_reads_other_cdr_encapsulations_through_rclpy():
     fake = SimpleNamespace(_enqueue=lambda read: seen.append(read()))
     DpmNode._on_image(fake, data)
     r = seen[-1]
-    header, px, enc = r.header, r.pixels, r.encoding
+    px, enc = r.pixels, r.encoding
     np.testing.assert_array_equal(px[..., ::-1], rgb)
-    assert (header.stamp.sec, header.stamp.nanosec, enc, r.stamp) == (5, 1, "bgr8", 5.000000001)
+    assert (r.stamp_ns, enc, r.stamp) == (5_000_000_001, "bgr8", 5.000000001)
     with pytest.raises(ImageFormatError):
         parse_image_cdr(b"\x00\x07" + data[2:])
     fake2 = SimpleNamespace(_enqueue=lambda read: seen.append(read()))

@@ -169,12 +169,13 @@ class DpmNode(Node):
                     msg = deserialize_message(data, Image)
                 except Exception as exc:   # rclpy raises various errors on garbage bytes
                     raise ImageFormatError("decode", f"image message could not be deserialised ({exc})") from None
-            return Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id, msg.header, *image_pixels(msg))
+            return Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id,
+                           M.stamp_to_ns(msg.header.stamp), *image_pixels(msg))
         self._enqueue(read)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self._enqueue(lambda: Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id, msg.header,
-                                      decode_compressed(msg), "bgr8"))
+        self._enqueue(lambda: Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id,
+                                      M.stamp_to_ns(msg.header.stamp), decode_compressed(msg), "bgr8"))
 
     def _enqueue(self, read) -> None:
         """One input frame: ``read()`` → a ``Reading`` (header, a view onto its pixels, encoding); downscaled once to
@@ -190,8 +191,7 @@ class DpmNode(Node):
         if got is None:   # unusable: counted by kind (health.error) and logged, throttled
             self.health.frame_in()
             return
-        stamp = got.frame.header.stamp
-        self.health.frame_arrived({"receive": 1e-6 * (now_ns - (stamp.sec * 1_000_000_000 + stamp.nanosec)),
+        self.health.frame_arrived({"receive": 1e-6 * (now_ns - got.frame.stamp_ns),
                                    "deserialize": got.read_ms, **({} if defer else {"convert_resize": got.prepare_ms})},
                                   deferred=defer)
         if got.pair is not None:

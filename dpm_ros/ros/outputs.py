@@ -123,7 +123,7 @@ def step_messages(out, config, wanted=None, timings: dict | None = None) -> list
     all), then odometry and TF (always, once the extrinsic is known). ``timings``: ms per message under its topic
     key (odometry with TF)."""
     opts = OutputOptions(config.cloud_stride, config.cloud_min_confidence, out.metric)
-    header = M.copy_header(out.frame.header, frame_id=out.frame_id)
+    header = M.header_at(out.frame.stamp_ns, out.frame_id)
     i1 = out.frame
     messages = list(pair_messages(out.result, header, i1.image, out.ids, opts, wanted=wanted, input_hw=i1.hw,
                                   colours=i1.colours, timings=timings, velocities=out.velocities).items())

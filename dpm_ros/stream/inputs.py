@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -55,11 +55,12 @@ class Notices:
 
 @dataclass
 class Reading:
-    """One decoded camera frame: ``stamp`` seconds (its header stamp), ``frame_id`` its optical frame, ``header``
-    opaque (passed through to the outputs), ``pixels`` a view (H, W, channels) uint8 in ``encoding``'s layout."""
+    """One decoded camera frame: ``stamp`` seconds (its header stamp), ``frame_id`` its optical frame, ``stamp_ns``
+    the same stamp in integer nanoseconds (exact: the outputs' stamp), ``pixels`` a view (H, W, channels) uint8 in
+    ``encoding``'s layout."""
     stamp: float
     frame_id: str
-    header: Any
+    stamp_ns: int
     pixels: np.ndarray
     encoding: str
 
@@ -109,7 +110,7 @@ class FrameInput:
             return None
         t2 = time.perf_counter()
         size = tuple(r.pixels.shape[:2])
-        frame = StampedFrame(r.stamp, image, None, r.header, time.monotonic(), size, colours,
+        frame = StampedFrame(r.stamp, image, None, r.stamp_ns, time.monotonic(), size, colours,
                              (r.pixels, r.encoding) if defer else None, r.frame_id)
         with self._lock:
             c = self.ring.counters

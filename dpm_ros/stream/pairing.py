@@ -19,11 +19,11 @@ import numpy as np
 @dataclass
 class StampedFrame:
     """One camera frame. ``stamp`` in seconds (header stamp); ``image`` uint8 (H, W, 3) RGB; ``K`` 3×3 or None;
-    ``header`` is opaque (the ROS header, passed through to the outputs)."""
+    ``stamp_ns`` the header stamp in integer nanoseconds (exact; the outputs are stamped with it)."""
     stamp: float
     image: np.ndarray
     K: Optional[np.ndarray] = None
-    header: Any = None
+    stamp_ns: Optional[int] = None
     received: float = 0.0  # wall time of arrival (seconds, time.monotonic), for end-to-end latency
     size: Optional[tuple] = None         # camera (H, W) when ``image`` was downscaled on arrival; None: image's own
     colours: Optional[np.ndarray] = None  # uint8 (h, w, 3) RGB cloud colours at the engine's output grid, or None

@@ -81,7 +81,7 @@ class StampedBuffer:
 @dataclass
 class PairResult:
     """What one pair produced (no message): ``result`` the pipeline's ``DPMResult`` scaled to metres (model units for
-    scale_source none); ``frame`` I1 (its stamp, opaque header, engine input, colours, camera size); ``frame_id``
+    scale_source none); ``frame`` I1 (stamp in s and integer ns, engine input, colours, camera size); ``frame_id``
     camera 1's optical frame (``camera_frame`` or I1's own); ``metric`` whether positions are metres;
     ``odometry`` the pose and twist at t1, None while the base → camera extrinsic is awaited; ``child_frame`` the
     odometry's child frame; ``ids`` stable object ids and ``velocities`` (linear, angular) per object, per second in
