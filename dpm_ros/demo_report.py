@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dpm_ros.bag import header_ns
 from dpm_ros.geometry import rotation_angle_deg
 from dpm_ros.geometry.metrics import ape, epe, lrel, mask_iou, normalise_pair, rpe_trajectory
 from dpm_ros.pointcloud import cloud_from_bytes
@@ -52,7 +53,7 @@ def read_outputs(path: str | Path) -> dict[int, PairOutputs]:
             return out
         for conn, _, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
-            ns = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+            ns = header_ns(msg)
             rec = out.setdefault(ns, PairOutputs(ns))
             if conn.topic == "/dpm/points":
                 cloud = cloud_from_bytes(bytes(msg.data), int(msg.height), int(msg.width), int(msg.point_step))

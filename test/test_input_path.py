@@ -12,6 +12,7 @@ from rclpy.serialization import serialize_message
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from dpm_ros.bag import header_ns
 from dpm_ros.stream.pairing import FramePair, FrameRing, StampedFrame
 from dpm_ros.ros.replay import msgtype_of
 from dpm_ros.ros.bag_recorder import canonical_cdr
@@ -68,7 +69,7 @@ def run_pairs(engine, frames, K, encoding, prepared, wanted=None):
         msg = image_msg(rgb, encoding, pad=3, stamp_ns=stamp_ns)
         step.add_camera_info(M.calibration(M.camera_info_msg(Header(stamp=msg.header.stamp, frame_id="cam_optical"),
                                                              K, H, W)))
-        t, ns = M.stamp_to_sec(msg.header.stamp), M.stamp_to_ns(msg.header.stamp)
+        t, ns = M.stamp_to_sec(msg.header.stamp), header_ns(msg)
         if prepared == "deferred" and i % 2:   # the node left the downscale to the worker (PairProcessor)
             px, enc = image_pixels(msg)
             frame = StampedFrame(t, None, None, ns, 0.0, tuple(px.shape[:2]), None, (px, enc), FRAME_ID)

@@ -18,6 +18,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Optional
 
+from dpm_ros.bag import header_ns
+
 
 def node_command() -> list[str]:
     """The installed ``dpm_node`` executable next to this interpreter, else ``python -m dpm_ros.ros.node``."""
@@ -151,7 +153,7 @@ class Probe:
                     self.outputs[key].append((now, msg))
                 if key == "dpm/odometry":
                     self.n_odometry += 1
-                    sent = self.sent.pop(msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec, None)
+                    sent = self.sent.pop(header_ns(msg), None)
                     if sent is not None:
                         self.latencies.append(1000.0 * (now - sent))
                 elif key == "diagnostics":

@@ -38,11 +38,6 @@ def stamp_to_sec(stamp) -> float:
     return float(stamp.sec) + 1e-9 * float(stamp.nanosec)
 
 
-def stamp_to_ns(stamp) -> int:
-    """builtin_interfaces/Time → integer nanoseconds (exact)."""
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
-
-
 def header_at(stamp_ns: int, frame_id: str) -> Header:
     """A Header at ``stamp_ns`` (integer nanoseconds, exact) in ``frame_id``."""
     return Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)

@@ -26,6 +26,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from dpm_ros.bag import header_ns
 from dpm_ros.blas import limit_openblas_threads
 from dpm_ros.config import PARAMS, Config, ConfigError
 from dpm_ros.ros import messages as M
@@ -170,12 +171,12 @@ class DpmNode(Node):
                 except Exception as exc:   # rclpy raises various errors on garbage bytes
                     raise ImageFormatError("decode", f"image message could not be deserialised ({exc})") from None
             return Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id,
-                           M.stamp_to_ns(msg.header.stamp), *image_pixels(msg))
+                           header_ns(msg), *image_pixels(msg))
         self._enqueue(read)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         self._enqueue(lambda: Reading(M.stamp_to_sec(msg.header.stamp), msg.header.frame_id,
-                                      M.stamp_to_ns(msg.header.stamp), decode_compressed(msg), "bgr8"))
+                                      header_ns(msg), decode_compressed(msg), "bgr8"))
 
     def _enqueue(self, read) -> None:
         """One input frame: ``read()`` → a ``Reading`` (header, a view onto its pixels, encoding); downscaled once to

@@ -140,7 +140,8 @@ class _Replay:
     def image(self, msg, compressed: bool) -> None:
         """One message of the image topic (None: its bytes did not decode)."""
         from dpm_ros.ros.image_convert import ImageFormatError, decode_compressed, image_pixels
-        from dpm_ros.ros.messages import stamp_to_ns, stamp_to_sec
+        from dpm_ros.bag import header_ns
+        from dpm_ros.ros.messages import stamp_to_sec
         from dpm_ros.stream.inputs import Reading
 
         self.flush()   # the previous pair, once CameraInfo/depth sent with its image have been read
@@ -150,7 +151,7 @@ class _Replay:
             if msg is None:
                 raise ImageFormatError("decode", "image message bytes are not valid CDR")
             px, enc = (decode_compressed(msg), "bgr8") if compressed else image_pixels(msg)
-            return Reading(stamp_to_sec(msg.header.stamp), msg.header.frame_id, stamp_to_ns(msg.header.stamp), px,
+            return Reading(stamp_to_sec(msg.header.stamp), msg.header.frame_id, header_ns(msg), px,
                            enc)
 
         got = self.inputs.add(read)
