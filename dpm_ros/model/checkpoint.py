@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from dpm_ros.engine.cache import atomic_write_bytes
 from dpm_ros.model.config import DPMConfig
 from dpm_ros.model.network import DPMNet, build_model
 
@@ -89,15 +90,6 @@ def load_state_dict_checked(model: DPMNet, sd: dict[str, torch.Tensor], source: 
     return allowed
 
 
-def _atomic(path: Path, write) -> None:
-    from dpm_ros.engine.cache import file_mode
-
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.chmod(tmp, file_mode(path))   # safetensors' writer makes 0600; keep the mode a plain write would give
-    os.replace(tmp, path)
-
-
 def save_model(model: DPMNet, path: str | os.PathLike, record: dict | None = None,
                dtype: torch.dtype | None = None) -> Path:
     """Write the weights to ``path`` (.safetensors) and ``path.with_suffix('.json')``:
@@ -110,8 +102,9 @@ def save_model(model: DPMNet, path: str | os.PathLike, record: dict | None = Non
     meta = {"format": FORMAT, "config": model.config.to_dict(), "record": record or {}}
     sd = {k: v.cpu() if dtype is None or not v.is_floating_point() else v.cpu().to(dtype).contiguous()
           for k, v in _canonical_state_dict(model).items()}
-    _atomic(path, lambda p: save_file(sd, str(p), metadata={"format": "pt", "dpm_ros": json.dumps(meta)}))
-    _atomic(path.with_suffix(".json"), lambda p: p.write_text(json.dumps(meta, indent=2) + "\n"))
+    # whole file in memory, then one atomic write (fsync + rename, normal file mode): readers never see a part
+    atomic_write_bytes(path, save(sd, metadata={"format": "pt", "dpm_ros": json.dumps(meta)}))
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(meta, indent=2) + "\n").encode())
     return path
 
 
