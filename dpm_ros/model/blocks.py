@@ -8,9 +8,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dpm_ros.model.rope import apply_rope
+from dpm_ros.model.rope import apply_rope, split_heads_rope
 
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def _fast_cpu(t: torch.Tensor) -> bool:
+    """The bf16 CPU training path (attention as two plain matmuls, RoPE fused with the head split)."""
+    return t.dtype == torch.bfloat16 and t.device.type == "cpu"
+
+
+def _scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q·kᵀ)·v for queries already scaled by 1/√d (bf16 CPU path; softmax computed in fp32 inside the
+    kernel, bf16 out)."""
+    return (q @ k.transpose(-2, -1)).softmax(-1) @ v
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -57,7 +68,11 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        t = self.qkv(x)
+        if _fast_cpu(t):
+            q, k, v = split_heads_rope(t, self.num_heads, cos, sin, ((C // self.num_heads) ** -0.5, 1.0))
+            return self.proj(_scaled_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+        qkv = t.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = attention(q, k, v)
@@ -80,7 +95,14 @@ class CrossAttention(nn.Module):
         B, N, C = x.shape
         M = mem.shape[1]
         h, d = self.num_heads, C // self.num_heads
-        q = self.projq(x).reshape(B, N, h, d).transpose(1, 2)
+        q = self.projq(x)
+        if _fast_cpu(q):   # k and v from one matmul; RoPE fused with the head split
+            kv = F.linear(mem, torch.cat([self.projk.weight, self.projv.weight]),
+                          torch.cat([self.projk.bias, self.projv.bias]))
+            q, = split_heads_rope(q, h, cos, sin, (d ** -0.5,))
+            k, v = split_heads_rope(kv, h, cos_mem, sin_mem, (1.0,))
+            return self.proj(_scaled_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
+        q = q.reshape(B, N, h, d).transpose(1, 2)
         k = self.projk(mem).reshape(B, M, h, d).transpose(1, 2)
         v = self.projv(mem).reshape(B, M, h, d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos_mem, sin_mem)

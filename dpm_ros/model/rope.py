@@ -32,3 +32,90 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     q = x.unflatten(-1, (2, 2, hd // 4))          # [row|col half][first|second quarter of that half]
     rotated = torch.cat([-q[..., 1:2, :], q[..., 0:1, :]], dim=-2).flatten(-3)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
+
+
+# --- fast path for training (bf16 on a CPU): RoPE fused with the head split, one autograd node ---------------------
+#
+# rotate_half(x) = swap(x) * sign, where swap exchanges the two quarters of each half (channel k <-> k + D/2 within
+# the row half and within the column half) and sign is -1 on the first quarter of each half, +1 on the second. So
+# RoPE(x) = x * cos + swap(x) * sin_s with sin_s = sin * sign, and its gradient is g * cos + swap(g) * swap(sin_s)
+# (swap is a permutation and its own inverse). A softmax scale folded into the tables of the queries costs nothing.
+
+def _swap_quarters(x: torch.Tensor) -> torch.Tensor:
+    """x (..., head_dim) with each half's two quarters exchanged (a contiguous copy; stack is ~40 % cheaper than
+    flip here)."""
+    q = x.unflatten(-1, (2, 2, x.shape[-1] // 4))
+    return torch.stack([q[..., 1, :], q[..., 0, :]], dim=-2).flatten(-3)
+
+
+_FAST_TABLES: dict = {}
+
+
+def fast_rope_tables(cos: torch.Tensor, sin: torch.Tensor, scales: tuple[float, ...], dtype: torch.dtype
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tables of :class:`SplitHeadsRope` for the (N, head_dim) tables of :func:`rope_tables`: (cos·scale,
+    sin_s·scale, swap(sin_s)·scale), each (len(scales), 1, 1, N, head_dim) in ``dtype``. Cached per table object."""
+    key = (id(cos), id(sin), tuple(scales), dtype)
+    hit = _FAST_TABLES.get(key)
+    if hit is not None and hit[0] is cos and hit[1] is sin:
+        return hit[2]
+    hd = cos.shape[-1]
+    sign = torch.ones(2, 2, hd // 4, dtype=cos.dtype, device=cos.device)
+    sign[:, 0] = -1.0
+    sin_s = sin * sign.flatten()
+    s = torch.tensor(scales, dtype=cos.dtype, device=cos.device)[:, None, None, None, None]
+    tables = tuple((s * t).to(dtype).contiguous() for t in (cos, sin_s, _swap_quarters(sin_s)))
+    if len(_FAST_TABLES) > 64:
+        _FAST_TABLES.clear()
+    _FAST_TABLES[key] = (cos, sin, tables)
+    return tables
+
+
+class SplitHeadsRope(torch.autograd.Function):
+    """A linear layer's output (B, N, P·h·d) -> P contiguous tensors (B, h, N, d) (e.g. q, k, v), the first R of them
+    rotated by 2D RoPE (and scaled) with the tables of :func:`fast_rope_tables` (R, 1, 1, N, d).
+
+    Equals ``t.reshape(B, N, P, h, d).permute(2, 0, 3, 1, 4)`` followed by :func:`apply_rope` (times the scale) on
+    the first R parts, with one autograd node: three kernels forward (swap, mul, addcmul) for the rotated parts and
+    one copy for the others, the same backward, and the gradient written straight into the (B, N, P·h·d) layout
+    (no zero-filled select/slice gradients, no accumulation)."""
+
+    @staticmethod
+    def forward(ctx, t, heads: int, cos, sin_s, sin_sw):
+        B, N, PC = t.shape
+        R, d = cos.shape[0], cos.shape[-1]
+        P = PC // (heads * d)
+        parts = t.view(B, N, P, heads, d).permute(2, 0, 3, 1, 4)
+        out = torch.empty((P, B, heads, N, d), dtype=t.dtype, device=t.device)
+        rot = parts[:R]
+        torch.mul(rot, cos, out=out[:R])
+        out[:R].addcmul_(_swap_quarters(rot), sin_s)
+        if P > R:
+            out[R:].copy_(parts[R:])
+        ctx.save_for_backward(cos, sin_sw)
+        ctx.dims = (B, N, P, heads, d)
+        return tuple(out.unbind(0))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        cos, sin_sw = ctx.saved_tensors
+        B, N, P, heads, d = ctx.dims
+        R = cos.shape[0]
+        gt = torch.empty((B, N, P, heads, d), dtype=cos.dtype, device=cos.device)
+        gv = gt.permute(2, 0, 3, 1, 4)
+        for i, g in enumerate(grads):
+            if g is None:
+                gv[i].zero_()
+            elif i < R:
+                torch.mul(g, cos[i], out=gv[i])
+                gv[i].addcmul_(_swap_quarters(g), sin_sw[i])
+            else:
+                gv[i].copy_(g)
+        return gt.view(B, N, P * heads * d), None, None, None, None
+
+
+def split_heads_rope(t: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, scales: tuple[float, ...]
+                     ) -> tuple[torch.Tensor, ...]:
+    """:class:`SplitHeadsRope` with the (N, head_dim) fp32 tables of :func:`rope_tables`; ``scales`` has one entry per
+    rotated part (e.g. (1/√d, 1.0) for q, k of a fused qkv projection)."""
+    return SplitHeadsRope.apply(t, heads, *fast_rope_tables(cos, sin, scales, t.dtype))

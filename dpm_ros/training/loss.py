@@ -62,12 +62,6 @@ def supervision_matrix(kinds: torch.Tensor) -> torch.Tensor:
     return table[kinds.long()]
 
 
-def _pixel_weights(names, batch, sup: torch.Tensor) -> torch.Tensor:
-    """(B, 4, H, W) float: valid pixel of the map's view AND map supervised for the sample."""
-    valid = torch.stack([batch["valid" + name[1]] for name in names], dim=1).float()
-    return valid * sup[:, :, None, None].float()
-
-
 def pair_scale(maps: torch.Tensor, weights: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """Per-pair normalisation factor: weighted mean of ‖P‖ over all maps and pixels.
 
@@ -85,6 +79,13 @@ def _balanced_mean(err: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor
     return 0.5 * (term_pos + term_neg)
 
 
+def _planar(m: torch.Tensor) -> torch.Tensor:
+    """A (B, H, W, 3) map as (B, 3, H, W): a view when each map is stored channel-planar (as the network's outputs
+    are: its heads write channels first), else a planar copy. Per-pixel norms over the 3 channels then run as
+    vectorised reductions over the channel planes instead of over an innermost axis of length 3."""
+    return m
+
+
 def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tuple[torch.Tensor, dict]:
     """The training loss of one batch.
 
@@ -92,46 +93,57 @@ def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tup
     optionally ``delta_X`` (raw Δ, (B,H,W,3)) and ``motion_logit_X`` (gate logit, (B,H,W)) — terms whose inputs
     are absent are skipped. batch: ground truth under the same map names (metres), ``valid1``,
     ``valid2`` (B,H,W) bool, ``moving1``, ``moving2`` (B,H,W) bool, ``kind`` (B,) int.
-    Returns (total, {term: float}) with per-map regression errors for logging."""
+    Returns (total, {term: float}) with per-map regression errors for logging.
+
+    Computed in the predictions' dtype (fp32 in training) map by map in channel-planar layout (no stacked
+    (B, 4, H, W, 3) copies, no zero-filled select gradients); the ground truth's normalisation runs without autograd.
+    Equal to the stacked formulation to float rounding (test_training_loss)."""
     w = weights or LossWeights()
-    sup = supervision_matrix(batch["kind"])
-    motion_ok = (batch["kind"] != KIND_SAME_TIME).float()  # (B,)
+    sup = supervision_matrix(batch["kind"]).float()               # (B, 4)
+    motion_ok = (batch["kind"] != KIND_SAME_TIME).float()          # (B,)
     passes = [(1, POINT_MAP_NAMES)]
     if all(name in pred for name in SWAPPED_POINT_MAP_NAMES):
         passes.append((2, SWAPPED_POINT_MAP_NAMES))
+    dtype = pred[POINT_MAP_NAMES[0]].dtype
+    valid = {v: batch["valid" + v].to(dtype) for v in "12"}
+    moving = {v: batch["moving" + v].to(dtype) for v in "12"}
     total_conf = pred[POINT_MAP_NAMES[0]].new_zeros(())
     total_flow, total_delta, total_gate = total_conf.clone(), total_conf.clone(), total_conf.clone()
     logs: dict[str, float] = {}
     for pass_id, names in passes:
-        pw = _pixel_weights(names, batch, sup)
-        p_hat = torch.stack([pred[n] for n in names], dim=1)
-        p_gt = torch.stack([batch[n] for n in names], dim=1).to(p_hat.dtype)
-        s_hat = pair_scale(p_hat, pw).clamp_min(1e-6)[:, None, None, None, None]
-        s_gt = pair_scale(p_gt, pw).clamp_min(1e-6)[:, None, None, None, None]
-        err = (p_hat / s_hat - p_gt / s_gt).norm(dim=-1)  # (B, 4, H, W)
+        pw = [valid[name[1]] * sup[:, k, None, None] for k, name in enumerate(names)]      # (B, H, W) each
+        den = sum(x.sum(dim=(1, 2)) for x in pw).clamp_min(1e-8)                           # (B,)
+        p_hat = [_planar(pred[name]) for name in names]                                    # (B, 3, H, W) each
+        with torch.no_grad():   # ground truth divided by its per-pair scale
+            p_gt = [_planar(batch[name].to(dtype)) for name in names]
+            s_gt = (sum((g.norm(dim=-1) * x).sum(dim=(1, 2)) for g, x in zip(p_gt, pw)) / den).clamp_min(1e-6)
+            p_gt = [g / s_gt[:, None, None, None] for g in p_gt]
+        s_hat = (sum((p.norm(dim=-1) * x).sum(dim=(1, 2)) for p, x in zip(p_hat, pw)) / den).clamp_min(1e-6)
+        s_hat = s_hat[:, None, None, None]
+        p_hat = [p / s_hat for p in p_hat]
         for k, name in enumerate(names):
-            conf = pred["conf_" + name]
-            wk = pw[:, k]
+            conf, wk = pred["conf_" + name], pw[k]
+            err = (p_hat[k] - p_gt[k]).norm(dim=-1)                                         # (B, H, W)
             count = wk.sum().clamp_min(1.0)
-            term = conf * err[:, k] - w.alpha * torch.log(conf)
+            term = conf * err - w.alpha * torch.log(conf)
             total_conf = total_conf + (term * wk).sum() / count
-            logs["reg_" + name] = float((err[:, k].detach() * wk).sum() / count)
+            logs["reg_" + name] = float((err.detach() * wk).sum() / count)
         # motion terms, per view of this pass (cross-time map X = same-time map S + m·Δ)
         for same, cross in FLOW_PAIRS[pass_id]:
             k_same, k_cross = names.index(same), names.index(cross)
             view = cross[1]
-            wv = batch["valid" + view].float() * motion_ok[:, None, None]
-            moving = batch["moving" + view].float()
-            f_gt = (p_gt[:, k_cross] - p_gt[:, k_same]) / s_gt[:, 0]
-            f_hat = (p_hat[:, k_cross] - p_hat[:, k_same]) / s_hat[:, 0]
-            total_flow = total_flow + _balanced_mean((f_hat - f_gt).norm(dim=-1), moving, wv)
+            wv = valid[view] * motion_ok[:, None, None]
+            mv = moving[view]
+            f_gt = p_gt[k_cross] - p_gt[k_same]
+            f_hat = p_hat[k_cross] - p_hat[k_same]
+            total_flow = total_flow + _balanced_mean((f_hat - f_gt).norm(dim=-1), mv, wv)
             if "delta_" + cross in pred:
-                d_hat = pred["delta_" + cross] / s_hat[:, 0]
-                wm = wv * moving
+                d_hat = _planar(pred["delta_" + cross]) / s_hat
+                wm = wv * mv
                 total_delta = total_delta + ((d_hat - f_gt).norm(dim=-1) * wm).sum() / wm.sum().clamp_min(1.0)
             if "motion_logit_" + cross in pred:
-                bce = F.binary_cross_entropy_with_logits(pred["motion_logit_" + cross], moving, reduction="none")
-                total_gate = total_gate + _balanced_mean(bce, moving, wv)
+                bce = F.binary_cross_entropy_with_logits(pred["motion_logit_" + cross], mv, reduction="none")
+                total_gate = total_gate + _balanced_mean(bce, mv, wv)
     total = total_conf + w.flow * total_flow + w.delta * total_delta + w.gate * total_gate
     logs.update({k: float(v.detach()) for k, v in (("loss", total), ("conf", total_conf), ("flow", total_flow),
                                                    ("delta", total_delta), ("gate", total_gate))})
