@@ -26,7 +26,7 @@ _PASS_NAMES = (
 def points_from_raw(xyz: torch.Tensor) -> torch.Tensor:
     """DUSt3R's depth mapping: ``direction(x) * expm1(|x|)`` along the last axis (3)."""
     d = xyz.norm(dim=-1, keepdim=True)
-    return xyz / d.clamp_min(1e-8) * torch.expm1(d)
+    return xyz * (torch.expm1(d) / d.clamp_min(1e-8))   # the per-pixel factor first: one pass over the 3 channels
 
 
 def conf_from_raw(c: torch.Tensor) -> torch.Tensor:
@@ -136,8 +136,8 @@ class DPMNet(nn.Module):
         for blk in self.enc_blocks:
             x = blk(x, *enc_rope)
         x = self.enc_norm(x)
-        e1, e2 = x[:B], x[B:]
-        f1, f2 = (torch.cat([e1, e2]), torch.cat([e2, e1])) if sym else (e1, e2)
+        e1, e2 = x.chunk(2)
+        f1, f2 = (x, torch.cat([e2, e1])) if sym else (e1, e2)
 
         layers1, layers2 = [f1], [f2]
         a, b = self.decoder_embed(f1), self.decoder_embed(f2)
@@ -151,22 +151,26 @@ class DPMNet(nn.Module):
         grid = (rows, cols)
         raw = {"head1": self.downstream_head1(layers1, grid), "head2": self.downstream_head2(layers2, grid),
                "head3": self.downstream_head3(layers1, grid), "head4": self.downstream_head4(layers2, grid)}
-        raw = {k: v.permute(0, 2, 3, 1) for k, v in raw.items()}          # (N, H, W, C)
+        # (N, H, W, C) views, split into channel groups with split/chunk (not indexing): their gradient is one
+        # concatenation, not a zero-filled full-size tensor per slice
+        raw = {k: v.permute(0, 2, 3, 1).split([3, 1] + [1] * (v.shape[1] - 4), dim=-1) for k, v in raw.items()}
         out: dict[str, torch.Tensor] = {}
-        pts = {k: points_from_raw(raw[k][..., :3]) for k in ("head1", "head2")}
+        pts = {k: points_from_raw(raw[k][0]) for k in ("head1", "head2")}
         gate = {"head3": "head1", "head4": "head2"}
         for k, base in gate.items():
-            m = torch.sigmoid(raw[k][..., 4])
-            pts[k] = pts[base] + m[..., None] * raw[k][..., :3]
-        conf = {k: conf_from_raw(raw[k][..., 3]) for k in raw}
-        for i, names in enumerate(_PASS_NAMES[:2 if sym else 1]):
-            sl = slice(i * B, (i + 1) * B)
+            pts[k] = pts[base] + torch.sigmoid(raw[k][2]) * raw[k][0]
+        conf = {k: conf_from_raw(raw[k][1].squeeze(-1)) for k in raw}
+        npass = 2 if sym else 1
+        split = {k: v.chunk(npass) for k, v in pts.items()}
+        split_conf = {k: v.chunk(npass) for k, v in conf.items()}
+        split_gate = {k: (raw[k][0].chunk(npass), raw[k][2].squeeze(-1).chunk(npass)) for k in gate}
+        for i, names in enumerate(_PASS_NAMES[:npass]):
             for k, name in names.items():
-                out[name] = pts[k][sl]
-                out["conf_" + name] = conf[k][sl]
+                out[name] = split[k][i]
+                out["conf_" + name] = split_conf[k][i]
                 if k in gate:
-                    out["delta_" + name] = raw[k][sl, ..., :3]
-                    out["motion_logit_" + name] = raw[k][sl, ..., 4]
+                    out["delta_" + name] = split_gate[k][0][i]
+                    out["motion_logit_" + name] = split_gate[k][1][i]
         out["motion_prob_1"] = torch.sigmoid(out["motion_logit_p1_t2_pi1"])
         out["motion_prob_2"] = torch.sigmoid(out["motion_logit_p2_t1_pi1"])
         return out

@@ -79,11 +79,36 @@ def _balanced_mean(err: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor
     return 0.5 * (term_pos + term_neg)
 
 
-def _planar(m: torch.Tensor) -> torch.Tensor:
-    """A (B, H, W, 3) map as (B, 3, H, W): a view when each map is stored channel-planar (as the network's outputs
-    are: its heads write channels first), else a planar copy. Per-pixel norms over the 3 channels then run as
-    vectorised reductions over the channel planes instead of over an innermost axis of length 3."""
-    return m
+class _ScaledDist(torch.autograd.Function):
+    """Per-pixel distance ``‖a·s − b‖`` over the last axis (3) of (B, H, W, 3) maps: ``s`` (B,) a per-sample factor
+    (or None: 1), ``b`` a target without gradient (or None: 0). One node instead of autograd's mul/sub/norm chain:
+    the backward is ``u·(g/e)`` (u = a·s − b; 0 where e = 0, as torch's norm backward), one pass over the 3
+    channels for ``a`` and one for ``s``."""
+
+    @staticmethod
+    def forward(ctx, a, s, b):
+        u = a * s[:, None, None, None] if s is not None else a
+        if b is not None:
+            u = u - b
+        e = torch.linalg.vector_norm(u, dim=-1)
+        ctx.save_for_backward(u, a if s is not None else None, s, e)
+        return e
+
+    @staticmethod
+    def backward(ctx, g):
+        u, a, s, e = ctx.saved_tensors
+        r = torch.where(e > 0, g / e, 0.0)
+        grad_a = grad_s = None
+        if ctx.needs_input_grad[0]:
+            grad_a = u * (r * s[:, None, None] if s is not None else r)[..., None]
+        if s is not None and ctx.needs_input_grad[1]:
+            grad_s = ((u * a).sum(-1) * r).sum(dim=(1, 2))
+        return grad_a, grad_s, None
+
+
+def _dist(a: torch.Tensor, s: torch.Tensor | None = None, b: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, W) ``‖a·s − b‖`` (see :class:`_ScaledDist`)."""
+    return _ScaledDist.apply(a, s, b)
 
 
 def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tuple[torch.Tensor, dict]:
@@ -95,9 +120,9 @@ def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tup
     ``valid2`` (B,H,W) bool, ``moving1``, ``moving2`` (B,H,W) bool, ``kind`` (B,) int.
     Returns (total, {term: float}) with per-map regression errors for logging.
 
-    Computed in the predictions' dtype (fp32 in training) map by map in channel-planar layout (no stacked
-    (B, 4, H, W, 3) copies, no zero-filled select gradients); the ground truth's normalisation runs without autograd.
-    Equal to the stacked formulation to float rounding (test_training_loss)."""
+    Computed in the predictions' dtype (fp32 in training) map by map (no stacked (B, 4, H, W, 3) copies, no
+    zero-filled select gradients), every per-pixel distance as one :class:`_ScaledDist` node; the ground truth's
+    normalisation runs without autograd. Equal to the stacked formulation to float rounding (test_training_loss)."""
     w = weights or LossWeights()
     sup = supervision_matrix(batch["kind"]).float()               # (B, 4)
     motion_ok = (batch["kind"] != KIND_SAME_TIME).float()          # (B,)
@@ -113,17 +138,16 @@ def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tup
     for pass_id, names in passes:
         pw = [valid[name[1]] * sup[:, k, None, None] for k, name in enumerate(names)]      # (B, H, W) each
         den = sum(x.sum(dim=(1, 2)) for x in pw).clamp_min(1e-8)                           # (B,)
-        p_hat = [_planar(pred[name]) for name in names]                                    # (B, 3, H, W) each
+        p_hat = [pred[name] for name in names]                                             # (B, H, W, 3) each
         with torch.no_grad():   # ground truth divided by its per-pair scale
-            p_gt = [_planar(batch[name].to(dtype)) for name in names]
+            p_gt = [batch[name].to(dtype) for name in names]
             s_gt = (sum((g.norm(dim=-1) * x).sum(dim=(1, 2)) for g, x in zip(p_gt, pw)) / den).clamp_min(1e-6)
             p_gt = [g / s_gt[:, None, None, None] for g in p_gt]
-        s_hat = (sum((p.norm(dim=-1) * x).sum(dim=(1, 2)) for p, x in zip(p_hat, pw)) / den).clamp_min(1e-6)
-        s_hat = s_hat[:, None, None, None]
-        p_hat = [p / s_hat for p in p_hat]
+        s_hat = (sum((_dist(p) * x).sum(dim=(1, 2)) for p, x in zip(p_hat, pw)) / den).clamp_min(1e-6)
+        inv = 1.0 / s_hat                                                                  # (B,)
         for k, name in enumerate(names):
             conf, wk = pred["conf_" + name], pw[k]
-            err = (p_hat[k] - p_gt[k]).norm(dim=-1)                                         # (B, H, W)
+            err = _dist(p_hat[k], inv, p_gt[k])                                            # (B, H, W)
             count = wk.sum().clamp_min(1.0)
             term = conf * err - w.alpha * torch.log(conf)
             total_conf = total_conf + (term * wk).sum() / count
@@ -135,12 +159,12 @@ def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tup
             wv = valid[view] * motion_ok[:, None, None]
             mv = moving[view]
             f_gt = p_gt[k_cross] - p_gt[k_same]
-            f_hat = p_hat[k_cross] - p_hat[k_same]
-            total_flow = total_flow + _balanced_mean((f_hat - f_gt).norm(dim=-1), mv, wv)
+            f_err = _dist(p_hat[k_cross] - p_hat[k_same], inv, f_gt)
+            total_flow = total_flow + _balanced_mean(f_err, mv, wv)
             if "delta_" + cross in pred:
-                d_hat = _planar(pred["delta_" + cross]) / s_hat
                 wm = wv * mv
-                total_delta = total_delta + ((d_hat - f_gt).norm(dim=-1) * wm).sum() / wm.sum().clamp_min(1.0)
+                d_err = _dist(pred["delta_" + cross], inv, f_gt)
+                total_delta = total_delta + (d_err * wm).sum() / wm.sum().clamp_min(1.0)
             if "motion_logit_" + cross in pred:
                 bce = F.binary_cross_entropy_with_logits(pred["motion_logit_" + cross], mv, reduction="none")
                 total_gate = total_gate + _balanced_mean(bce, mv, wv)
