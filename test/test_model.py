@@ -168,6 +168,67 @@ def test_rope_attention_depends_on_relative_position_only():
     torch.testing.assert_close(apply_rope(q, cos[9:10], sin[9:10]).norm(), q.norm())
 
 
+def test_split_heads_rope_equals_the_reference_formula_forward_and_backward():
+    """The training fast path (RoPE fused with the head split, one autograd node, the softmax scale in q's tables)
+    against reshape/permute + apply_rope in float64: outputs and the gradient of the projection output agree to
+    1e-12; q, k, v come out contiguous (B, heads, N, d)."""
+    from dpm_ros.model.rope import split_heads_rope
+    rows, cols, heads, hd = 3, 4, 2, 16
+    cos, sin = (t.double() for t in rope_tables(rows, cols, hd))
+    g = torch.Generator().manual_seed(1)
+    B, N = 2, rows * cols
+    for parts, scales in ((3, (0.25, 1.0)), (1, (0.25,)), (2, (1.0,))):
+        t = torch.randn(B, N, parts * heads * hd, generator=g, dtype=torch.float64, requires_grad=True)
+        fast = split_heads_rope(t, heads, cos, sin, scales)
+        ref = t.reshape(B, N, parts, heads, hd).permute(2, 0, 3, 1, 4)
+        ref = [apply_rope(ref[i], cos, sin) * scales[i] if i < len(scales) else ref[i] for i in range(parts)]
+        assert len(fast) == parts and all(f.is_contiguous() and f.shape == (B, heads, N, hd) for f in fast)
+        for f, r in zip(fast, ref):
+            torch.testing.assert_close(f, r, rtol=0, atol=1e-12)
+        w = [torch.randn(f.shape, generator=g, dtype=torch.float64) for f in fast]
+        gf, = torch.autograd.grad(sum((f * x).sum() for f, x in zip(fast, w)), t)
+        gr, = torch.autograd.grad(sum((r * x).sum() for r, x in zip(ref, w)), t)
+        torch.testing.assert_close(gf, gr, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", ["encoder", "decoder"])
+def test_fast_attention_path_equals_the_sdpa_path_in_fp32(block, monkeypatch):
+    """The bf16 CPU path of the attention modules (fused qkv RoPE, k/v of cross-attention from one matmul, scaled
+    queries, two matmuls) forced on in fp32 equals the reference path (apply_rope + SDPA) to fp32 rounding, output
+    and every parameter gradient."""
+    from dpm_ros.model import blocks
+    torch.manual_seed(0)
+    cos, sin = rope_tables(3, 4, 16)
+    mod = blocks.Block(32, 2, 2.0) if block == "encoder" else blocks.DecoderBlock(32, 2, 2.0)
+    x, y = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
+
+    def run():
+        mod.zero_grad()
+        out = mod(x, cos, sin) if block == "encoder" else mod(x, y, (cos, sin), (cos, sin))
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        return out.detach(), [p.grad.clone() for p in mod.parameters()]
+    ref_out, ref_grads = run()
+    monkeypatch.setattr(blocks, "_fast_cpu", lambda t: t.device.type == "cpu")
+    out, grads = run()
+    torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_head_is_pixel_shuffle_in_channels_last_memory():
+    """LinearHead's permuted copy equals pixel_shuffle exactly, and its (B, C, H, W) output is a view of
+    (B, H, W, C) memory (what the network's maps read without another copy)."""
+    import torch.nn.functional as F
+
+    from dpm_ros.model.heads import LinearHead
+    head = LinearHead(16, 5, 4)
+    tokens = torch.randn(2, 3 * 5, 16)
+    out = head([tokens], (3, 5))
+    ref = F.pixel_shuffle(head.proj(tokens).transpose(1, 2).reshape(2, -1, 3, 5), 4)
+    assert torch.equal(out, ref)
+    assert out.permute(0, 2, 3, 1).is_contiguous()
+
+
 @pytest.mark.parametrize("patch,height,width", [(16, 48, 80), (8, 32, 40)])
 def test_dpt_head_output_resolution(patch, height, width):
     model = build_model("dpm_tiny", head_type="dpt", patch_size=patch, height=height, width=width,

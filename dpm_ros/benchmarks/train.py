@@ -37,15 +37,75 @@ def _batch(cfg, batch: int, offset: int = 0):
     return torch.utils.data.default_collate(items), [float(it["gen_cpu_s"]) for it in items]
 
 
+def legacy_dpm_loss(pred: dict, batch: dict, weights=None) -> tuple:
+    """The training loss as it was before issue 9 (stacked (B, 4, H, W, 3) maps, select gradients): the ``before``
+    step's loss, and the reference :func:`dpm_ros.training.loss.dpm_loss` must equal (test_training_loss).
+
+    pred: the model's ``forward_raw`` dict (maps (B,H,W,3), ``conf_<name>`` (B,H,W)); for each cross-time map X
+    optionally ``delta_X`` (raw Δ, (B,H,W,3)) and ``motion_logit_X`` (gate logit, (B,H,W)) — terms whose inputs
+    are absent are skipped. batch: ground truth under the same map names (metres), ``valid1``,
+    ``valid2`` (B,H,W) bool, ``moving1``, ``moving2`` (B,H,W) bool, ``kind`` (B,) int.
+    Returns (total, {term: float}) with per-map regression errors for logging."""
+    import torch
+    import torch.nn.functional as F
+
+    from dpm_ros import POINT_MAP_NAMES, SWAPPED_POINT_MAP_NAMES
+    from dpm_ros.training.loss import FLOW_PAIRS, KIND_SAME_TIME, LossWeights, _balanced_mean, pair_scale
+    from dpm_ros.training.loss import supervision_matrix
+    w = weights or LossWeights()
+    sup = supervision_matrix(batch["kind"])
+    motion_ok = (batch["kind"] != KIND_SAME_TIME).float()  # (B,)
+    passes = [(1, POINT_MAP_NAMES)]
+    if all(name in pred for name in SWAPPED_POINT_MAP_NAMES):
+        passes.append((2, SWAPPED_POINT_MAP_NAMES))
+    total_conf = pred[POINT_MAP_NAMES[0]].new_zeros(())
+    total_flow, total_delta, total_gate = total_conf.clone(), total_conf.clone(), total_conf.clone()
+    logs: dict[str, float] = {}
+    for pass_id, names in passes:
+        pw = torch.stack([batch["valid" + n[1]] for n in names], dim=1).float() * sup[:, :, None, None].float()
+        p_hat = torch.stack([pred[n] for n in names], dim=1)
+        p_gt = torch.stack([batch[n] for n in names], dim=1).to(p_hat.dtype)
+        s_hat = pair_scale(p_hat, pw).clamp_min(1e-6)[:, None, None, None, None]
+        s_gt = pair_scale(p_gt, pw).clamp_min(1e-6)[:, None, None, None, None]
+        err = (p_hat / s_hat - p_gt / s_gt).norm(dim=-1)  # (B, 4, H, W)
+        for k, name in enumerate(names):
+            conf = pred["conf_" + name]
+            wk = pw[:, k]
+            count = wk.sum().clamp_min(1.0)
+            term = conf * err[:, k] - w.alpha * torch.log(conf)
+            total_conf = total_conf + (term * wk).sum() / count
+            logs["reg_" + name] = float((err[:, k].detach() * wk).sum() / count)
+        # motion terms, per view of this pass (cross-time map X = same-time map S + m·Δ)
+        for same, cross in FLOW_PAIRS[pass_id]:
+            k_same, k_cross = names.index(same), names.index(cross)
+            view = cross[1]
+            wv = batch["valid" + view].float() * motion_ok[:, None, None]
+            moving = batch["moving" + view].float()
+            f_gt = (p_gt[:, k_cross] - p_gt[:, k_same]) / s_gt[:, 0]
+            f_hat = (p_hat[:, k_cross] - p_hat[:, k_same]) / s_hat[:, 0]
+            total_flow = total_flow + _balanced_mean((f_hat - f_gt).norm(dim=-1), moving, wv)
+            if "delta_" + cross in pred:
+                d_hat = pred["delta_" + cross] / s_hat[:, 0]
+                wm = wv * moving
+                total_delta = total_delta + ((d_hat - f_gt).norm(dim=-1) * wm).sum() / wm.sum().clamp_min(1.0)
+            if "motion_logit_" + cross in pred:
+                bce = F.binary_cross_entropy_with_logits(pred["motion_logit_" + cross], moving, reduction="none")
+                total_gate = total_gate + _balanced_mean(bce, moving, wv)
+    total = total_conf + w.flow * total_flow + w.delta * total_delta + w.gate * total_gate
+    logs.update({k: float(v.detach()) for k, v in (("loss", total), ("conf", total_conf), ("flow", total_flow),
+                                                   ("delta", total_delta), ("gate", total_gate))})
+    return total, logs
+
+
 def _legacy_step(trainer, batch: dict) -> None:
-    """The step before the fast path: fp32, default attention kernel, for-loop AdamW and clipping."""
+    """The step before the fast path: fp32, default attention kernel, the loss before issue 9, for-loop AdamW and
+    clipping."""
     import torch
 
-    from dpm_ros.training.loss import dpm_loss
     batch = {k: v for k, v in batch.items() if k != "gen_cpu_s"}
     trainer.net.train()
     pred = trainer.net.forward_raw(batch["img1"], batch["img2"])
-    loss, _ = dpm_loss(pred, batch, trainer.cfg.loss)
+    loss, _ = legacy_dpm_loss(pred, batch, trainer.cfg.loss)
     trainer.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(trainer.net.parameters(), trainer.cfg.clip, foreach=False)

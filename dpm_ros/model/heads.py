@@ -22,8 +22,12 @@ class LinearHead(nn.Module):
 
     def forward(self, layers: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
         x = self.proj(layers[-1])                                    # (B, N, C*P*P)
-        x = x.transpose(1, 2).reshape(x.shape[0], -1, grid[0], grid[1])
-        return F.pixel_shuffle(x, self.patch_size)                   # (B, C, H, W)
+        B, P, (h, w) = x.shape[0], self.patch_size, grid
+        # pixel shuffle as one permuted copy into channels-last memory: the (B, C, H, W) result is a view of a
+        # (B, H, W, C) tensor, so the network's (B, H, W, C) maps need no further copy (and the backward is one
+        # permuted copy, not pixel_unshuffle)
+        x = x.view(B, h, w, self.out_channels, P, P).permute(0, 1, 4, 2, 5, 3).reshape(B, h * P, w * P, -1)
+        return x.permute(0, 3, 1, 2)                                 # (B, C, H, W)
 
     def output_layer(self) -> tuple[nn.Parameter, nn.Parameter, int]:
         """(weight, bias, rows per output channel) of the layer that produces the channels."""
