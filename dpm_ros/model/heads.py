@@ -21,13 +21,25 @@ class LinearHead(nn.Module):
         self.proj = nn.Linear(dec_dim, out_channels * patch_size ** 2)
 
     def forward(self, layers: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
-        x = self.proj(layers[-1])                                    # (B, N, C*P*P)
-        B, P, (h, w) = x.shape[0], self.patch_size, grid
-        # pixel shuffle as one permuted copy into channels-last memory: the (B, C, H, W) result is a view of a
-        # (B, H, W, C) tensor, so the network's (B, H, W, C) maps need no further copy (and the backward is one
-        # permuted copy, not pixel_unshuffle)
-        x = x.view(B, h, w, self.out_channels, P, P).permute(0, 1, 4, 2, 5, 3).reshape(B, h * P, w * P, -1)
+        P, C, (h, w) = self.patch_size, self.out_channels, grid
+        # pixel shuffle as one copy into channels-last memory: the projection's rows are taken in (dy, dx, c) order
+        # (an index on the small weight), so the copy moves contiguous runs of P·C values; the (B, C, H, W) result
+        # is a view of (B, H, W, C) memory, which the network's (B, H, W, C) maps read without another copy, and
+        # the backward is one copy too (not pixel_unshuffle). Same values as DUSt3R's pixel_shuffle.
+        order = self._row_order(self.proj.weight.device)
+        x = F.linear(layers[-1], self.proj.weight[order], self.proj.bias[order])    # (B, N, P*P*C)
+        B = x.shape[0]
+        x = x.view(B, h, w, P, P, C).permute(0, 1, 3, 2, 4, 5).reshape(B, h * P, w * P, C)
         return x.permute(0, 3, 1, 2)                                 # (B, C, H, W)
+
+    def _row_order(self, device: torch.device) -> torch.Tensor:
+        """Row indices of ``proj`` in (dy, dx, c) order (row c·P² + dy·P + dx at position (dy·P + dx)·C + c)."""
+        P, C = self.patch_size, self.out_channels
+        cached = getattr(self, "_order", None)
+        if cached is None or cached.device != device:
+            cached = torch.arange(C * P * P, device=device).view(C, P, P).permute(1, 2, 0).flatten()
+            self._order = cached
+        return cached
 
     def output_layer(self) -> tuple[nn.Parameter, nn.Parameter, int]:
         """(weight, bias, rows per output channel) of the layer that produces the channels."""
