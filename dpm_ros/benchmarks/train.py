@@ -3,8 +3,9 @@
 Configurations, timed in interleaved rounds (A, B, C, A, B, C, ...) so that a machine whose load changes during the
 run treats them alike:
 
-* ``before``: the training step as it was before the fast path (fp32, PyTorch's default CPU attention kernel,
-  per-parameter AdamW and gradient clipping) — kept here only as the benchmark's reference;
+* ``before``: the training step as it was before the fast path (fp32, PyTorch's default CPU attention kernel, the
+  stacked loss of before issue 9 (:func:`legacy_dpm_loss`), per-parameter AdamW and gradient clipping) — kept here
+  only as the benchmark's reference;
 * ``fp32``: the trainer's step (:meth:`Trainer.train_step`) without autocast;
 * ``bf16``: the trainer's step under bf16 autocast (what ``precision=auto`` picks on a CPU with native bf16).
 
