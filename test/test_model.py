@@ -216,17 +216,23 @@ def test_fast_attention_path_equals_the_sdpa_path_in_fp32(block, monkeypatch):
 
 
 def test_linear_head_is_pixel_shuffle_in_channels_last_memory():
-    """LinearHead's permuted copy equals pixel_shuffle exactly, and its (B, C, H, W) output is a view of
-    (B, H, W, C) memory (what the network's maps read without another copy)."""
+    """Under bf16 autocast on a CPU, LinearHead's channels-last copy (projection rows in (dy, dx, c) order) equals
+    pixel_shuffle of the plain projection, and its (B, C, H, W) output is a view of (B, H, W, C) memory (what the
+    network's maps read without another copy); in fp32 (inference, ONNX export) it is the plain pixel_shuffle."""
     import torch.nn.functional as F
 
     from dpm_ros.model.heads import LinearHead
     head = LinearHead(16, 5, 4)
     tokens = torch.randn(2, 3 * 5, 16)
+
+    def ref():
+        return F.pixel_shuffle(head.proj(tokens).transpose(1, 2).reshape(2, -1, 3, 5), 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, expected = head([tokens], (3, 5)), ref()
+    assert out.dtype == torch.bfloat16 and out.permute(0, 2, 3, 1).is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
     out = head([tokens], (3, 5))
-    ref = F.pixel_shuffle(head.proj(tokens).transpose(1, 2).reshape(2, -1, 3, 5), 4)
-    assert torch.equal(out, ref)
-    assert out.permute(0, 2, 3, 1).is_contiguous()
+    assert torch.equal(out, ref())
 
 
 @pytest.mark.parametrize("patch,height,width", [(16, 48, 80), (8, 32, 40)])

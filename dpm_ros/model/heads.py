@@ -8,6 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _bf16_cpu(t: torch.Tensor) -> bool:
+    """True for the bf16 CPU training path: a bf16 tensor on a CPU, or a CPU tensor under bf16 autocast."""
+    if t.device.type != "cpu":
+        return False
+    return t.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cpu")
+                                         and torch.get_autocast_dtype("cpu") == torch.bfloat16)
+
+
 class LinearHead(nn.Module):
     """``proj``: Linear(dim, C * P * P) applied to the last decoder layer, then pixel shuffle to full resolution.
 
@@ -22,12 +30,17 @@ class LinearHead(nn.Module):
 
     def forward(self, layers: list[torch.Tensor], grid: tuple[int, int]) -> torch.Tensor:
         P, C, (h, w) = self.patch_size, self.out_channels, grid
-        # pixel shuffle as one copy into channels-last memory: the projection's rows are taken in (dy, dx, c) order
-        # (an index on the small weight), so the copy moves contiguous runs of P·C values; the (B, C, H, W) result
-        # is a view of (B, H, W, C) memory, which the network's (B, H, W, C) maps read without another copy, and
-        # the backward is one copy too (not pixel_unshuffle). Same values as DUSt3R's pixel_shuffle.
+        t = layers[-1]
+        if not _bf16_cpu(t):   # fp32 inference, ONNX export (the head's initializers keep DUSt3R's names), CUDA
+            x = self.proj(t)                                         # (B, N, C*P*P)
+            x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            return F.pixel_shuffle(x, P)                             # (B, C, H, W)
+        # bf16 CPU training: pixel shuffle as one copy into channels-last memory: the projection's rows are taken
+        # in (dy, dx, c) order (an index on the small weight), so the copy moves contiguous runs of P·C values; the
+        # (B, C, H, W) result is a view of (B, H, W, C) memory, which the network's (B, H, W, C) maps read without
+        # another copy, and the backward is one copy too (not pixel_unshuffle). Same values as pixel_shuffle.
         order = self._row_order(self.proj.weight.device)
-        x = F.linear(layers[-1], self.proj.weight[order], self.proj.bias[order])    # (B, N, P*P*C)
+        x = F.linear(t, self.proj.weight[order], self.proj.bias[order])             # (B, N, P*P*C)
         B = x.shape[0]
         x = x.view(B, h, w, P, P, C).permute(0, 1, 3, 2, 4, 5).reshape(B, h * P, w * P, C)
         return x.permute(0, 3, 1, 2)                                 # (B, C, H, W)
