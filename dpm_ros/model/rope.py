@@ -85,7 +85,7 @@ class SplitHeadsRope(torch.autograd.Function):
         B, N, PC = t.shape
         R, d = cos.shape[0], cos.shape[-1]
         P = PC // (heads * d)
-        parts = t.view(B, N, P, heads, d).permute(2, 0, 3, 1, 4)
+        parts = t.reshape(B, N, P, heads, d).permute(2, 0, 3, 1, 4)
         out = torch.empty((P, B, heads, N, d), dtype=t.dtype, device=t.device)
         rot = parts[:R]
         torch.mul(rot, cos, out=out[:R])
