@@ -58,6 +58,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--init", default="", metavar="WEIGHTS",
                         help="start a new run from these weights (.safetensors, same preset; any resolution)")
+    parser.add_argument("--corr-radius", type=int, default=0, metavar="R",
+                        help="add the explicit local correlation of the two views' encoder tokens ((2R+1)^2 token "
+                             "window, zero-initialised) to the decoder input; 0: off (the presets' architecture)")
+    parser.add_argument("--data-offset", type=int, default=0, metavar="N",
+                        help="global index of the first training sample (e.g. a curve state's next_sample: "
+                             "unseen data)")
     parser.add_argument("--export", default=None, help="also write the final weights here (.safetensors)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -73,6 +79,10 @@ def config_from_args(args):
     for name in ("steps", "batch", "threads", "height", "width", "ckpt_every", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("corr_radius", "data_offset"):
+        if getattr(args, name, 0) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    overrides = {"corr_radius": args.corr_radius} if getattr(args, "corr_radius", 0) else {}
     data = DataConfig(height=args.height, width=args.width, p_same_time=args.p_same_time, p_static=args.p_static,
                       motion_scale_start=args.motion_scale_start, curriculum_steps=args.curriculum_steps,
                       p_flying=args.p_flying, p_room_modes=args.p_room_modes, p_augment=args.p_augment)
@@ -81,7 +91,8 @@ def config_from_args(args):
                        weight_decay=args.weight_decay, warmup=args.warmup, clip=args.clip,
                        ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,
                        workers=args.workers, seed=args.seed, init=args.init, data=data, loss=loss,
-                       precision=args.precision, schedule=args.schedule, ckpt_minutes=args.ckpt_minutes)
+                       precision=args.precision, schedule=args.schedule, ckpt_minutes=args.ckpt_minutes,
+                       model_overrides=overrides, data_offset=getattr(args, "data_offset", 0))
 
 
 def run(args) -> int:

@@ -8,8 +8,9 @@ HEAD_TYPES = ("linear", "dpt")
 # (~570 M parameters, 1024-wide, 24 deep, 512 px) is well inside them.
 MAX_SIDE, MAX_PATCH, MAX_DIM, MAX_DEPTH, MAX_HEADS, MAX_TOKENS = 4096, 64, 4096, 64, 64, 65536
 MAX_PARAMETERS = 2_000_000_000
+MAX_CORR_RADIUS = 16
 INT_FIELDS = ("height", "width", "patch_size", "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim",
-              "dec_depth", "dec_num_heads", "dpt_feature_dim")
+              "dec_depth", "dec_num_heads", "dpt_feature_dim", "corr_radius")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,9 @@ class DPMConfig:
     ``height``/``width`` is the resolution the model is built and exported for (multiples of ``patch_size``);
     the torch module also accepts other multiples of the patch size. ``motion_init_bias`` is the initial logit of
     the gated residual heads' motion probability m (sigmoid(-6) ≈ 0.0025, so a fresh model is ~static).
+    ``corr_radius`` r > 0 adds an explicit local correlation between the two views' encoder tokens (a
+    (2r+1)×(2r+1) token window, r tokens = r·patch_size pixels each way) to the decoder input
+    (:func:`dpm_ros.model.network.local_correlation`); 0 (default, every preset) leaves the network DUSt3R's.
     """
 
     preset: str = "custom"
@@ -37,6 +41,7 @@ class DPMConfig:
     dpt_feature_dim: int = 256
     dpt_layer_dims: tuple[int, int, int, int] = (96, 192, 384, 768)
     motion_init_bias: float = -6.0
+    corr_radius: int = 0
 
     def __post_init__(self) -> None:
         import math
@@ -73,6 +78,8 @@ class DPMConfig:
             if dim % heads or (dim // heads) % 4:
                 raise ValueError(f"{which}_embed_dim {dim} / {which}_num_heads {heads} must give a head dimension "
                                  f"divisible by 4 (2D RoPE rotates two halves in pairs)")
+        if not 0 <= self.corr_radius <= MAX_CORR_RADIUS:
+            raise ValueError(f"corr_radius must be in [0, {MAX_CORR_RADIUS}] tokens, got {self.corr_radius}")
         if len(self.dpt_layer_dims) != 4:
             raise ValueError(f"dpt_layer_dims needs 4 entries, got {self.dpt_layer_dims}")
         tokens = (self.height // self.patch_size) * (self.width // self.patch_size)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dpm_ros import ALL_POINT_MAP_NAMES
@@ -50,6 +51,8 @@ class DPMNet(nn.Module):
                                          for _ in range(c.enc_depth)])
         self.enc_norm = LayerNorm(c.enc_embed_dim)
         self.decoder_embed = nn.Linear(c.enc_embed_dim, c.dec_embed_dim)
+        if c.corr_radius:   # explicit correspondence prior (off in every preset; see local_correlation)
+            self.corr_proj = nn.Linear((2 * c.corr_radius + 1) ** 2, c.dec_embed_dim)
         self.dec_blocks = nn.ModuleList([DecoderBlock(c.dec_embed_dim, c.dec_num_heads, c.mlp_ratio)
                                          for _ in range(c.dec_depth)])
         self.dec_blocks2 = nn.ModuleList([DecoderBlock(c.dec_embed_dim, c.dec_num_heads, c.mlp_ratio)
@@ -62,6 +65,9 @@ class DPMNet(nn.Module):
         self.apply(_init_weights)
         nn.init.normal_(self.mask_token, std=0.02)
         self.reset_cross_time_heads(copy_same_time=False)
+        if c.corr_radius:   # zero: a network warm-started from weights without it computes exactly what they did
+            nn.init.zeros_(self.corr_proj.weight)
+            nn.init.zeros_(self.corr_proj.bias)
 
     def _make_head(self, out_channels: int) -> nn.Module:
         c = self.config
@@ -141,6 +147,11 @@ class DPMNet(nn.Module):
 
         layers1, layers2 = [f1], [f2]
         a, b = self.decoder_embed(f1), self.decoder_embed(f2)
+        if c.corr_radius:
+            c12 = local_correlation(e1, e2, rows, cols, c.corr_radius)       # (B, N, (2r+1)²)
+            c21 = local_correlation(e2, e1, rows, cols, c.corr_radius)
+            a = a + self.corr_proj(torch.cat([c12, c21]) if sym else c12)
+            b = b + self.corr_proj(torch.cat([c21, c12]) if sym else c21)
         for blk1, blk2 in zip(self.dec_blocks, self.dec_blocks2):
             a, b = blk1(a, b, dec_rope, dec_rope), blk2(b, a, dec_rope, dec_rope)
             layers1.append(a)
@@ -184,6 +195,22 @@ class DPMNet(nn.Module):
         names = [n for n in ALL_POINT_MAP_NAMES if n in raw]
         return {**{n: raw[n] for n in names}, **{"conf_" + n: raw["conf_" + n] for n in names},
                 "motion_prob_1": raw["motion_prob_1"], "motion_prob_2": raw["motion_prob_2"]}
+
+
+def local_correlation(f1: torch.Tensor, f2: torch.Tensor, rows: int, cols: int, radius: int) -> torch.Tensor:
+    """Cosine similarity of each view-1 token with the view-2 tokens around the same grid position.
+
+    f1, f2: (B, N, C) encoder tokens, N = rows·cols in row-major order. Returns (B, N, (2r+1)²): entry
+    k = (dy + r)·(2r+1) + (dx + r) is cos(f1[y, x], f2[y + dy, x + dx]) for |dy|, |dx| ≤ r (tokens; one token
+    = patch_size pixels), 0 where that position is outside the grid. Vectorised as (2r+1)² shifted products of
+    the zero-padded view-2 grid (slices, multiply, sum: plain ONNX ops, no custom kernel).
+    """
+    B, N, C = f1.shape
+    a = F.normalize(f1, dim=-1).transpose(1, 2).reshape(B, C, rows, cols)
+    b = F.pad(F.normalize(f2, dim=-1).transpose(1, 2).reshape(B, C, rows, cols), (radius,) * 4)
+    side = 2 * radius + 1
+    corr = [(a * b[:, :, dy:dy + rows, dx:dx + cols]).sum(1) for dy in range(side) for dx in range(side)]
+    return torch.stack(corr, dim=-1).reshape(B, N, side * side)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -8,7 +8,14 @@ network's own same-time maps; moving pixels whose point is hidden or outside the
 static answer. Its object-flow EPE is a lower bound for any such head on this network: if it is not
 well below the static baseline's, the geometry (not the motion head) is what limits object flow.
 
+``parallax_gain`` asks whether the network uses the second view to place view 1's points at all (triangulation)
+or predicts view 1's depth monocularly: Lrel of P1(t1,π1) (and P2(t2,π1)) against the true pair's ground truth,
+with the true I2, with I2 := I1 (no parallax) and with I2 := the next pair's I2. The gain
+``Lrel(P1(t1,π1) | I2 := I1) − Lrel(P1(t1,π1) | true I2)`` is ~0 for a monocular network and > 0 when the second
+view's parallax helps.
+
 Run: ``python -m dpm_ros.training.diagnose --weights engines/dpm_small.safetensors --pairs 200``
+     ``python -m dpm_ros.training.diagnose --weights W --parallax --family flying --pairs 64``
 """
 from __future__ import annotations
 
@@ -69,14 +76,52 @@ def correspondence_bound(preds: list[dict], samples: list[dict]) -> dict:
     return {k: aggregate(v) for k, v in rows.items()}
 
 
+PARALLAX_MAPS = ("p1_t1_pi1", "p2_t2_pi1")
+
+
+def parallax_gain(predict, samples: list[dict]) -> dict:
+    """``predict(samples) -> list of prediction dicts`` (e.g. ``lambda s: predict_model(net, s)``) on the pairs
+    as they are (``true_I2``), with ``img2 := img1`` (``I2=I1``) and with ``img2 :=`` the next pair's ``img2``
+    (``I2=other``); every variant is scored against the true pair's ground truth after the shared per-pair
+    normalisation. Returns ``{variant: {map: mean Lrel}}`` for :data:`PARALLAX_MAPS` plus ``"gain"``:
+    ``{map: Lrel(I2=I1) − Lrel(true_I2)}`` (> 0: the true second view helps that map)."""
+    from dpm_ros.geometry.metrics import lrel, normalise_pair
+    from dpm_ros.training.evaluate import POINT_MAP_NAMES
+    n = len(samples)
+    if n < 2:
+        raise ValueError(f"parallax_gain needs at least 2 pairs (I2=other uses the next pair), got {n}")
+    variants = {"true_I2": samples,
+                "I2=I1": [dict(s, img2=s["img1"]) for s in samples],
+                "I2=other": [dict(s, img2=samples[(i + 1) % n]["img2"]) for i, s in enumerate(samples)]}
+    out: dict = {}
+    for name, inputs in variants.items():
+        vals = {k: [] for k in PARALLAX_MAPS}
+        for p, s in zip(predict(inputs), samples):          # ground truth: always the true pair's
+            valid = {m: (s["valid1"] if m[1] == "1" else s["valid2"]) for m in POINT_MAP_NAMES}
+            ph, pg, _ = normalise_pair({m: p[m] for m in POINT_MAP_NAMES}, {m: s[m] for m in POINT_MAP_NAMES}, valid)
+            for k in vals:
+                vals[k].append(lrel(ph[k], pg[k], valid[k]))
+        out[name] = {k: float(np.mean(v)) for k, v in vals.items()}
+    out["gain"] = {k: out["I2=I1"][k] - out["true_I2"][k] for k in PARALLAX_MAPS}
+    return out
+
+
 def main(argv=None) -> int:
     from dpm_ros.training.evaluate import format_tables, load_eval_set, load_weights, predict_model
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--weights", required=True, help=".safetensors (+ .json) or a dpm train last.pt")
     ap.add_argument("--pairs", type=int, default=200, help="held-out pairs (seeds 0..N-1)")
+    ap.add_argument("--family", choices=("room", "flying"), default="room", help="held-out scene family")
+    ap.add_argument("--parallax", action="store_true",
+                    help="print the parallax gain (JSON) instead of the correspondence bound")
     args = ap.parse_args(argv)
     net = load_weights(args.weights)
-    samples = load_eval_set(args.pairs, net.config.height, net.config.width)
+    samples = load_eval_set(args.pairs, net.config.height, net.config.width, family=args.family)
+    if args.parallax:
+        import json
+        res = parallax_gain(lambda s: predict_model(net, s, progress=False), samples)
+        print(json.dumps({k: {m: round(v, 4) for m, v in d.items()} for k, d in res.items()}, indent=1))
+        return 0
     print(format_tables(correspondence_bound(predict_model(net, samples), samples)))
     return 0
 

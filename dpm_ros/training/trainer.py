@@ -226,10 +226,14 @@ class Trainer:
 
     def _init_from(self, weights: str) -> None:
         """Start from saved weights of the same architecture (e.g. the shipped model, at another resolution:
-        nothing in the network depends on the image size). ValueError naming the file on any mismatch."""
+        nothing in the network depends on the image size). ValueError naming the file on any mismatch, except
+        that weights without the correlation layer (``corr_proj``, zero-initialised) start a ``corr_radius``
+        network: it then computes exactly what the weights did."""
         from dpm_ros.model import load_model
         src = load_model(weights, map_location="cpu").state_dict()
         own = self.net.state_dict()
+        added = {k for k in own if k.startswith("corr_proj.") and k not in src}
+        src.update({k: own[k] for k in added})
         bad = sorted(set(src) ^ set(own)) + [k for k in src if k in own and src[k].shape != own[k].shape]
         if bad:
             raise ValueError(f"--init {weights}: not the architecture of preset {self.cfg.preset} "
