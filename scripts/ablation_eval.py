@@ -51,8 +51,8 @@ def token_match_rate(net, samples: list[dict], radius: int = 4) -> dict:
                 counts += [good.sum(), (good & (ky == dy) & (kx == dx)).sum(),
                            (good & (np.abs(ky - dy) <= 1) & (np.abs(kx - dx) <= 1)).sum(),
                            (good & (dy == 0) & (dx == 0)).sum()]
-    return {"exact": float(counts[1] / counts[0]), "within1": float(counts[2] / counts[0]), "zero": float(counts[3] / counts[0]),
-            "tokens": int(counts[0])}
+    exact, within1, zero = (float(v) for v in counts[1:] / counts[0])
+    return {"exact": exact, "within1": within1, "zero": zero, "tokens": int(counts[0])}
 
 
 def evaluate_one(path: str, pairs: int, data_root: str) -> dict:
