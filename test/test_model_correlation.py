@@ -13,7 +13,10 @@ from dpm_ros.model.network import local_correlation
 def test_every_preset_is_without_the_correlation_layer():
     assert all(c.corr_radius == 0 for c in PRESETS.values())
     assert not any(k.startswith("corr_proj") for k in build_model("dpm_tiny").state_dict())
-    assert build_model("dpm_tiny", corr_radius=2).corr_proj.weight.shape == (32, 25)
+    assert "corr_radius" not in PRESETS["dpm_small"].to_dict()      # saved JSON / ONNX metadata as before
+    on = build_model("dpm_tiny", corr_radius=2)
+    assert on.corr_proj.weight.shape == (32, 25) and on.config.to_dict()["corr_radius"] == 2
+    assert type(on.config).from_dict(on.config.to_dict()) == on.config
     for bad in (-1, 17, 1.5, True):
         with pytest.raises(ValueError, match="corr_radius"):
             build_model("dpm_tiny", corr_radius=bad)

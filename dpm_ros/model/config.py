@@ -105,9 +105,12 @@ class DPMConfig:
         return self.height // self.patch_size, self.width // self.patch_size
 
     def to_dict(self) -> dict:
-        """Plain JSON-serialisable dict (tuples become lists)."""
+        """Plain JSON-serialisable dict (tuples become lists). ``corr_radius`` only when on, so the saved configs
+        and ONNX metadata of every network without it stay what they were before the switch existed."""
         d = asdict(self)
         d["dpt_layer_dims"] = list(self.dpt_layer_dims)
+        if not self.corr_radius:
+            del d["corr_radius"]
         return d
 
     @classmethod
