@@ -19,18 +19,15 @@ def _fast_cpu(t: torch.Tensor) -> bool:
 
 
 def _scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q·kᵀ)·v for queries already scaled by 1/√d (bf16 CPU path; softmax computed in fp32 inside the
-    kernel, bf16 out)."""
+    """softmax(q·kᵀ)·v for queries already scaled by 1/√d: the bf16 CPU training path (under autocast: two plain
+    bf16 matmuls, softmax in fp32, bf16 out), ~2.5x faster forward+backward than PyTorch's CPU SDPA kernels at
+    192 tokens, which compute bf16 in fp32 with casts and masking around them (math) or have slow backwards (flash)."""
     return (q @ k.transpose(-2, -1)).softmax(-1) @ v
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q·kᵀ/√d)·v over (B, heads, N, d) tensors. bf16 on a CPU (training under autocast): two plain
-    matmuls in bf16 with the softmax in fp32 (autocast's choice), ~2.5x faster forward+backward than PyTorch's CPU
-    SDPA kernels at 192 tokens, which compute bf16 in fp32 with casts and masking around them (math) or are slow
-    backwards (flash). Otherwise (fp32 inference, ONNX export, CUDA): ``F.scaled_dot_product_attention``."""
-    if q.dtype == torch.bfloat16 and q.device.type == "cpu":
-        return ((q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)).softmax(-1).to(v.dtype) @ v
+    """softmax(q·kᵀ/√d)·v over (B, heads, N, d) tensors, everywhere but the bf16 CPU training path (fp32 inference,
+    ONNX export, CUDA): ``F.scaled_dot_product_attention``."""
     return F.scaled_dot_product_attention(q, k, v)
 
 

@@ -8,7 +8,7 @@ the data of step k is a pure function of k (dpm_ros.training.data), so resuming 
 Speed (``precision``): the network's forward runs under bf16 autocast where the hardware has bf16 (CPUs with
 AVX-512 BF16/AMX, CUDA); its four heads' outputs are cast back to fp32 (forward hooks), so the point/confidence
 mappings, the per-pair normalisation and the whole loss run in fp32. On CPU under bf16, attention is two plain
-bf16 matmuls (dpm_ros.model.blocks.attention: ~2.5x faster forward+backward than PyTorch's CPU SDPA kernels at
+bf16 matmuls (dpm_ros.model.blocks._scaled_attention: ~2.5x faster forward+backward than PyTorch's CPU SDPA kernels at
 64-192 tokens); in fp32 on CPU it is PyTorch's math SDPA kernel (for 64-token sequences several times faster than
 the CPU flash kernel, whose backward dominated the step). Also on the bf16 CPU path: RoPE is fused with the head
 split (dpm_ros.model.rope.SplitHeadsRope: one autograd node, the softmax scale in q's tables); the network splits its
