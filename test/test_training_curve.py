@@ -93,6 +93,14 @@ def test_sigterm_and_continue_equals_one_uninterrupted_segment(tmp_path):
     assert card.read_text().startswith("# card\n\nsome text\n")
     cells = rows[0].split("|")
     assert 0.0 < float(cells[4]) < 5.0              # Lrel of an (untrained) tiny model: finite, positive
+    # the parallax column is the diagnostic's gain on the same pairs, computed here independently (all 3 variants)
+    from dpm_ros.training import evaluate as ev
+    from dpm_ros.training.curve import newest_checkpoint
+    from dpm_ros.training.diagnose import parallax_gain
+    net = ev.load_weights(newest_checkpoint(stopped))
+    samples = ev.load_eval_set(3, net.config.height, net.config.width, tmp_path / "cache", progress=False)
+    gain = parallax_gain(lambda x: ev.predict_model(net, x, progress=False), samples)["gain"]["p1_t1_pi1"]
+    assert abs(float(cells[5]) - gain) <= 5e-5 and cells[5].strip()[0] in "+-"
 
 
 def test_adopt_advances_the_committed_state_and_the_next_segment_reads_new_data(tmp_path):

@@ -3,6 +3,7 @@ the static baseline's is not), and the pixel projection follows make_pair's pixe
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from dpm_ros.training.data import DataConfig, generate_sample
 from dpm_ros.training.diagnose import correspondence_bound, project_to_pixels
@@ -59,3 +60,7 @@ def test_parallax_gain_separates_a_triangulating_from_a_monocular_predictor():
     assert tri["I2=other"]["p1_t1_pi1"] > 0.02
     assert tri["gain"]["p1_t1_pi1"] == tri["I2=I1"]["p1_t1_pi1"] - tri["true_I2"]["p1_t1_pi1"]
     assert abs(mono["gain"]["p2_t2_pi1"]) < 1e-9 and set(tri) == {"true_I2", "I2=I1", "I2=other", "gain"}
+    short = parallax_gain(_oracle_predictor(True), _PAIRS, ("true_I2", "I2=I1"))   # what `dpm curve eval` runs
+    assert set(short) == {"true_I2", "I2=I1", "gain"} and short["gain"] == tri["gain"]
+    with pytest.raises(ValueError, match="variants"):
+        parallax_gain(_oracle_predictor(True), _PAIRS, ("true_I2", "I2=other"))

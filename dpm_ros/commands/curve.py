@@ -113,6 +113,8 @@ def run(args) -> int:
     report = {"checkpoint": str(ckpt), **pos, "row": row, "rows_in_table": rows,
               "model": {k: results["model"][k] for k in ("lrel_p1_t1_pi1", "of_epe_fwd", "mask_iou_learned")},
               "static_of_epe_fwd": results["static"]["of_epe_fwd"]}
+    if "parallax" in results:
+        report["parallax_gain_p1_t1_pi1"] = results["parallax"]["gain"]["p1_t1_pi1"]
     if args.adopt:
         report["adopted"] = str(curve.adopt(ckpt, args.state, pos))
         report["next"] = "re-export the ONNX file: dpm export (engines/README.md)"

@@ -31,7 +31,7 @@ DEFAULT_STATE = Path("training_state/curve.json")
 DEFAULT_RUNS = Path("runs/curve")
 DEFAULT_CARD = Path("engines/README.md")
 TABLE_TITLE = "## Learning curve (held-out, one row per `dpm curve eval`)"
-TABLE_HEADER = ("| pairs seen | CPU-hours | resolution | Lrel P1(t1,π1) | OF-EPE fwd model / static "
+TABLE_HEADER = ("| pairs seen | CPU-hours | resolution | Lrel P1(t1,π1) | parallax gain | OF-EPE fwd model / static "
                 "| learned-gate IoU v1 / v2 | checkpoint | date |")
 CONTINUE_DEFAULTS = {"batch": 8, "lr": 3e-4, "warmup": 100, "schedule": "constant", "steps": 1_000_000,
                      "threads": 1, "workers": 1, "ckpt_minutes": 3.0, "ckpt_every": 1000, "log_every": 10,
@@ -144,18 +144,27 @@ def checkpoint_position(ckpt: Path) -> dict:
 
 def evaluate_checkpoint(ckpt: Path, pairs: int = 200, cache_dir: Path | None = Path("runs/eval_cache"),
                         progress: bool = False) -> dict:
-    """Held-out metrics (model and static) of a checkpoint, at the resolution it trains at."""
+    """Held-out metrics (model and static) of a checkpoint, at the resolution it trains at, plus ``"parallax"``:
+    :func:`dpm_ros.training.diagnose.parallax_gain` on the same pairs (does view 1's depth use the second view?)."""
     from dpm_ros.training import evaluate as ev
+    from dpm_ros.training.diagnose import parallax_gain
     net = ev.load_weights(Path(ckpt))
     samples = ev.load_eval_set(pairs, net.config.height, net.config.width, cache_dir, progress)
     preds = ev.predict_model(net, samples, 16, progress)
-    return ev.evaluate_methods({"model": preds, "static": [ev.static_from(p) for p in preds]}, samples, progress)
+    results = ev.evaluate_methods({"model": preds, "static": [ev.static_from(p) for p in preds]}, samples, progress)
+    if len(samples) >= 2:   # the true pairs' predictions are reused: one extra pass, with I2 := I1
+        results["parallax"] = parallax_gain(lambda x: preds if x is samples else ev.predict_model(net, x, 16, progress),
+                                            samples, ("true_I2", "I2=I1"))
+    return results
 
 
 def format_row(pos: dict, results: dict, ckpt: Path) -> str:
+    """One learning-curve row; the parallax gain is Lrel(P1(t1,π1) | I2 := I1) − Lrel(P1(t1,π1) | true I2)
+    (> 0: view 1's depth uses the second view; ≈ 0: it is monocular)."""
     m, s = results["model"], results["static"]
+    gain = f"{results['parallax']['gain']['p1_t1_pi1']:+.4f}" if "parallax" in results else "–"
     return (f"| {pos['pairs_seen']:,} | {pos['cpu_hours']:.2f} | {pos['height']}×{pos['width']} "
-            f"| {m['lrel_p1_t1_pi1']:.4f} | {m['of_epe_fwd']:.5f} / {s['of_epe_fwd']:.5f} "
+            f"| {m['lrel_p1_t1_pi1']:.4f} | {gain} | {m['of_epe_fwd']:.5f} / {s['of_epe_fwd']:.5f} "
             f"| {m['mask_iou_learned']:.3f} / {m['mask_iou_learned_view2']:.3f} "
             f"| {Path(ckpt).parent.name} step {pos['step']} | {time.strftime('%Y-%m-%d', time.gmtime())} |")
 

@@ -77,24 +77,29 @@ def correspondence_bound(preds: list[dict], samples: list[dict]) -> dict:
 
 
 PARALLAX_MAPS = ("p1_t1_pi1", "p2_t2_pi1")
+PARALLAX_VARIANTS = ("true_I2", "I2=I1", "I2=other")
 
 
-def parallax_gain(predict, samples: list[dict]) -> dict:
+def parallax_gain(predict, samples: list[dict], variants: tuple[str, ...] = PARALLAX_VARIANTS) -> dict:
     """``predict(samples) -> list of prediction dicts`` (e.g. ``lambda s: predict_model(net, s)``) on the pairs
     as they are (``true_I2``), with ``img2 := img1`` (``I2=I1``) and with ``img2 :=`` the next pair's ``img2``
-    (``I2=other``); every variant is scored against the true pair's ground truth after the shared per-pair
-    normalisation. Returns ``{variant: {map: mean Lrel}}`` for :data:`PARALLAX_MAPS` plus ``"gain"``:
-    ``{map: Lrel(I2=I1) − Lrel(true_I2)}`` (> 0: the true second view helps that map)."""
+    (``I2=other``; leave it out of ``variants`` to save a pass); every variant is scored against the true pair's
+    ground truth after the shared per-pair normalisation. Returns ``{variant: {map: mean Lrel}}`` for
+    :data:`PARALLAX_MAPS` plus ``"gain"``: ``{map: Lrel(I2=I1) − Lrel(true_I2)}`` (> 0: the true second view helps
+    that map)."""
     from dpm_ros.geometry.metrics import lrel, normalise_pair
     from dpm_ros.training.evaluate import POINT_MAP_NAMES
     n = len(samples)
     if n < 2:
         raise ValueError(f"parallax_gain needs at least 2 pairs (I2=other uses the next pair), got {n}")
-    variants = {"true_I2": samples,
-                "I2=I1": [dict(s, img2=s["img1"]) for s in samples],
-                "I2=other": [dict(s, img2=samples[(i + 1) % n]["img2"]) for i, s in enumerate(samples)]}
+    if not {"true_I2", "I2=I1"} <= set(variants) <= set(PARALLAX_VARIANTS):
+        raise ValueError(f"variants must include 'true_I2' and 'I2=I1', all among {PARALLAX_VARIANTS}; got {variants}")
+    build = {"true_I2": lambda: samples,
+             "I2=I1": lambda: [dict(s, img2=s["img1"]) for s in samples],
+             "I2=other": lambda: [dict(s, img2=samples[(i + 1) % n]["img2"]) for i, s in enumerate(samples)]}
     out: dict = {}
-    for name, inputs in variants.items():
+    for name in variants:
+        inputs = build[name]()
         vals = {k: [] for k in PARALLAX_MAPS}
         for p, s in zip(predict(inputs), samples):          # ground truth: always the true pair's
             valid = {m: (s["valid1"] if m[1] == "1" else s["valid2"]) for m in POINT_MAP_NAMES}
