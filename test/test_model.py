@@ -11,7 +11,7 @@ import torch
 
 from dpm_ros import ALL_POINT_MAP_NAMES, POINT_MAP_NAMES
 from dpm_ros.model import DPMConfig, build_model, preprocess
-from dpm_ros.model.network import conf_from_raw, points_from_raw
+from dpm_ros.model.network import conf_from_raw, norm3, points_from_raw, split_keep_layout
 from dpm_ros.model.rope import apply_rope, rope_tables
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
@@ -138,6 +138,61 @@ def test_points_and_confidence_mappings():
     torch.testing.assert_close(p[0], torch.tensor([0.6, 0.0, 0.8]) * float(np.expm1(5.0)))
     assert torch.equal(p[1], torch.zeros(3))
     torch.testing.assert_close(conf_from_raw(torch.tensor([0.0, float(np.log(3.0))])), torch.tensor([2.0, 4.0]))
+
+
+@pytest.mark.parametrize("planar", [False, True])
+def test_norm3_equals_torch_norm_values_and_gradients(planar):
+    """network.norm3 (√(x² + y² + z²) from channel slices) equals torch's vector norm over the last axis, value and
+    gradient (fp64), on contiguous (B, H, W, 3) maps and on views of planar (B, 3, H, W) memory; at u = 0 the
+    gradient is 0 like torch's (not NaN); points_from_raw is DUSt3R's mapping through it."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(2, 5, 7, 3, generator=g, dtype=torch.float64) * 3
+    u[0, 1, 2] = 0.0
+    if planar:
+        u = u.movedim(-1, 1).contiguous().movedim(1, -1)
+    a, b = u.clone().requires_grad_(), u.clone().requires_grad_()
+    w = torch.randn(2, 5, 7, generator=g, dtype=torch.float64)
+    ours, ref = norm3(a), torch.linalg.vector_norm(b, dim=-1)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
+    (ours * w).sum().backward()
+    (ref * w).sum().backward()
+    assert torch.isfinite(a.grad).all() and float(a.grad[0, 1, 2].abs().max()) == 0.0
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    d = ref[..., None]
+    torch.testing.assert_close(points_from_raw(u), u / d.clamp_min(1e-8) * torch.expm1(d), rtol=1e-12, atol=1e-12)
+
+
+def test_split_keep_layout_gradient_equals_autograds_in_the_inputs_layout():
+    """split_keep_layout: the same views as split, and a gradient equal to autograd's (zeros for an unused part)
+    but laid out like the input: for a (N, H, W, C) view of planar (N, C, H, W) memory the gradient is planar too
+    (autograd's cat would make it (N, H, W, C)-contiguous)."""
+    g = torch.Generator().manual_seed(1)
+    planes = torch.randn(4, 5, 6, 7, generator=g, dtype=torch.float64)
+    a = planes.clone().requires_grad_()
+    b = planes.clone().requires_grad_()
+    ours = split_keep_layout(a.permute(0, 2, 3, 1), [3, 1, 1], -1)
+    ref = b.permute(0, 2, 3, 1).split([3, 1, 1], -1)
+    assert all(torch.equal(x, y) for x, y in zip(ours, ref))
+    weights = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in ref]
+    loss_ours = (ours[0] * weights[0]).sum() + (ours[2] * weights[2]).sum()      # part 1 unused: zero gradient
+    loss_ref = (ref[0] * weights[0]).sum() + (ref[2] * weights[2]).sum()
+    torch.testing.assert_close(torch.autograd.grad(loss_ours, a)[0], torch.autograd.grad(loss_ref, b)[0],
+                               rtol=0, atol=0)
+    # the gradient that reaches the (N, H, W, C) view is planar memory (autograd.grad: no accumulation, which would
+    # re-layout it), and unused parts are zero even in reused (dirty) memory
+    view = a.detach().permute(0, 2, 3, 1).requires_grad_()
+    parts = split_keep_layout(view, [3, 1, 1], -1)
+    for _ in range(3):
+        dirty = [torch.full_like(planes, float("nan")) for _ in range(8)]   # freed just before: reused memory
+        del dirty
+        grad = torch.autograd.grad((parts[0] * weights[0]).sum(), view, retain_graph=True)[0]
+        assert grad.permute(0, 3, 1, 2).is_contiguous(), grad.stride()
+        assert float(grad[..., 3:].abs().max()) == 0.0
+    # along the batch, as the network splits its two passes
+    halves = split_keep_layout(view.detach().requires_grad_(), [2, 2], 0)
+    assert [h.shape[0] for h in halves] == [2, 2] and torch.equal(torch.cat(halves), view.detach())
+    with torch.no_grad():       # inference: plain split
+        assert all(p.grad_fn is None for p in split_keep_layout(a.permute(0, 2, 3, 1), [3, 1, 1], -1))
 
 
 def test_rope_rotates_first_half_by_row_second_by_column():

@@ -155,16 +155,22 @@ def test_delta_term_regresses_raw_displacement_on_moving_pixels():
     assert logs1["delta"] > logs0["delta"] + 0.1
 
 
-def test_loss_equals_the_stacked_pre_issue9_loss_value_and_gradients():
+@pytest.mark.parametrize("planar", [False, True])
+def test_loss_equals_the_stacked_pre_issue9_loss_value_and_gradients(planar):
     """The map-by-map loss (one _ScaledDist node per distance, ground-truth scale without autograd) against the
     stacked formulation it replaced (kept as dpm_ros.benchmarks.train.legacy_dpm_loss): same total, same logged
-    terms, same gradients for every input, including pixels where prediction and target coincide (e = 0)."""
+    terms, same gradients for every input, including pixels where prediction and target coincide (e = 0). With
+    contiguous (B, H, W, 3) maps and with planar memory (views of (B, 3, H, W), as the trainer's network gives)."""
     from dpm_ros.benchmarks.train import legacy_dpm_loss
     pred, batch = _case(seed=3)
     g = torch.Generator().manual_seed(7)
     for cross in CROSS:
         pred["motion_logit_" + cross] = torch.randn(B, H, W, generator=g).requires_grad_()
         pred["delta_" + cross] = torch.randn(B, H, W, 3, generator=g).requires_grad_()
+    if planar:
+        pred = {k: (v.detach().movedim(-1, 1).contiguous().movedim(1, -1).requires_grad_(v.requires_grad)
+                    if v.dim() == 4 else v) for k, v in pred.items()}
+        assert pred["p1_t1_pi1"].movedim(-1, 1).is_contiguous()
     with torch.no_grad():   # a zero-distance pixel: the norm's gradient is 0 there in both
         pred["delta_p1_t2_pi1"][0, 0, 0] = 0.0
         pred["p1_t1_pi1"][1, 2, 3] = 0.0

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from dpm_ros import POINT_MAP_NAMES, SWAPPED_POINT_MAP_NAMES
+from dpm_ros.model.network import norm3
 
 KIND_DYNAMIC, KIND_SAME_TIME, KIND_STATIC = 0, 1, 2
 KIND_NAMES = {"dynamic": KIND_DYNAMIC, "same_time": KIND_SAME_TIME, "static": KIND_STATIC}
@@ -90,7 +91,7 @@ class _ScaledDist(torch.autograd.Function):
         u = a * s[:, None, None, None] if s is not None else a
         if b is not None:
             u = u - b
-        e = torch.linalg.vector_norm(u, dim=-1)
+        e = norm3(u)
         ctx.save_for_backward(u, a if s is not None else None, s, e)
         return e
 
@@ -104,6 +105,12 @@ class _ScaledDist(torch.autograd.Function):
         if s is not None and ctx.needs_input_grad[1]:
             grad_s = ((u * a).sum(-1) * r).sum(dim=(1, 2))
         return grad_a, grad_s, None
+
+
+def _planar(m: torch.Tensor) -> torch.Tensor:
+    """A (B, H, W, 3) map with the memory of (B, 3, H, W) planes (the layout of the training path's predictions,
+    see ``Trainer``): element-wise ops between the two then read contiguous planes (no copy if it already is)."""
+    return m.movedim(-1, 1).contiguous().movedim(1, -1)
 
 
 def _dist(a: torch.Tensor, s: torch.Tensor | None = None, b: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,8 +147,8 @@ def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tup
         den = sum(x.sum(dim=(1, 2)) for x in pw).clamp_min(1e-8)                           # (B,)
         p_hat = [pred[name] for name in names]                                             # (B, H, W, 3) each
         with torch.no_grad():   # ground truth divided by its per-pair scale
-            p_gt = [batch[name].to(dtype) for name in names]
-            s_gt = (sum((g.norm(dim=-1) * x).sum(dim=(1, 2)) for g, x in zip(p_gt, pw)) / den).clamp_min(1e-6)
+            p_gt = [_planar(batch[name].to(dtype)) for name in names]
+            s_gt = (sum((norm3(g) * x).sum(dim=(1, 2)) for g, x in zip(p_gt, pw)) / den).clamp_min(1e-6)
             p_gt = [g / s_gt[:, None, None, None] for g in p_gt]
         s_hat = (sum((_dist(p) * x).sum(dim=(1, 2)) for p, x in zip(p_hat, pw)) / den).clamp_min(1e-6)
         inv = 1.0 / s_hat                                                                  # (B,)
