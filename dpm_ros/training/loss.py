@@ -83,7 +83,7 @@ def _balanced_mean(err: torch.Tensor, moving: torch.Tensor, weight: torch.Tensor
 class _ScaledDist(torch.autograd.Function):
     """Per-pixel distance ``‖a·s − b‖`` over the last axis (3) of (B, H, W, 3) maps: ``s`` (B,) a per-sample factor
     (or None: 1), ``b`` a target without gradient (or None: 0). One node instead of autograd's mul/sub/norm chain:
-    the backward is ``u·(g/e)`` (u = a·s − b; 0 where e = 0, as torch's norm backward), one pass over the 3
+    the backward is ``u·(g/e)`` (u = a·s − b; 0 where u = 0, as torch's norm backward), one pass over the 3
     channels for ``a`` and one for ``s``."""
 
     @staticmethod
@@ -98,7 +98,7 @@ class _ScaledDist(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         u, a, s, e = ctx.saved_tensors
-        r = torch.where(e > 0, g / e, 0.0)
+        r = g / e    # e >= 1e-15 (norm3); where u = 0 the gradient u·r is 0, as torch's norm backward gives
         grad_a = grad_s = None
         if ctx.needs_input_grad[0]:
             grad_a = u * (r * s[:, None, None] if s is not None else r)[..., None]
