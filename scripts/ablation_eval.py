@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """One row per model for an architecture ablation (model card, issue 10): held-out rooms and flying scenes at the
 model's resolution (Lrel of P1(t1,π1) / P2(t2,π1), object-flow EPE model / static, learned-gate IoU), the parallax
-gain on both families (dpm_ros.training.diagnose.parallax_gain) and the real pairs (dpm_ros.training.real_eval).
+gain on both families (dpm_ros.training.diagnose.parallax_gain), how well the encoder tokens and the decoders'
+cross-attention match the true correspondences, and the real pairs (dpm_ros.training.real_eval).
 
     python scripts/ablation_eval.py --pairs 64 --json runs/ablation.json \
         start=training_state/landscape_run1.safetensors A=runs/abl/A/last.pt B=runs/abl/B/last.pt
@@ -55,6 +56,46 @@ def token_match_rate(net, samples: list[dict], radius: int = 4) -> dict:
     return {"exact": exact, "within1": within1, "zero": zero, "tokens": int(counts[0])}
 
 
+def xattn_match_rate(net, samples: list[dict]) -> dict:
+    """How well the decoders' cross-attention finds the true correspondence (the supervised-matching ablation):
+    over valid queries (dpm_ros.training.matching.pair_correspondences: both directions, both decoders, the
+    symmetric pass), the share whose highest-logit key is the true token, per block and head (``per_block_head``
+    [block][head]), for the supervised heads (``supervised``: heads < MATCH_HEADS of every block) and for all
+    (``all``); ``identity`` = the share of valid queries whose true token is their own position (what attending
+    to the same place scores); ``ce_supervised``: mean cross-entropy of the supervised heads (ln(N) = uniform)."""
+    import numpy as np
+
+    from dpm_ros.model import preprocess
+    from dpm_ros.training.matching import MATCH_HEADS, match_targets, pair_correspondences
+    c = net.config
+    hits = np.zeros((c.dec_depth, c.dec_num_heads))
+    ce = np.zeros((c.dec_depth, c.dec_num_heads))
+    valid = ident = 0.0
+    with torch.inference_mode():
+        for i in range(0, len(samples), 16):
+            chunk = samples[i:i + 16]
+            m = [pair_correspondences(s, c.patch_size) for s in chunk]
+            batch = {"match12": torch.from_numpy(np.stack([a for a, _ in m])),
+                     "match21": torch.from_numpy(np.stack([b for _, b in m]))}
+            out = net.forward_raw(preprocess(np.stack([s["img1"] for s in chunk])),
+                                  preprocess(np.stack([s["img2"] for s in chunk])), match_heads=c.dec_num_heads)
+            rows = out["xattn_logits1"][0].shape[0]
+            for dec, target in zip(("1", "2"), match_targets(batch, rows)):
+                ok = target >= 0
+                valid += float(ok.sum())
+                ident += float((ok & (target == torch.arange(target.shape[1]))).sum())
+                for b, logits in enumerate(out["xattn_logits" + dec]):
+                    logp = logits.float().log_softmax(-1)                   # (rows, heads, N, M)
+                    t = target.clamp_min(0)[:, None, :, None].expand(-1, logp.shape[1], -1, 1)
+                    okh = ok[:, None, :]
+                    hits[b] += ((logits.argmax(-1) == target[:, None, :]) & okh).sum((0, 2)).numpy()
+                    ce[b] -= (logp.gather(-1, t)[..., 0] * okh).sum((0, 2)).numpy()
+    rate = hits / max(valid, 1.0)
+    return {"per_block_head": rate.round(4).tolist(), "supervised": float(rate[:, :MATCH_HEADS].mean()),
+            "all": float(rate.mean()), "identity": ident / max(valid, 1.0),
+            "ce_supervised": float((ce / max(valid, 1.0))[:, :MATCH_HEADS].mean()), "queries": int(valid)}
+
+
 def evaluate_one(path: str, pairs: int, data_root: str) -> dict:
     from dpm_ros.training.diagnose import parallax_gain
     from dpm_ros.training.evaluate import aggregate, load_eval_set, load_weights, pair_metrics, predict_model, \
@@ -80,7 +121,7 @@ def evaluate_one(path: str, pairs: int, data_root: str) -> dict:
                        "of_epe_fwd_static": static["of_epe_fwd"],
                        "gate_iou": [model.get("mask_iou_learned"), model.get("mask_iou_learned_view2")],
                        "ego_rpe_rot_deg": model["ego_rpe_rot_deg"], "n_pairs": pairs,
-                       "token_match": token_match_rate(net, samples)}
+                       "token_match": token_match_rate(net, samples), "xattn_match": xattn_match_rate(net, samples)}
     real = evaluate_real_depth(net, *([data_root] if data_root else []))
     out["real"] = {name: {k: r["model"][k] for k in ("abs_rel", "delta1", "rank_corr", "rank_corr_row_rule")}
                    | {"constant_abs_rel": r["constant"]["abs_rel"], "row_rule_rank_corr": r["row_rule"]["rank_corr"]}
@@ -107,6 +148,13 @@ def table(results: dict) -> str:
             ("encoder-token correlation argmax = true displacement, rooms / flying (no motion: "
              + " / ".join(f"{results[names[0]][f]['token_match']['zero']:.2f}" for f in ("room", "flying")) + ")",
              lambda r: f"{r['room']['token_match']['exact']:.3f} / {r['flying']['token_match']['exact']:.3f}"),
+            ("decoder cross-attention argmax = true token, supervised heads, rooms / flying (same position: "
+             + " / ".join(f"{results[names[0]][f]['xattn_match']['identity']:.2f}" for f in ("room", "flying"))
+             + ")", lambda r: f"{r['room']['xattn_match']['supervised']:.3f} / "
+             f"{r['flying']['xattn_match']['supervised']:.3f}"),
+            ("cross-attention CE of the supervised heads, rooms / flying (uniform: ln N)",
+             lambda r: f"{r['room']['xattn_match']['ce_supervised']:.2f} / "
+             f"{r['flying']['xattn_match']['ce_supervised']:.2f}"),
             ("Middlebury Spearman GT / row rule", lambda r: f"{r['real']['middlebury']['rank_corr']:.3f} / "
              f"{r['real']['middlebury']['rank_corr_row_rule']:.3f}"),
             ("Middlebury AbsRel", lambda r: f"{r['real']['middlebury']['abs_rel']:.3f}"),

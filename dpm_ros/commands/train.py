@@ -55,6 +55,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--w-flow", type=float, default=lw.flow, help="weight of the object-flow term")
     parser.add_argument("--w-delta", type=float, default=lw.delta, help="weight of the raw-Δ term")
     parser.add_argument("--w-gate", type=float, default=lw.gate, help="weight of the gate BCE term")
+    parser.add_argument("--match-weight", type=float, default=lw.match, metavar="W",
+                        help="weight of the supervised-matching term: cross-entropy of the decoders' "
+                             "cross-attention (head 0 of every block) against the true token correspondence; "
+                             "0: off (issue-10 ablation)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--init", default="", metavar="WEIGHTS",
                         help="start a new run from these weights (.safetensors, same preset; any resolution)")
@@ -79,14 +83,15 @@ def config_from_args(args):
     for name in ("steps", "batch", "threads", "height", "width", "ckpt_every", "log_every"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("corr_radius", "data_offset"):
+    for name in ("corr_radius", "data_offset", "match_weight"):
         if getattr(args, name, 0) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     overrides = {"corr_radius": args.corr_radius} if getattr(args, "corr_radius", 0) else {}
     data = DataConfig(height=args.height, width=args.width, p_same_time=args.p_same_time, p_static=args.p_static,
                       motion_scale_start=args.motion_scale_start, curriculum_steps=args.curriculum_steps,
                       p_flying=args.p_flying, p_room_modes=args.p_room_modes, p_augment=args.p_augment)
-    loss = LossWeights(flow=args.w_flow, delta=args.w_delta, gate=args.w_gate)
+    loss = LossWeights(flow=args.w_flow, delta=args.w_delta, gate=args.w_gate,
+                       match=getattr(args, "match_weight", 0.0))
     return TrainConfig(preset=args.preset, out=args.out, steps=args.steps, batch=args.batch, lr=args.lr,
                        weight_decay=args.weight_decay, warmup=args.warmup, clip=args.clip,
                        ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,

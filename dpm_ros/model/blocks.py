@@ -90,7 +90,9 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mem: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                cos_mem: torch.Tensor, sin_mem: torch.Tensor) -> torch.Tensor:
+                cos_mem: torch.Tensor, sin_mem: torch.Tensor, logits_heads: int = 0):
+        """(B, N, C) output; with ``logits_heads`` h > 0 also the attention logits q·kᵀ/√d of heads 0..h−1,
+        (B, h, N, M) (attention computed explicitly then, on every path: the supervised-matching loss)."""
         B, N, C = x.shape
         M = mem.shape[1]
         h, d = self.num_heads, C // self.num_heads
@@ -100,11 +102,18 @@ class CrossAttention(nn.Module):
                           torch.cat([self.projk.bias, self.projv.bias]))
             q, = split_heads_rope(q, h, cos, sin, (d ** -0.5,))
             k, v = split_heads_rope(kv, h, cos_mem, sin_mem, (1.0,))
+            if logits_heads:
+                s = q @ k.transpose(-2, -1)
+                return self.proj((s.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)), s[:, :logits_heads]
             return self.proj(_scaled_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
         q = q.reshape(B, N, h, d).transpose(1, 2)
         k = self.projk(mem).reshape(B, M, h, d).transpose(1, 2)
         v = self.projv(mem).reshape(B, M, h, d).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos_mem, sin_mem)
+        if logits_heads:
+            s = (q * d ** -0.5) @ k.transpose(-2, -1)
+            out = s.softmax(-1) @ v
+            return self.proj(out.transpose(1, 2).reshape(B, N, C)), s[:, :logits_heads]
         out = attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
@@ -138,8 +147,13 @@ class DecoderBlock(nn.Module):
         self.norm_y = LayerNorm(dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, rope_x: tuple[torch.Tensor, torch.Tensor],
-                rope_y: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                rope_y: tuple[torch.Tensor, torch.Tensor], logits_heads: int = 0):
+        """(B, N, C); with ``logits_heads`` > 0 the pair (tokens, cross-attention logits (B, h, N, M))."""
         x = x + self.attn(self.norm1(x), *rope_x)
         y = self.norm_y(y)
+        if logits_heads:
+            upd, logits = self.cross_attn(self.norm2(x), y, *rope_x, *rope_y, logits_heads=logits_heads)
+            x = x + upd
+            return x + self.mlp(self.norm3(x)), logits
         x = x + self.cross_attn(self.norm2(x), y, *rope_x, *rope_y)
         return x + self.mlp(self.norm3(x))

@@ -168,14 +168,20 @@ class DPMNet(nn.Module):
             raise ValueError(f"image size {img1.shape[2]}x{img1.shape[3]} must be a multiple of the patch size {p} "
                              f"(the model was built for {self.config.height}x{self.config.width})")
 
-    def forward_raw(self, img1: torch.Tensor, img2: torch.Tensor, symmetric: bool | None = None
-                    ) -> dict[str, torch.Tensor]:
+    def forward_raw(self, img1: torch.Tensor, img2: torch.Tensor, symmetric: bool | None = None,
+                    match_heads: int = 0) -> dict[str, torch.Tensor]:
         """Everything :meth:`forward` returns plus, for each cross-time map X, ``delta_X`` (B, H, W, 3): the
         displacement of the gated residual head, and ``motion_logit_X`` (B, H, W): the pre-sigmoid motion gate,
         so that ``X = same_time_X + sigmoid(motion_logit_X)[..., None] * delta_X`` (use the logits for BCE).
-        Portrait inputs (H > W) run transposed, as DUSt3R does; every output keeps the input's (H, W) layout."""
+        Portrait inputs (H > W) run transposed, as DUSt3R does; every output keeps the input's (H, W) layout.
+        ``match_heads`` h > 0 (training's supervised matching, dpm_ros.training.matching) adds
+        ``xattn_logits1`` / ``xattn_logits2``: per block of decoder 1 / 2 the cross-attention logits of heads
+        0..h−1, (rows, h, N, N) with rows = 2B when symmetric (pass 1, then the swapped pass), row-major tokens;
+        landscape inputs only. h = 0 (default): nothing extra is computed."""
         sym = self.symmetric if symmetric is None else bool(symmetric)
         self._check_inputs(img1, img2)
+        if match_heads and img1.shape[2] > img1.shape[3]:
+            raise ValueError("cross-attention logits (match_heads) need landscape inputs (H <= W)")
         if img1.shape[2] > img1.shape[3]:
             # DUSt3R's ManyAR rule: portrait pairs run transposed (as landscape); outputs are transposed back
             out = self.forward_raw(img1.transpose(2, 3), img2.transpose(2, 3), sym)
@@ -200,8 +206,15 @@ class DPMNet(nn.Module):
             c21 = local_correlation(e2, e1, rows, cols, c.corr_radius)
             a = a + self.corr_proj(torch.cat([c12, c21]) if sym else c12)
             b = b + self.corr_proj(torch.cat([c21, c12]) if sym else c21)
+        xattn1, xattn2 = [], []
         for blk1, blk2 in zip(self.dec_blocks, self.dec_blocks2):
-            a, b = blk1(a, b, dec_rope, dec_rope), blk2(b, a, dec_rope, dec_rope)
+            if match_heads:
+                (a, s1), (b, s2) = (blk1(a, b, dec_rope, dec_rope, match_heads),
+                                    blk2(b, a, dec_rope, dec_rope, match_heads))
+                xattn1.append(s1)
+                xattn2.append(s2)
+            else:
+                a, b = blk1(a, b, dec_rope, dec_rope), blk2(b, a, dec_rope, dec_rope)
             layers1.append(a)
             layers2.append(b)
         layers1[-1] = self.dec_norm(layers1[-1])
@@ -235,6 +248,8 @@ class DPMNet(nn.Module):
                     out["motion_logit_" + name] = split_gate[k][1][i]
         out["motion_prob_1"] = torch.sigmoid(out["motion_logit_p1_t2_pi1"])
         out["motion_prob_2"] = torch.sigmoid(out["motion_logit_p2_t1_pi1"])
+        if match_heads:
+            out["xattn_logits1"], out["xattn_logits2"] = tuple(xattn1), tuple(xattn2)
         return out
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor, symmetric: bool | None = None

@@ -37,7 +37,9 @@ CONTINUE_DEFAULTS = {"batch": 8, "lr": 3e-4, "warmup": 100, "schedule": "constan
                      "threads": 1, "workers": 1, "ckpt_minutes": 3.0, "ckpt_every": 1000, "log_every": 10,
                      "height": None, "width": None, "curriculum_steps": 0, "precision": "auto",
                      # scene mix (training/data.py; issue 10): 0 = the shipped model's rooms-only data
-                     "p_flying": 0.0, "p_room_modes": 0.0, "p_augment": 0.0}
+                     "p_flying": 0.0, "p_room_modes": 0.0, "p_augment": 0.0,
+                     # supervised-matching loss weight (training/matching.py; issue-10 ablation): 0 = off
+                     "match_weight": 0.0}
 
 
 def load_state(path: Path) -> dict:
@@ -70,6 +72,7 @@ def segment_config(state: dict, state_path: Path, runs: Path, overrides: dict | 
     whose value is not None). The network starts from the committed weights at any resolution (RoPE)."""
     from dpm_ros.model import read_model_meta
     from dpm_ros.training.data import DataConfig
+    from dpm_ros.training.loss import LossWeights
     from dpm_ros.training.trainer import TrainConfig
     recipe = dict(CONTINUE_DEFAULTS)
     recipe.update(state.get("continue", {}))
@@ -89,7 +92,8 @@ def segment_config(state: dict, state_path: Path, runs: Path, overrides: dict | 
                        ckpt_every=int(recipe["ckpt_every"]), log_every=int(recipe["log_every"]),
                        threads=int(recipe["threads"]), workers=int(recipe["workers"]),
                        precision=recipe["precision"], init=str(weights),
-                       data_offset=int(state["next_sample"]), data=data)
+                       data_offset=int(state["next_sample"]), data=data,
+                       loss=LossWeights(match=float(recipe["match_weight"])))
 
 
 def continue_training(state_path: Path = DEFAULT_STATE, runs: Path = DEFAULT_RUNS, overrides: dict | None = None,

@@ -114,14 +114,16 @@ def generate_sample(seed: int, cfg: DataConfig, kind: int = KIND_DYNAMIC, motion
 class SyntheticPairs(torch.utils.data.Dataset):
     """Map-style dataset over global sample indices; ``global_batch`` samples make one optimiser step.
     ``offset`` is the global index of the run's first sample (a continued learning curve starts after the pairs
-    its earlier runs saw); the curriculum step is counted from there."""
+    its earlier runs saw); the curriculum step is counted from there. ``match_patch`` P > 0: items also carry the
+    token correspondences of the supervised-matching loss at patch size P (see :func:`sample_item`)."""
 
-    def __init__(self, cfg: DataConfig, global_batch: int, offset: int = 0):
+    def __init__(self, cfg: DataConfig, global_batch: int, offset: int = 0, match_patch: int = 0):
         if global_batch < 1:
             raise ValueError(f"global_batch must be >= 1, got {global_batch}")
         if offset < 0:
             raise ValueError(f"sample offset must be >= 0, got {offset}")
         self.cfg, self.global_batch, self.offset = cfg, global_batch, offset
+        self.match_patch = int(match_patch)
 
     def __len__(self) -> int:  # effectively unbounded; the sampler decides what is read
         return 2 ** 40
@@ -133,20 +135,26 @@ class SyntheticPairs(torch.utils.data.Dataset):
         family, camera_motion, augment = sample_scene(idx, self.cfg)
         s = generate_sample(TRAIN_SEED_BASE + idx, self.cfg, kind, motion_scale_at(step, self.cfg),
                             family=family, camera_motion=camera_motion, augment=augment)
-        item = sample_item(s)
+        item = sample_item(s, self.match_patch)
         item["gen_cpu_s"] = torch.tensor(time.process_time() - t0, dtype=torch.float64)  # generator CPU seconds
         return item
 
 
-def sample_item(s: dict) -> dict:
+def sample_item(s: dict, match_patch: int = 0) -> dict:
     """A :func:`generate_sample` dict -> the tensors the network and the loss read (one collatable item): the
-    eight maps (metres, zeros where invalid), img1/img2 network inputs, valid/moving masks, kind."""
+    eight maps (metres, zeros where invalid), img1/img2 network inputs, valid/moving masks, kind; with
+    ``match_patch`` P > 0 also ``match12`` / ``match21`` (N,) int64: each token's ground-truth corresponding token
+    in the other view at patch size P, -1 where none (dpm_ros.training.matching.pair_correspondences)."""
     # invalid pixels are NaN in the ground truth; the loss masks them, but NaN·0 is NaN: store zeros
     item = {name: torch.from_numpy(np.nan_to_num(s[name], nan=0.0)) for name in ALL_POINT_MAP_NAMES}
     item.update(img1=_to_input(s["img1"]), img2=_to_input(s["img2"]),
                 valid1=torch.from_numpy(s["valid1"]), valid2=torch.from_numpy(s["valid2"]),
                 moving1=torch.from_numpy(s["moving1"]), moving2=torch.from_numpy(s["moving2"]),
                 kind=torch.tensor(int(s["kind"]), dtype=torch.long))
+    if match_patch:
+        from dpm_ros.training.matching import pair_correspondences
+        m12, m21 = pair_correspondences(s, match_patch)
+        item.update(match12=torch.from_numpy(m12), match21=torch.from_numpy(m21))
     return item
 
 
@@ -176,11 +184,11 @@ class StepBatches(torch.utils.data.Sampler):
 
 def make_loader(cfg: DataConfig, start_step: int, total_steps: int, local_batch: int, rank: int = 0,
                 world: int = 1, num_workers: int = 1, offset: int = 0,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                pin_memory: bool = False, match_patch: int = 0) -> torch.utils.data.DataLoader:
     """DataLoader yielding one collated batch per optimiser step, generated in ``num_workers`` processes
     (each worker builds whole batches; ``prefetch_factor`` batches per worker are kept ready). Batches carry
     ``gen_cpu_s`` (B,): the generator's CPU seconds per sample."""
-    ds = SyntheticPairs(cfg, local_batch * world, offset)
+    ds = SyntheticPairs(cfg, local_batch * world, offset, match_patch)
     sampler = StepBatches(start_step, total_steps, local_batch, rank, world, offset)
     kw = dict(num_workers=num_workers, pin_memory=pin_memory)
     if num_workers > 0:

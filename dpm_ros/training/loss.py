@@ -5,7 +5,7 @@ in arbitrary model units for predictions and metres for ground truth. Both are d
 (mean distance to the origin over the supervised valid pixels of the pass's four maps; dpm_theory.md "Metrics")
 before any term is computed, so every term is unitless.
 
-Terms (each one a scalar; ``total = conf + w_flow·flow + w_delta·delta + w_gate·gate``):
+Terms (each one a scalar; ``total = conf + w_flow·flow + w_delta·delta + w_gate·gate [+ w_match·match]``):
   * ``conf``: DUSt3R's  Σ_maps mean_pixels( c·‖P̂ − P‖ − α·log c ),  α = 0.2, over supervised valid pixels.
   * ``flow``: the gated object flow  f̂ = P̂(t_other) − P̂(t_own)  (= m·Δ) against the ground-truth flow, as a
     class-balanced mean  ½·mean_moving‖f̂ − f‖ + ½·mean_static‖f̂ − f‖  so the ~10 % moving pixels count as much as
@@ -13,6 +13,8 @@ Terms (each one a scalar; ``total = conf + w_flow·flow + w_delta·delta + w_gat
   * ``delta``: the raw displacement Δ of the gated residual head (before the gate) against the ground-truth flow on
     moving pixels only, so Δ learns even while m ≈ 0 (the gate would otherwise block its gradient).
   * ``gate``: class-balanced binary cross-entropy of the gate m against the ground-truth moving pixels.
+  * ``match`` (only when ``LossWeights.match`` > 0; issue-10 ablation): cross-entropy of the decoders'
+    cross-attention logits against the ground-truth token correspondence (dpm_ros.training.matching).
 Same-time samples supervise only the same-time maps and no motion term; static samples supervise all four maps with
 P(t2) = P(t1) (zero flow, gate 0).
 """
@@ -52,6 +54,7 @@ class LossWeights:
     flow: float = 10.0
     delta: float = 2.0
     gate: float = 0.5
+    match: float = 0.0   # supervised matching of the decoders' cross-attention (training/matching.py); 0: off
 
 
 def supervision_matrix(kinds: torch.Tensor) -> torch.Tensor:
@@ -176,6 +179,14 @@ def dpm_loss(pred: dict, batch: dict, weights: LossWeights | None = None) -> tup
                 bce = F.binary_cross_entropy_with_logits(pred["motion_logit_" + cross], mv, reduction="none")
                 total_gate = total_gate + _balanced_mean(bce, mv, wv)
     total = total_conf + w.flow * total_flow + w.delta * total_delta + w.gate * total_gate
+    if w.match > 0:   # absent (no logits, no targets, no log keys) when off: the loss is then what it always was
+        from dpm_ros.training.matching import match_loss
+        if "xattn_logits1" not in pred or "match12" not in batch:
+            raise ValueError("LossWeights.match > 0 needs the network's cross-attention logits (forward_raw "
+                             "match_heads > 0) and the batch's match12/match21 token correspondences")
+        term, match_logs = match_loss(pred, batch)
+        total = total + w.match * term
+        logs.update(match_logs)
     logs.update({k: float(v.detach()) for k, v in (("loss", total), ("conf", total_conf), ("flow", total_flow),
                                                    ("delta", total_delta), ("gate", total_gate))})
     return total, logs

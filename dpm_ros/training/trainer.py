@@ -89,11 +89,13 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
 class RawForward(torch.nn.Module):
     """What the loss needs from the network in one call (so DDP sees a plain ``forward``)."""
 
-    def __init__(self, net: torch.nn.Module):
+    def __init__(self, net: torch.nn.Module, match_heads: int = 0):
         super().__init__()
-        self.net = net
+        self.net, self.match_heads = net, match_heads
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> dict:
+        if self.match_heads:   # the supervised-matching loss reads the decoders' cross-attention logits
+            return self.net.forward_raw(img1, img2, match_heads=self.match_heads)
         if hasattr(self.net, "forward_raw"):
             return self.net.forward_raw(img1, img2)
         return self.net(img1, img2)
@@ -222,7 +224,11 @@ class Trainer:
         self.time_parts = False     # True: synchronise CUDA between step parts so their times are exact
         if state is not None:
             self.load_state(state, ckpt)
-        self.forward = RawForward(self.net)
+        if cfg.loss.match < 0:
+            raise ValueError(f"the matching loss weight must be >= 0, got {cfg.loss.match}")
+        from dpm_ros.training.matching import MATCH_HEADS
+        self.match_heads = MATCH_HEADS if cfg.loss.match > 0 else 0
+        self.forward = RawForward(self.net, self.match_heads)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = torch.nn.parallel.DistributedDataParallel(self.forward, device_ids=ids)
@@ -310,7 +316,8 @@ class Trainer:
         cfg = self.cfg
         end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         loader = make_loader(cfg.data, self.step, end, cfg.batch, self.rank, self.world, cfg.workers,
-                             offset=cfg.data_offset, pin_memory=self.device.type == "cuda")
+                             offset=cfg.data_offset, pin_memory=self.device.type == "cuda",
+                             match_patch=self.net.config.patch_size if self.match_heads else 0)
         main = self.rank == 0
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         bar = None
