@@ -62,7 +62,10 @@ def xattn_match_rate(net, samples: list[dict]) -> dict:
     symmetric pass), the share whose highest-logit key is the true token, per block and head (``per_block_head``
     [block][head]), for the supervised heads (``supervised``: heads < MATCH_HEADS of every block) and for all
     (``all``); ``identity`` = the share of valid queries whose true token is their own position (what attending
-    to the same place scores); ``ce_supervised``: mean cross-entropy of the supervised heads (ln(N) = uniform)."""
+    to the same place scores); ``moved``: the supervised heads' hit rate over the valid queries whose true token is
+    *not* their own position (the part "attend to the same place" cannot get); ``argmax_self``: the share of valid
+    queries whose supervised heads' top key is their own position; ``ce_supervised``: mean cross-entropy of the
+    supervised heads (ln(N) = uniform)."""
     import numpy as np
 
     from dpm_ros.model import preprocess
@@ -71,6 +74,7 @@ def xattn_match_rate(net, samples: list[dict]) -> dict:
     hits = np.zeros((c.dec_depth, c.dec_num_heads))
     ce = np.zeros((c.dec_depth, c.dec_num_heads))
     valid = ident = 0.0
+    moved_hits = self_hits = 0.0
     with torch.inference_mode():
         for i in range(0, len(samples), 16):
             chunk = samples[i:i + 16]
@@ -90,10 +94,17 @@ def xattn_match_rate(net, samples: list[dict]) -> dict:
                     okh = ok[:, None, :]
                     hits[b] += ((logits.argmax(-1) == target[:, None, :]) & okh).sum((0, 2)).numpy()
                     ce[b] -= (logp.gather(-1, t)[..., 0] * okh).sum((0, 2)).numpy()
+                    top = logits[:, :MATCH_HEADS].argmax(-1)                 # (rows, MATCH_HEADS, N)
+                    own = torch.arange(target.shape[1])
+                    moved = (ok & (target != own))[:, None, :]
+                    moved_hits += float(((top == target[:, None, :]) & moved).sum())
+                    self_hits += float(((top == own) & ok[:, None, :]).sum())
     rate = hits / max(valid, 1.0)
     return {"per_block_head": rate.round(4).tolist(), "supervised": float(rate[:, :MATCH_HEADS].mean()),
             "all": float(rate.mean()), "identity": ident / max(valid, 1.0),
-            "ce_supervised": float((ce / max(valid, 1.0))[:, :MATCH_HEADS].mean()), "queries": int(valid)}
+            "ce_supervised": float((ce / max(valid, 1.0))[:, :MATCH_HEADS].mean()), "queries": int(valid),
+            "moved": moved_hits / max((valid - ident) * c.dec_depth * MATCH_HEADS, 1.0),
+            "argmax_self": self_hits / max(valid * c.dec_depth * MATCH_HEADS, 1.0)}
 
 
 def evaluate_one(path: str, pairs: int, data_root: str) -> dict:
@@ -152,6 +163,11 @@ def table(results: dict) -> str:
              + " / ".join(f"{results[names[0]][f]['xattn_match']['identity']:.2f}" for f in ("room", "flying"))
              + ")", lambda r: f"{r['room']['xattn_match']['supervised']:.3f} / "
              f"{r['flying']['xattn_match']['supervised']:.3f}"),
+            ("… of those, queries whose true token moved (rooms / flying)",
+             lambda r: f"{r['room']['xattn_match']['moved']:.3f} / {r['flying']['xattn_match']['moved']:.3f}"),
+            ("supervised heads' argmax = own position, rooms / flying",
+             lambda r: f"{r['room']['xattn_match']['argmax_self']:.3f} / "
+             f"{r['flying']['xattn_match']['argmax_self']:.3f}"),
             ("cross-attention CE of the supervised heads, rooms / flying (uniform: ln N)",
              lambda r: f"{r['room']['xattn_match']['ce_supervised']:.2f} / "
              f"{r['flying']['xattn_match']['ce_supervised']:.2f}"),
