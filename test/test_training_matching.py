@@ -1,6 +1,7 @@
 """The supervised-matching loss (issue-10 ablation, dpm_ros.training.matching): its token-correspondence ground truth
 (a known shift, occlusion, out of view, and a direct reprojection of a rendered pair), the cross-entropy and its
-symmetric-pass target order, zero cost and unchanged outputs when off, the CLI/curve switch, and that it trains."""
+symmetric-pass target order, zero cost and unchanged outputs when off, the CLI/curve switch, and that it trains;
+arm C's option that drops the targets within R tokens of the query's own position."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 import torch
 
 from dpm_ros.training.loss import LossWeights, dpm_loss
-from dpm_ros.training.matching import match_loss, match_targets, pair_correspondences, token_correspondence
+from dpm_ros.training.matching import (drop_near_targets, match_loss, match_targets, pair_correspondences,
+                                       token_correspondence)
 
 H, W, P = 32, 48, 8
 ROWS, COLS = H // P, W // P
@@ -99,6 +101,65 @@ def test_sample_item_carries_the_indices_only_when_asked(rendered):
     np.testing.assert_array_equal(item["match12"].numpy(), m12)
     np.testing.assert_array_equal(item["match21"].numpy(), m21)
     assert set(item) - set(sample_item(s)) == {"match12", "match21"}
+
+
+def test_drop_near_targets_hand_made_grid():
+    """3 × 4 token grid (query n at row n // 4, col n % 4). Known answers per radius; the row/col decomposition
+    matters: query 3 (row 0, col 3) -> target 4 (row 1, col 0) is one index apart but 3 tokens away."""
+    #                  q: 0  1  2   3  4  5  6   7  8  9  10  11
+    t = np.array([[0, 6, -1, 4, 4, 0, 6, 11, 0, 9, 5, 6]])
+    # Chebyshev distance of each valid target from its own position:
+    # q0->0: 0 | q1->6 (1,2): 1 | q3->4 (1,0): 3 | q4->4: 0 | q5->0 (0,0): 1 | q6->6: 0 | q7->11 (2,3): 1
+    # q8->0 (0,0): 2 | q9->9: 0 | q10->5 (1,1): 1 | q11->6 (1,2): 1
+    want = {0: [-1, 6, -1, 4, -1, 0, -1, 11, 0, -1, 5, 6],
+            1: [-1, -1, -1, 4, -1, -1, -1, -1, 0, -1, -1, -1],
+            2: [-1, -1, -1, 4, -1, -1, -1, -1, -1, -1, -1, -1]}
+    for r, w in want.items():
+        np.testing.assert_array_equal(drop_near_targets(t, 4, r), [w])
+    off = drop_near_targets(t, 4, -1)
+    np.testing.assert_array_equal(off, t)
+    assert off is not t and drop_near_targets(t, 4, 0).dtype == np.int64
+
+
+def test_drop_radius_in_the_data_worker_off_is_identical_and_on_drops_exactly_the_near(rendered):
+    from dpm_ros.training.data import sample_item
+    own = np.arange(ROWS * COLS)
+    i, j = own // COLS, own % COLS
+    for s in rendered:
+        m12, m21 = pair_correspondences(s, P)
+        for a, b in zip(pair_correspondences(s, P, -1), (m12, m21)):
+            np.testing.assert_array_equal(a, b)
+        base, off = sample_item(s, P), sample_item(s, P, -1)
+        assert all(torch.equal(base[k], off[k]) for k in base)
+        for r in (0, 1):
+            item = sample_item(s, P, r)
+            for key, m in (("match12", m12), ("match21", m21)):
+                got = item[key].numpy()
+                dist = np.maximum(np.abs(m // COLS - i), np.abs(m % COLS - j))
+                np.testing.assert_array_equal(got, np.where((m >= 0) & (dist <= r), -1, m))
+            assert all(torch.equal(base[k], item[k]) for k in base if not k.startswith("match"))
+    # the shifted plane: every target moved by exactly (1, 1) token -> R=0 keeps them all, R=1 drops them all
+    pts, seen, ones = _shifted_plane_case()
+    m = token_correspondence(pts, K, ones, seen, ones, P)
+    np.testing.assert_array_equal(drop_near_targets(m, COLS, 0), m)
+    assert (drop_near_targets(m, COLS, 1) == -1).all() and (m >= 0).sum() == (ROWS - 1) * (COLS - 1)
+
+
+def test_match_loss_over_the_remaining_queries_only():
+    """Dropped targets (-1) leave the CE: it equals the CE over the queries still valid."""
+    g = torch.Generator().manual_seed(1)
+    B, N = 2, 12
+    batch = {"match12": torch.randint(-1, N, (B, N), generator=g), "match21": torch.randint(-1, N, (B, N), generator=g)}
+    dropped = {k: torch.from_numpy(drop_near_targets(v.numpy(), 4, 0)) for k, v in batch.items()}
+    assert (dropped["match12"] >= 0).sum() < (batch["match12"] >= 0).sum()
+    logits = {k: (torch.randn(B, 1, N, N, generator=g),) for k in ("xattn_logits1", "xattn_logits2")}
+    loss, logs = match_loss(logits, dropped)
+    want = []
+    for key, t in (("xattn_logits1", dropped["match12"]), ("xattn_logits2", dropped["match21"])):
+        ok = t >= 0
+        want.append(torch.nn.functional.cross_entropy(logits[key][0][:, 0][ok], t[ok]))
+    assert float(loss) == pytest.approx(float(sum(want) / 2), rel=1e-6)
+    assert logs["match_valid"] == float((dropped["match12"] >= 0).sum() + (dropped["match21"] >= 0).sum()) / 2
 
 
 def _one_hot_logits(target: torch.Tensor, n: int, heads: int = 1) -> torch.Tensor:
@@ -200,13 +261,30 @@ def test_trainer_and_cli_switch(tmp_path):
     assert config_from_args(p.parse_args(["--preset", "dpm_tiny"])).loss.match == 0.0
     with pytest.raises(ValueError, match="match-weight"):
         config_from_args(p.parse_args(["--preset", "dpm_tiny", "--match-weight", "-1"]))
-    for w, keys in ((0.0, False), (0.5, True)):
-        cfg = TrainConfig(preset="dpm_tiny", out=str(tmp_path / f"m{w}"), steps=1, batch=2, workers=0,
-                          precision="bf16", data=DataConfig(height=H, width=W), loss=LossWeights(match=w))
+    assert cfg.loss.match_drop_radius == -1
+    cfg_c = config_from_args(p.parse_args(["--preset", "dpm_tiny", "--match-weight", "0.5",
+                                           "--match-drop-radius", "1"]))
+    assert TrainConfig.from_dict(cfg_c.to_dict()).loss.match_drop_radius == 1
+    old = cfg.to_dict()
+    del old["loss"]["match_drop_radius"]                      # a config saved before the option: off
+    assert TrainConfig.from_dict(old).loss.match_drop_radius == -1
+    with pytest.raises(ValueError, match="match-drop-radius"):
+        config_from_args(p.parse_args(["--preset", "dpm_tiny", "--match-drop-radius", "0"]))
+    with pytest.raises(ValueError, match="match_drop_radius"):
+        Trainer(TrainConfig(preset="dpm_tiny", out=str(tmp_path / "bad"), steps=1, batch=2, workers=0,
+                            data=DataConfig(height=H, width=W), loss=LossWeights(match_drop_radius=0)),
+                resume=False, progress=False)
+    valid = {}
+    for w, r, keys in ((0.0, -1, False), (0.5, -1, True), (0.5, 1, True)):
+        cfg = TrainConfig(preset="dpm_tiny", out=str(tmp_path / f"m{w}r{r}"), steps=1, batch=2, workers=0,
+                          precision="bf16", data=DataConfig(height=H, width=W),
+                          loss=LossWeights(match=w, match_drop_radius=r))
         logs = Trainer(cfg, resume=False, progress=False).run()
         assert ("match" in logs[0]) == keys and np.isfinite(logs[0]["loss"])
-        saved = torch.load(tmp_path / f"m{w}" / "last.pt", weights_only=True)["config"]
-        assert saved["loss"]["match"] == w
+        saved = torch.load(tmp_path / f"m{w}r{r}" / "last.pt", weights_only=True)["config"]
+        assert saved["loss"]["match"] == w and saved["loss"]["match_drop_radius"] == r
+        valid[r] = logs[0].get("match_valid")
+    assert 0 <= valid[1] < valid[-1]          # the trainer hands the radius to the data worker
 
 
 def test_curve_segment_keeps_the_weight(tmp_path):
@@ -219,6 +297,9 @@ def test_curve_segment_keeps_the_weight(tmp_path):
              "next_sample": 0, "continue": {"match_weight": 0.25}}
     (tmp_path / "curve.json").write_text(json.dumps(state))
     assert segment_config(state, tmp_path / "curve.json", tmp_path / "runs").loss.match == 0.25
-    del state["continue"]["match_weight"]
+    assert segment_config(state, tmp_path / "curve.json", tmp_path / "runs").loss.match_drop_radius == -1
+    state["continue"]["match_drop_radius"] = 1
+    assert segment_config(state, tmp_path / "curve.json", tmp_path / "runs").loss.match_drop_radius == 1
+    del state["continue"]["match_weight"], state["continue"]["match_drop_radius"]
     assert segment_config(state, tmp_path / "curve.json", tmp_path / "runs").loss.match == 0.0
     assert weights.exists()

@@ -59,6 +59,10 @@ def add_arguments(parser) -> None:
                         help="weight of the supervised-matching term: cross-entropy of the decoders' "
                              "cross-attention (head 0 of every block) against the true token correspondence; "
                              "0: off (issue-10 ablation)")
+    parser.add_argument("--match-drop-radius", type=int, default=lw.match_drop_radius, metavar="R",
+                        help="supervised matching: drop the targets within Chebyshev distance R tokens of the "
+                             "query's own position (0: the own position only, 1: also its 8 neighbours), so only "
+                             "correspondences that moved are taught; -1: keep all (default)")
     parser.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint in --out")
     parser.add_argument("--init", default="", metavar="WEIGHTS",
                         help="start a new run from these weights (.safetensors, same preset; any resolution)")
@@ -90,8 +94,11 @@ def config_from_args(args):
     data = DataConfig(height=args.height, width=args.width, p_same_time=args.p_same_time, p_static=args.p_static,
                       motion_scale_start=args.motion_scale_start, curriculum_steps=args.curriculum_steps,
                       p_flying=args.p_flying, p_room_modes=args.p_room_modes, p_augment=args.p_augment)
+    if getattr(args, "match_drop_radius", -1) >= 0 and getattr(args, "match_weight", 0.0) <= 0:
+        raise ValueError("--match-drop-radius needs --match-weight > 0")
     loss = LossWeights(flow=args.w_flow, delta=args.w_delta, gate=args.w_gate,
-                       match=getattr(args, "match_weight", 0.0))
+                       match=getattr(args, "match_weight", 0.0),
+                       match_drop_radius=getattr(args, "match_drop_radius", -1))
     return TrainConfig(preset=args.preset, out=args.out, steps=args.steps, batch=args.batch, lr=args.lr,
                        weight_decay=args.weight_decay, warmup=args.warmup, clip=args.clip,
                        ckpt_every=args.ckpt_every, log_every=args.log_every, threads=args.threads,

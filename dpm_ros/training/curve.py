@@ -39,7 +39,9 @@ CONTINUE_DEFAULTS = {"batch": 8, "lr": 3e-4, "warmup": 100, "schedule": "constan
                      # scene mix (training/data.py; issue 10): 0 = the shipped model's rooms-only data
                      "p_flying": 0.0, "p_room_modes": 0.0, "p_augment": 0.0,
                      # supervised-matching loss weight (training/matching.py; issue-10 ablation): 0 = off
-                     "match_weight": 0.0}
+                     "match_weight": 0.0,
+                     # matching targets within R tokens of the query's own position dropped; -1 = keep all
+                     "match_drop_radius": -1}
 
 
 def load_state(path: Path) -> dict:
@@ -93,7 +95,8 @@ def segment_config(state: dict, state_path: Path, runs: Path, overrides: dict | 
                        threads=int(recipe["threads"]), workers=int(recipe["workers"]),
                        precision=recipe["precision"], init=str(weights),
                        data_offset=int(state["next_sample"]), data=data,
-                       loss=LossWeights(match=float(recipe["match_weight"])))
+                       loss=LossWeights(match=float(recipe["match_weight"]),
+                                        match_drop_radius=int(recipe["match_drop_radius"])))
 
 
 def continue_training(state_path: Path = DEFAULT_STATE, runs: Path = DEFAULT_RUNS, overrides: dict | None = None,

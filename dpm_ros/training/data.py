@@ -115,15 +115,17 @@ class SyntheticPairs(torch.utils.data.Dataset):
     """Map-style dataset over global sample indices; ``global_batch`` samples make one optimiser step.
     ``offset`` is the global index of the run's first sample (a continued learning curve starts after the pairs
     its earlier runs saw); the curriculum step is counted from there. ``match_patch`` P > 0: items also carry the
-    token correspondences of the supervised-matching loss at patch size P (see :func:`sample_item`)."""
+    token correspondences of the supervised-matching loss at patch size P (see :func:`sample_item`), without those
+    within ``match_drop_radius`` tokens of the query's own position when that is >= 0."""
 
-    def __init__(self, cfg: DataConfig, global_batch: int, offset: int = 0, match_patch: int = 0):
+    def __init__(self, cfg: DataConfig, global_batch: int, offset: int = 0, match_patch: int = 0,
+                 match_drop_radius: int = -1):
         if global_batch < 1:
             raise ValueError(f"global_batch must be >= 1, got {global_batch}")
         if offset < 0:
             raise ValueError(f"sample offset must be >= 0, got {offset}")
         self.cfg, self.global_batch, self.offset = cfg, global_batch, offset
-        self.match_patch = int(match_patch)
+        self.match_patch, self.match_drop_radius = int(match_patch), int(match_drop_radius)
 
     def __len__(self) -> int:  # effectively unbounded; the sampler decides what is read
         return 2 ** 40
@@ -135,16 +137,17 @@ class SyntheticPairs(torch.utils.data.Dataset):
         family, camera_motion, augment = sample_scene(idx, self.cfg)
         s = generate_sample(TRAIN_SEED_BASE + idx, self.cfg, kind, motion_scale_at(step, self.cfg),
                             family=family, camera_motion=camera_motion, augment=augment)
-        item = sample_item(s, self.match_patch)
+        item = sample_item(s, self.match_patch, self.match_drop_radius)
         item["gen_cpu_s"] = torch.tensor(time.process_time() - t0, dtype=torch.float64)  # generator CPU seconds
         return item
 
 
-def sample_item(s: dict, match_patch: int = 0) -> dict:
+def sample_item(s: dict, match_patch: int = 0, match_drop_radius: int = -1) -> dict:
     """A :func:`generate_sample` dict -> the tensors the network and the loss read (one collatable item): the
     eight maps (metres, zeros where invalid), img1/img2 network inputs, valid/moving masks, kind; with
     ``match_patch`` P > 0 also ``match12`` / ``match21`` (N,) int64: each token's ground-truth corresponding token
-    in the other view at patch size P, -1 where none (dpm_ros.training.matching.pair_correspondences)."""
+    in the other view at patch size P, -1 where none (dpm_ros.training.matching.pair_correspondences; also -1
+    within ``match_drop_radius`` tokens of the query's own position when that is >= 0)."""
     # invalid pixels are NaN in the ground truth; the loss masks them, but NaN·0 is NaN: store zeros
     item = {name: torch.from_numpy(np.nan_to_num(s[name], nan=0.0)) for name in ALL_POINT_MAP_NAMES}
     item.update(img1=_to_input(s["img1"]), img2=_to_input(s["img2"]),
@@ -153,7 +156,7 @@ def sample_item(s: dict, match_patch: int = 0) -> dict:
                 kind=torch.tensor(int(s["kind"]), dtype=torch.long))
     if match_patch:
         from dpm_ros.training.matching import pair_correspondences
-        m12, m21 = pair_correspondences(s, match_patch)
+        m12, m21 = pair_correspondences(s, match_patch, match_drop_radius)
         item.update(match12=torch.from_numpy(m12), match21=torch.from_numpy(m21))
     return item
 
@@ -184,11 +187,12 @@ class StepBatches(torch.utils.data.Sampler):
 
 def make_loader(cfg: DataConfig, start_step: int, total_steps: int, local_batch: int, rank: int = 0,
                 world: int = 1, num_workers: int = 1, offset: int = 0,
-                pin_memory: bool = False, match_patch: int = 0) -> torch.utils.data.DataLoader:
+                pin_memory: bool = False, match_patch: int = 0,
+                match_drop_radius: int = -1) -> torch.utils.data.DataLoader:
     """DataLoader yielding one collated batch per optimiser step, generated in ``num_workers`` processes
     (each worker builds whole batches; ``prefetch_factor`` batches per worker are kept ready). Batches carry
     ``gen_cpu_s`` (B,): the generator's CPU seconds per sample."""
-    ds = SyntheticPairs(cfg, local_batch * world, offset, match_patch)
+    ds = SyntheticPairs(cfg, local_batch * world, offset, match_patch, match_drop_radius)
     sampler = StepBatches(start_step, total_steps, local_batch, rank, world, offset)
     kw = dict(num_workers=num_workers, pin_memory=pin_memory)
     if num_workers > 0:

@@ -55,6 +55,9 @@ class LossWeights:
     delta: float = 2.0
     gate: float = 0.5
     match: float = 0.0   # supervised matching of the decoders' cross-attention (training/matching.py); 0: off
+    # matching targets within this many tokens (Chebyshev) of the query's own position are dropped (applied in the
+    # data worker, training/matching.py drop_near_targets); -1: keep all, 0: drop the own position only
+    match_drop_radius: int = -1
 
 
 def supervision_matrix(kinds: torch.Tensor) -> torch.Tensor:

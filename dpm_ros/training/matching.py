@@ -17,6 +17,10 @@ logits the attention actually normalises) against that token index, over valid t
 supervised blocks and heads. Which: head 0 of every decoder block (``MATCH_HEADS``; the other head stays free for
 context), chosen by measurement (engines/README.md, ablation). Off unless ``LossWeights.match`` > 0; then the data
 worker computes the indices and the network returns those logits (DPMNet.forward_raw(..., match_heads=1)).
+
+Arm C of the ablation (``LossWeights.match_drop_radius`` R >= 0, ``dpm train --match-drop-radius R``): the data
+worker also drops (-1) every target within Chebyshev distance R tokens of the query's own grid position
+(:func:`drop_near_targets`), so only correspondences that moved are taught; -1 (default): keep all.
 """
 from __future__ import annotations
 
@@ -60,11 +64,29 @@ def token_correspondence(points: np.ndarray, K: np.ndarray, valid_src: np.ndarra
     return np.where(ok, (ri // patch) * cols + ci // patch, -1).reshape(-1).astype(np.int64)
 
 
-def pair_correspondences(s: dict, patch: int) -> tuple[np.ndarray, np.ndarray]:
-    """(view 1 -> view 2, view 2 -> view 1) token indices of a generate_sample dict (see the module doc)."""
+def drop_near_targets(target: np.ndarray, cols: int, radius: int) -> np.ndarray:
+    """Copy of ``target`` ((..., N) int token indices, row-major over a grid ``cols`` tokens wide, -1 invalid) with
+    -1 wherever the target token lies within Chebyshev distance ``radius`` (in tokens) of the query token's own
+    grid position (query n sits at row n // cols, col n % cols in both views: same image size). radius 0 drops
+    only the own position, 1 also its 8 neighbours; radius < 0 returns the targets unchanged."""
+    target = np.asarray(target, np.int64)
+    if radius < 0:
+        return target.copy()
+    q = np.arange(target.shape[-1], dtype=np.int64)
+    near = np.maximum(np.abs(target // cols - q // cols), np.abs(target % cols - q % cols)) <= radius
+    return np.where((target >= 0) & near, -1, target)
+
+
+def pair_correspondences(s: dict, patch: int, drop_radius: int = -1) -> tuple[np.ndarray, np.ndarray]:
+    """(view 1 -> view 2, view 2 -> view 1) token indices of a generate_sample dict (see the module doc);
+    ``drop_radius`` R >= 0 also invalidates the targets within R tokens of the query's own position
+    (:func:`drop_near_targets`)."""
     K = np.asarray(s["K"], np.float64)
     m12 = token_correspondence(s["p1_t2_pi2"], K, s["valid1"], s["p2_t2_pi2"], s["valid2"], patch)
     m21 = token_correspondence(s["p2_t1_pi1"], K, s["valid2"], s["p1_t1_pi1"], s["valid1"], patch)
+    if drop_radius >= 0:
+        cols = np.asarray(s["valid1"]).shape[1] // patch
+        m12, m21 = drop_near_targets(m12, cols, drop_radius), drop_near_targets(m21, cols, drop_radius)
     return m12, m21
 
 

@@ -226,6 +226,8 @@ class Trainer:
             self.load_state(state, ckpt)
         if cfg.loss.match < 0:
             raise ValueError(f"the matching loss weight must be >= 0, got {cfg.loss.match}")
+        if cfg.loss.match_drop_radius >= 0 and cfg.loss.match <= 0:
+            raise ValueError(f"match_drop_radius {cfg.loss.match_drop_radius} needs a matching loss weight > 0")
         from dpm_ros.training.matching import MATCH_HEADS
         self.match_heads = MATCH_HEADS if cfg.loss.match > 0 else 0
         self.forward = RawForward(self.net, self.match_heads)
@@ -317,7 +319,8 @@ class Trainer:
         end = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         loader = make_loader(cfg.data, self.step, end, cfg.batch, self.rank, self.world, cfg.workers,
                              offset=cfg.data_offset, pin_memory=self.device.type == "cuda",
-                             match_patch=self.net.config.patch_size if self.match_heads else 0)
+                             match_patch=self.net.config.patch_size if self.match_heads else 0,
+                             match_drop_radius=cfg.loss.match_drop_radius)
         main = self.rank == 0
         old = {s: signal.signal(s, self._request_stop) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
         bar = None
