@@ -25,6 +25,14 @@ def _scaled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     return (q @ k.transpose(-2, -1)).softmax(-1) @ v
 
 
+def _scaled_attention_logits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_scaled_attention` that also returns the logits q·kᵀ (B, heads, N, M) of its first ``heads`` heads
+    (any dtype and device: the supervised-matching loss needs them, so attention is computed explicitly)."""
+    s = q @ k.transpose(-2, -1)
+    return s.softmax(-1) @ v, s[:, :heads]
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(q·kᵀ/√d)·v over (B, heads, N, d) tensors, everywhere but the bf16 CPU training path (fp32 inference,
     ONNX export, CUDA): ``F.scaled_dot_product_attention``."""
@@ -97,24 +105,21 @@ class CrossAttention(nn.Module):
         M = mem.shape[1]
         h, d = self.num_heads, C // self.num_heads
         q = self.projq(x)
-        if _fast_cpu(q):   # k and v from one matmul; RoPE fused with the head split
+        fast = _fast_cpu(q)
+        if fast:   # k and v from one matmul; RoPE fused with the head split, 1/√d folded into q's tables
             kv = F.linear(mem, torch.cat([self.projk.weight, self.projv.weight]),
                           torch.cat([self.projk.bias, self.projv.bias]))
             q, = split_heads_rope(q, h, cos, sin, (d ** -0.5,))
             k, v = split_heads_rope(kv, h, cos_mem, sin_mem, (1.0,))
-            if logits_heads:
-                s = q @ k.transpose(-2, -1)
-                return self.proj((s.softmax(-1) @ v).transpose(1, 2).reshape(B, N, C)), s[:, :logits_heads]
-            return self.proj(_scaled_attention(q, k, v).transpose(1, 2).reshape(B, N, C))
-        q = q.reshape(B, N, h, d).transpose(1, 2)
-        k = self.projk(mem).reshape(B, M, h, d).transpose(1, 2)
-        v = self.projv(mem).reshape(B, M, h, d).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos_mem, sin_mem)
+        else:
+            q = q.reshape(B, N, h, d).transpose(1, 2)
+            k = self.projk(mem).reshape(B, M, h, d).transpose(1, 2)
+            v = self.projv(mem).reshape(B, M, h, d).transpose(1, 2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos_mem, sin_mem)
         if logits_heads:
-            s = (q * d ** -0.5) @ k.transpose(-2, -1)
-            out = s.softmax(-1) @ v
-            return self.proj(out.transpose(1, 2).reshape(B, N, C)), s[:, :logits_heads]
-        out = attention(q, k, v)
+            out, logits = _scaled_attention_logits(q if fast else q * d ** -0.5, k, v, logits_heads)
+            return self.proj(out.transpose(1, 2).reshape(B, N, C)), logits
+        out = _scaled_attention(q, k, v) if fast else attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
 
 
