@@ -90,6 +90,12 @@ def test_bench_train_reports_configs_shares_and_a_loss_check_that_trains(tmp_pat
     for k, c in r["configs"].items():
         assert c["step_cpu_s"] > 0 and c["end_to_end_pairs_per_cpu_s"] < c["pairs_per_cpu_s"]
     assert r["generator_cpu_s_per_pair"] > 0
+    # the machine facts that decide what bf16 can gain: flags as /proc/cpuinfo says, both matmul rates measured
+    info = open("/proc/cpuinfo").read()
+    assert r["amx_bf16"] == ("amx_bf16" in info) and r["avx512_bf16"] == ("avx512_bf16" in info)
+    assert r["cpu_model"]
+    assert all(v > 1.0 for v in r["matmul_1024_gflops_1thread"].values())
+    assert set(r["matmul_1024_gflops_1thread"]) == {"fp32", "bf16"}
     share = r["step_share"]
     assert sum(share[p] for p in ("data", "fwd", "loss", "bwd", "opt")) == pytest.approx(1.0, abs=0.01)
     chk = r["heldout_loss_check"]

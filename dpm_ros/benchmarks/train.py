@@ -142,6 +142,41 @@ def _time_steps(trainer, mode: str, batch: dict, steps: int) -> tuple[float, flo
     return (time.perf_counter() - w) / steps, (time.process_time() - c) / steps
 
 
+def cpu_facts(size: int = 1024, repeats: int = 3) -> dict:
+    """What the speed-up of bf16 depends on, so reports from different machines can be compared: the CPU's model
+    name, whether it has AMX-BF16 tiles and AVX-512 BF16 instructions (/proc/cpuinfo), and one thread's measured
+    ``size``² matmul rate in fp32 and bf16 (GFLOP/s, best of ``repeats``). On AMX machines bf16 runs ~6x fp32; on
+    AVX-512 BF16 without AMX ~2.5x, which caps what bf16 training can gain there."""
+    import torch
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        info = ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
+                 platform.processor() or platform.machine())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rates = {}
+    try:
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a = torch.randn(size, size).to(dtype)
+            b = torch.randn(size, size).to(dtype)
+            a @ b
+            best = min(_timed(lambda: a @ b) for _ in range(repeats))
+            rates[name] = round(2 * size ** 3 / best / 1e9, 1)
+    finally:
+        torch.set_num_threads(threads)
+    return {"cpu_model": model, "amx_bf16": "amx_bf16" in info, "avx512_bf16": "avx512_bf16" in info,
+            f"matmul_{size}_gflops_1thread": rates}
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def heldout_loss(net, height: int, width: int, pairs: int) -> float:
     """Mean dpm_loss of ``net`` (fp32, eval mode, no autocast) over held-out evaluation pairs."""
     import torch
@@ -238,7 +273,7 @@ def run_train_benchmark(preset: str = "dpm_small", height: int = 96, width: int 
     report = {
         "target": "train", "preset": preset, "resolution": f"{width}x{height}", "batch": batch,
         "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-        "native_bf16": cpu_has_native_bf16(), "load_average_at_end": list(os.getloadavg()),
+        "native_bf16": cpu_has_native_bf16(), **cpu_facts(), "load_average_at_end": list(os.getloadavg()),
         "timing": f"{rounds} interleaved rounds x {steps} steps per configuration, median",
         "generator_cpu_s_per_pair": round(gen_cpu_per_pair, 5),
         "generator_pairs_per_s_per_core": round(1.0 / gen_cpu_per_pair, 2),
