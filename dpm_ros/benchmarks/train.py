@@ -149,6 +149,7 @@ def cpu_facts(size: int = 1024, repeats: int = 3) -> dict:
     AVX-512 BF16 without AMX ~2.5x, which caps what bf16 training can gain there."""
     import torch
 
+    from dpm_ros.benchmarks import time_call
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -163,18 +164,12 @@ def cpu_facts(size: int = 1024, repeats: int = 3) -> dict:
             a = torch.randn(size, size).to(dtype)
             b = torch.randn(size, size).to(dtype)
             a @ b
-            best = min(_timed(lambda: a @ b) for _ in range(repeats))
-            rates[name] = round(2 * size ** 3 / best / 1e9, 1)
+            best_ms = time_call(lambda: a @ b, repeats, warmup=0)["min_ms"]
+            rates[name] = round(2 * size ** 3 / best_ms / 1e6, 1)
     finally:
         torch.set_num_threads(threads)
     return {"cpu_model": model, "amx_bf16": "amx_bf16" in info, "avx512_bf16": "avx512_bf16" in info,
             f"matmul_{size}_gflops_1thread": rates}
-
-
-def _timed(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def heldout_loss(net, height: int, width: int, pairs: int) -> float:
