@@ -52,6 +52,9 @@ def test_default_cpu_step_is_the_fast_one(tmp_path):
     # attention as two bf16 matmuls, not PyTorch's math SDPA (bf16 upcast to fp32, masking, copies)
     assert fast.ops["_scaled_dot_product_attention_math"] == 0 and fast.ops["_safe_softmax"] == 0
     assert fast.ops["bmm"] == 2 * 3 * 10     # 10 attentions (2 encoder, 2x2x2 decoder): 2 fwd + 4 bwd bmm each
+    # the benchmark's matmul_bound counts every kind of product the step dispatches
+    from dpm_ros.benchmarks.train import MATMUL_OPS
+    assert {f"aten::{op}" for op in MATMULS if fast.ops[op]} <= set(MATMUL_OPS)
     # one fused AdamW kernel per parameter group (decay / no decay), foreach gradient clipping
     assert fast.ops["_fused_adamw_"] == 2 and fast.ops["_foreach_norm"] >= 1
     assert before.ops["_fused_adamw_"] == 0 and set(before.matmul_dtypes) == {torch.float32}
@@ -96,6 +99,13 @@ def test_bench_train_reports_configs_shares_and_a_loss_check_that_trains(tmp_pat
     assert r["cpu_model"]
     assert all(v > 1.0 for v in r["matmul_1024_gflops_1thread"].values())
     assert set(r["matmul_1024_gflops_1thread"]) == {"fp32", "bf16"}
+    # the matrix products' part of each step: present, below the whole step, so the ceiling exceeds the speed-up
+    bound = r["matmul_bound"]
+    assert set(bound["matmul_cpu_s_per_step"]) == {k.rsplit("_", 1)[0] for k in r["configs"]} - {"before"}
+    for mode, secs in bound["matmul_cpu_s_per_step"].items():
+        assert 0 < secs < r["configs"][f"{mode}_threads1"]["step_cpu_s"]
+        assert 0 < bound["matmul_share_of_step"][mode] < 1
+        assert bound["speedup_if_only_matmuls_cost"][mode] > r["speedup_pairs_per_cpu_s"][f"{mode}_threads1"]
     share = r["step_share"]
     assert sum(share[p] for p in ("data", "fwd", "loss", "bwd", "opt")) == pytest.approx(1.0, abs=0.01)
     chk = r["heldout_loss_check"]

@@ -15,6 +15,10 @@ processes sharing the cores; ``pairs_per_s`` (wall) is not. The generator's cost
 per pair on one thread), and ``end_to_end_pairs_per_cpu_s`` = 1 / (step CPU per pair + generator CPU per pair) is
 what one training pair costs in total with the data generated in worker processes.
 
+``matmul_bound`` profiles one step of each configuration but ``before``: the CPU seconds spent in matrix products,
+their share of the step, and ``speedup_if_only_matmuls_cost`` = before's step / those seconds — the most any removal
+of element-wise work could give on this CPU (on one whose bf16 products are only ~3x fp32 it is near 3x).
+
 ``step_share`` splits a short real run (data from ``workers`` worker processes) into forward, loss, backward,
 optimizer and data wait. With ``--loss-steps N`` two runs of N steps from the same initialisation on the same data
 (``before`` step in fp32 and the default step) are compared on the held-out loss (dpm_loss on evaluation pairs, fp32).
@@ -142,6 +146,20 @@ def _time_steps(trainer, mode: str, batch: dict, steps: int) -> tuple[float, flo
     return (time.perf_counter() - w) / steps, (time.process_time() - c) / steps
 
 
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
+
+
+def matmul_cpu_s(trainer, mode: str, batch: dict) -> float:
+    """CPU seconds one step of ``mode`` spends in matrix products (``MATMUL_OPS``: every linear's forward and
+    backward products, attention's score and value products), from ``torch.profiler`` (self time, so a product
+    inside a larger operator counts once). The rest of the step is element-wise work, copies and the optimizer."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        _time_steps(trainer, mode, batch, 1)
+    return sum(e.self_cpu_time_total for e in prof.key_averages() if e.key in MATMUL_OPS) / 1e6
+
+
 def cpu_facts(size: int = 1024, repeats: int = 3) -> dict:
     """What the speed-up of bf16 depends on, so reports from different machines can be compared: the CPU's model
     name, whether it has AMX-BF16 tiles and AVX-512 BF16 instructions (/proc/cpuinfo), and one thread's measured
@@ -251,6 +269,18 @@ def run_train_benchmark(preset: str = "dpm_small", height: int = 96, width: int 
                 "step_wall_s": round(wall, 4), "step_cpu_s": round(cpu, 4),
                 "pairs_per_s": round(batch / wall, 2), "pairs_per_cpu_s": round(batch / cpu, 2),
                 "end_to_end_pairs_per_cpu_s": round(1.0 / (cpu / batch + gen_cpu_per_pair), 2)}
+        # the matrix products' part of each step, and what that leaves possible: with everything else free the
+        # step would run at before / products (on a CPU whose bf16 products are only ~3x fp32, below 3x)
+        n0 = threads[0]
+        torch.set_num_threads(n0)
+        # (not for "before": its attention runs inside SDPA's fused kernel, whose products the profiler can't see)
+        products = {m: matmul_cpu_s(trainers[(m, n0)], m, batch_data) for m in modes if m != "before"}
+        before_cpu = results[f"before_threads{n0}"]["step_cpu_s"]
+        matmul_bound = {
+            "threads": n0, "matmul_cpu_s_per_step": {m: round(v, 4) for m, v in products.items()},
+            "matmul_share_of_step": {m: round(v / results[f"{m}_threads{n0}"]["step_cpu_s"], 3)
+                                     for m, v in products.items()},
+            "speedup_if_only_matmuls_cost": {m: round(before_cpu / v, 2) for m, v in products.items() if v > 0}}
         # share of a real step (data from worker processes), default precision, one thread
         torch.set_num_threads(1)
         from dpm_ros.training.data import DataConfig as DC
@@ -280,6 +310,7 @@ def run_train_benchmark(preset: str = "dpm_small", height: int = 96, width: int 
                                          for k, v in results.items()},
         "best": best,
         "step_share": {"workers": workers, "steps": len(hist), **share},
+        "matmul_bound": matmul_bound,
     }
     if loss is not None:
         report["heldout_loss_check"] = loss
