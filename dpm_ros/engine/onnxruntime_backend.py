@@ -41,7 +41,7 @@ def session_options(threads: int | None = None, spinning: bool = False):
     ``threads`` intra-op threads (None/0: ONNX Runtime's choice, one per physical core) and, unless ``spinning``,
     pool threads that sleep between operators and between calls instead of busy-waiting: a spinning pool burns the
     CPU time the rest of the node (frame conversion, geometry, publishing) needs on a 2-core machine (measured in
-    README, issue 14)."""
+    docs/performance.md, issue 14)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -15,8 +15,8 @@ split (dpm_ros.model.rope.SplitHeadsRope: one autograd node, the softmax scale i
 outputs with split/chunk and the loss works map by map with one autograd node per per-pixel distance, so no
 zero-filled gradients of indexing; LinearHead writes channels-last memory directly. AdamW and gradient clipping use
 the fused/foreach kernels. ``torch.compile`` is not used: before these fusions it gained 1.13-1.2x per step after a
-first compile of 2-11 min, after them compiling the forward made the step 0.93x as fast (first step 170 s; README,
-training speed).
+first compile of 2-11 min, after them compiling the forward made the step 0.93x as fast (first step 170 s;
+docs/performance.md, training speed).
 """
 from __future__ import annotations
 
