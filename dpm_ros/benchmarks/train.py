@@ -181,8 +181,7 @@ def cpu_facts(size: int = 1024, repeats: int = 3) -> dict:
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             a = torch.randn(size, size).to(dtype)
             b = torch.randn(size, size).to(dtype)
-            a @ b
-            best_ms = time_call(lambda: a @ b, repeats, warmup=0)["min_ms"]
+            best_ms = time_call(lambda: a @ b, repeats, warmup=1)["min_ms"]
             rates[name] = round(2 * size ** 3 / best_ms / 1e6, 1)
     finally:
         torch.set_num_threads(threads)
@@ -269,11 +268,10 @@ def run_train_benchmark(preset: str = "dpm_small", height: int = 96, width: int 
                 "step_wall_s": round(wall, 4), "step_cpu_s": round(cpu, 4),
                 "pairs_per_s": round(batch / wall, 2), "pairs_per_cpu_s": round(batch / cpu, 2),
                 "end_to_end_pairs_per_cpu_s": round(1.0 / (cpu / batch + gen_cpu_per_pair), 2)}
-        # the matrix products' part of each step, and what that leaves possible: with everything else free the
-        # step would run at before / products (on a CPU whose bf16 products are only ~3x fp32, below 3x)
+        # the matrix products' part of each step and the speed-up left if nothing else cost (module docstring); not
+        # for "before": its attention runs inside SDPA's fused kernel, whose products the profiler does not see
         n0 = threads[0]
         torch.set_num_threads(n0)
-        # (not for "before": its attention runs inside SDPA's fused kernel, whose products the profiler can't see)
         products = {m: matmul_cpu_s(trainers[(m, n0)], m, batch_data) for m in modes if m != "before"}
         before_cpu = results[f"before_threads{n0}"]["step_cpu_s"]
         matmul_bound = {
